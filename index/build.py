@@ -1,0 +1,217 @@
+"""Incremental index build: corpus → passages → embeddings → SQLite + FAISS → publish.
+
+Incremental by content hash: a build starts from a copy of the live database, keeps the
+rows (and embeddings) of unchanged articles, replaces changed ones, drops deleted ones, and
+embeds only new passages. A changed model or splitter re-embeds everything. When nothing
+changed, nothing is published and the model is never loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from corpus import Article, Skipped, load_corpus, split_article
+from index import publish, store, vectors
+from index.embedder import Embedder, load_embedder
+from index.text import segment_for_index
+from settings import Config
+
+SPLITTER_VERSION = 1
+# Passages embedded per call: large enough to keep the model busy, small enough for a
+# smooth progress bar and bounded memory.
+EMBED_CHUNK = 256
+
+Progress = Callable[[int, int], None]
+
+
+class BuildError(Exception):
+    """The build cannot run (e.g. no corpus directory); the message is for the operator."""
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: tuple[Skipped, ...] = ()
+    passages: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+    version: str | None = None
+    model: str = ""
+    faiss: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def published(self) -> bool:
+        return self.version is not None
+
+    def summary(self) -> str:
+        state = f"published {self.version}" if self.published else "nothing changed, live index kept"
+        return (
+            f"articles: {self.added} added, {self.updated} updated, {self.removed} removed, "
+            f"{self.unchanged} unchanged, {len(self.skipped)} skipped; {self.passages} passages "
+            f"({self.embedded} embedded); {self.seconds:.1f}s; {state}"
+        )
+
+
+def model_key(config: Config) -> str:
+    """What must match for stored embeddings to be reusable."""
+    return f"{config.model.name}|{config.model.document_prompt}"
+
+
+def splitter_key(config: Config) -> dict[str, int]:
+    return {"version": SPLITTER_VERSION, "max_chars": config.corpus.max_chars, "min_chars": config.corpus.min_chars}
+
+
+def build_index(
+    config: Config,
+    *,
+    full: bool = False,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> BuildReport:
+    """Build and publish a new index version from `config.corpus.dir` into `config.index.dir`."""
+    started = time.perf_counter()
+    corpus_dir = Path(config.corpus.dir)
+    if not corpus_dir.is_dir():
+        raise BuildError(f"corpus directory not found: {corpus_dir}")
+    index_dir = Path(config.index.dir)
+    with publish.build_lock(index_dir, config.index.lock_timeout, on_wait):
+        publish.clean_old_versions(index_dir, config.index.keep_versions)
+        articles, skipped = load_corpus(corpus_dir)
+        if not articles:
+            raise BuildError(f"no readable .md or .txt articles in {corpus_dir}")
+        live = publish.current_version(index_dir)
+        old_hashes: dict[str, str] = {}
+        reuse = False
+        if live is not None and not full:
+            db = store.open_db(live.db_path, readonly=True)
+            try:
+                meta = store.get_meta(db)
+                reuse = (
+                    meta.get("schema") == store.SCHEMA_VERSION
+                    and meta.get("model_key") == model_key(config)
+                    and meta.get("splitter") == splitter_key(config)
+                )
+                if reuse:
+                    old_hashes = store.article_hashes(db)
+            finally:
+                db.close()
+        new_ids = {a.id for a in articles}
+        changed = [a for a in articles if old_hashes.get(a.id) != a.content_hash]
+        removed = [aid for aid in old_hashes if aid not in new_ids]
+        added = sum(1 for a in changed if a.id not in old_hashes)
+        counts = {
+            "added": added,
+            "updated": len(changed) - added,
+            "removed": len(removed),
+            "unchanged": len(articles) - len(changed),
+            "skipped": tuple(skipped),
+        }
+        if reuse and live is not None and not changed and not removed:
+            db = store.open_db(live.db_path, readonly=True)
+            try:
+                total = store.passage_count(db)
+                meta = store.get_meta(db)
+            finally:
+                db.close()
+            return BuildReport(
+                **counts, passages=total, seconds=time.perf_counter() - started,
+                model=config.model.name, faiss=str(meta.get("faiss", "")),
+            )
+        name, staging = publish.new_version_dir(index_dir)
+        db_path = staging / publish.DB_FILE
+        if reuse and live is not None:
+            store.copy_database(live.db_path, db_path)
+        db = store.open_db(db_path)
+        try:
+            store.create_schema(db)
+            embedded, dim = _write_articles(db, config, changed, removed, embedder, progress)
+            if dim is None:
+                dim = int(store.get_meta(db).get("dim", 0)) or (embedder.dim if embedder else 0)
+            total = store.passage_count(db)
+            kind = vectors.choose_kind(config.index, total)
+            faiss_index = vectors.build_faiss(store.iter_embeddings(db), dim, kind, config.index)
+            vectors.write_faiss(faiss_index, staging / publish.FAISS_FILE)
+            store.set_meta(
+                db,
+                {
+                    "schema": store.SCHEMA_VERSION,
+                    "model": config.model.name,
+                    "model_key": model_key(config),
+                    "query_prompt": config.model.query_prompt,
+                    "dim": dim,
+                    "splitter": splitter_key(config),
+                    "faiss": kind,
+                    "version": name,
+                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "articles": db["articles"].count,
+                    "passages": total,
+                },
+            )
+            db.conn.commit()
+            db.execute("pragma optimize")
+        finally:
+            db.close()
+        version = publish.publish(index_dir, name, staging)
+        publish.clean_old_versions(index_dir, config.index.keep_versions)
+        return BuildReport(
+            **counts,
+            passages=total,
+            embedded=embedded,
+            seconds=time.perf_counter() - started,
+            version=version.name,
+            model=config.model.name,
+            faiss=kind,
+        )
+
+
+def _write_articles(
+    db: store.sqlite_utils.Database,
+    config: Config,
+    changed: list[Article],
+    removed: list[str],
+    embedder: Embedder | None,
+    progress: Progress | None,
+) -> tuple[int, int | None]:
+    """Delete removed/changed articles, embed and insert the changed ones. Returns (embedded, dim)."""
+    with db.conn:
+        for article_id in removed:
+            store.delete_article(db, article_id)
+        for article in changed:
+            store.delete_article(db, article.id)
+    plans = [(a, split_article(a, config.corpus.max_chars, config.corpus.min_chars)) for a in changed]
+    total = sum(len(p) for _, p in plans)
+    if total == 0:
+        return 0, None
+    model = embedder or load_embedder(config.model)
+    done = 0
+    if progress:
+        progress(0, total)
+    # Embed across article boundaries in fixed chunks (few big calls are faster than many
+    # small ones), then insert article by article.
+    texts = [p.text for _, passages in plans for p in passages]
+    chunks: list[np.ndarray] = []
+    for start in range(0, total, EMBED_CHUNK):
+        chunks.append(model.encode_documents(texts[start : start + EMBED_CHUNK]))
+        done = min(start + EMBED_CHUNK, total)
+        if progress:
+            progress(done, total)
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), dtype=np.float32)
+    offset = 0
+    with db.conn:
+        for article, passages in plans:
+            n = len(passages)
+            terms = [segment_for_index(f"{p.section} {p.text}") for p in passages]
+            store.insert_article(db, article, passages, terms, matrix[offset : offset + n])
+            offset += n
+    return total, int(matrix.shape[1])

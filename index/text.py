@@ -1,0 +1,85 @@
+"""Text normalisation and word segmentation shared by indexing and querying.
+
+Both sides must segment identically or BM25 finds nothing, so there is exactly one
+function for each: `normalize` (NFKC, traditional → simplified, lower case) and `terms`
+(jieba search-mode segmentation with punctuation and stop words dropped). The jieba
+dictionary and the OpenCC converter load once, on first use, not at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from functools import lru_cache
+from typing import Any
+
+_lock = threading.Lock()
+_WORDLIKE = re.compile(r"[\w\u4e00-\u9fff]", re.UNICODE)
+# Zero-width and other format characters that users paste in and that would split words.
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\u00ad]")
+
+# Function words and question words: frequent in questions, useless as evidence.
+STOP_WORDS = frozenset(
+    """
+    的 了 是 在 和 与 及 或 也 就 都 而 被 把 对 于 从 向 将 让 给 以 之 其 这 那 这些 那些 这个 那个
+    有 没有 会 能 可以 要 还 又 再 很 最 更 并 并且 而且 但 但是 如果 因为 所以 由于 等 等等 着 过 吗 呢 吧 啊 呀
+    么 嘛 哦 什么 为什么 为何 怎么 怎么样 怎样 如何 哪 哪里 哪儿 哪些 哪个 哪家 谁 几 多少 多久 何时 什么时候
+    是否 是不是 有没有 能不能 会不会 请问 一下 一个 个 一 我 你 他 她 它 我们 你们 他们 她们 它们 自己
+    说 表示 认为 现在 目前 后 前 中 上 下 里 时 时候 方面 情况 问题 事 事情 东西 做 进行 发生 接下来 具体
+    a an the of to in on at for by with from as is are was were be been being do does did
+    what which who whom whose when where why how that this these those it its they them their
+    there here and or not no yes can could will would should may might must have has had
+    about into than then so such any all some me my we our you your he she his her i
+    """.split()
+)
+
+
+@lru_cache(maxsize=1)
+def _converter() -> Any:
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+@lru_cache(maxsize=1)
+def _jieba() -> Any:
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    with _lock:
+        jieba.initialize()
+    return jieba
+
+
+def clean(text: str) -> str:
+    """Remove invisible characters and control characters; collapse whitespace."""
+    text = _INVISIBLE.sub("", text)
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def to_simplified(text: str) -> str:
+    return _converter().convert(text)
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width → half-width), traditional → simplified, lower case."""
+    return to_simplified(unicodedata.normalize("NFKC", clean(text))).lower()
+
+
+def terms(text: str) -> list[str]:
+    """Segmented, normalised search terms of `text`, stop words and punctuation removed."""
+    words = _jieba().cut_for_search(normalize(text))
+    return [w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS]
+
+
+def segment_for_index(text: str) -> str:
+    """The space-joined term string stored in the FTS5 table."""
+    return " ".join(terms(text))
+
+
+def warm_up() -> None:
+    """Load the dictionary and converter now (e.g. while a bot starts) instead of on the first question."""
+    terms("预热")

