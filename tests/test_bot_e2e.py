@@ -1,0 +1,163 @@
+"""End to end: `bot.py` as a subprocess, long polling a fake Bot API server on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html, write_config
+
+from settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
+CORPUS = PROJECT_ROOT / "corpus" / "articles"
+QUESTION = "断卡行动打掉了多少个犯罪团伙？"
+EN_QUESTION = "How many criminal gangs were taken down in the card-breaking operation?"
+GROUP = -100777
+WAIT = 60.0  # generous bound so a broken build fails instead of hanging
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    return write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index")
+
+
+@pytest.fixture
+def server() -> Iterator[FakeBotAPIServer]:
+    with FakeBotAPIServer(FakeTelegram(TOKEN)) as running:
+        yield running
+
+
+def start_bot(config_file: Path, base_url: str, *args: str, token: str = TOKEN) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("QA_INDEX_DIR", "TELEGRAM_BASE_URL")}
+    env.update(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=base_url, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "bot.py", "--config", str(config_file), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(bot: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
+    """Signal the bot and collect its exit status and output (killed if it hangs)."""
+    if bot.poll() is None:
+        bot.send_signal(sig)
+    try:
+        out, err = bot.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        bot.kill()
+        out, err = bot.communicate()
+        pytest.fail(f"bot did not stop within 30 s after signal {sig}:\n{err[-3000:]}")
+    return bot.returncode, out + err
+
+
+def replies_to(api: FakeTelegram, chat_id: int) -> list[dict[str, object]]:
+    return [c.params for c in api.recorded("sendMessage") if int(c.params["chat_id"]) == chat_id]
+
+
+def test_bot_end_to_end_against_a_fake_bot_api(config_file: Path, server: FakeBotAPIServer) -> None:
+    api = server.api
+    p = Payloads()
+    bot = start_bot(config_file, server.base_url)
+    try:
+        # 1. A Chinese question (the bot first builds the missing index, then polls).
+        api.push(p.message(QUESTION, chat_id=11))
+        assert api.wait_for(lambda: len(replies_to(api, 11)) == 1, WAIT), "no answer to the Chinese question"
+        # 2. An English question, with a 429 "retry after" injected on its reply.
+        api.inject("sendMessage", status=429, retry_after=1)
+        api.push(p.message(EN_QUESTION, chat_id=12, lang="en"))
+        assert api.wait_for(lambda: len(replies_to(api, 12)) == 1, WAIT), "English answer lost after a 429"
+        # 3. A group: silence without a mention, a reply with one.
+        silent = p.message(QUESTION, chat_id=GROUP, user_id=21)
+        mention = p.mention(QUESTION, chat_id=GROUP, user_id=21)
+        api.push(silent)
+        api.push(mention)
+        assert api.wait_for(lambda: len(replies_to(api, GROUP)) >= 1, WAIT)
+        # 4. Markup in the question, a 6,000-character message, and a dropped getUpdates.
+        api.inject("getUpdates", reset=True)
+        api.inject("getUpdates", status=502)
+        api.push(p.message("<b>x</b> & <script>", chat_id=13, lang="en"))
+        api.push(p.message(QUESTION + "长" * 6000, chat_id=14))
+        assert api.wait_for(lambda: bool(replies_to(api, 13) and replies_to(api, 14)), WAIT)
+        # 5. A 5xx and a connection reset on sendMessage: retried with backoff.
+        api.inject("sendMessage", status=502)
+        api.inject("sendMessage", reset=True)
+        api.push(p.message("青海省禁止向挖矿项目提供什么？", chat_id=15))
+        assert api.wait_for(lambda: bool(replies_to(api, 15)), WAIT)
+    finally:
+        status, output = stop(bot)
+
+    assert status == 0, output[-3000:]
+    assert TOKEN not in output and "TEST_ONLY" not in output
+    assert "building index" in output  # the missing index was built, with progress in the log
+    assert QUESTION not in output and "<script>" not in output  # logs carry chat ids, not texts
+    assert "chat=11" in output
+
+    every = api.recorded("sendMessage")
+    assert not api.recorded("sendMessage", ok=False) or all(c.fault for c in api.recorded("sendMessage", ok=False))
+    for params in (c.params for c in every):
+        assert params["parse_mode"] == "HTML"
+        parsed = parse_html(str(params["text"]))  # valid Telegram HTML (the fake server checks too)
+        assert parsed.length <= 4096
+        assert set(parsed.tags) <= {"b", "a", "blockquote"}
+
+    [zh] = replies_to(api, 11)
+    assert "170余个" in parse_html(str(zh["text"])).text and "¶" in str(zh["text"])
+    [en] = replies_to(api, 12)
+    en_text = parse_html(str(en["text"])).text
+    assert en_text.startswith(("From the articles", "The articles do not cover this.")) and "《区块链日报》" in en_text
+    attempts = [c for c in api.recorded("sendMessage", ok=None) if c.params["chat_id"] == "12"]
+    assert [c.status for c in attempts] == [429, 200]  # the retry happened, nothing was lost
+
+    [group_reply] = replies_to(api, GROUP)
+    assert group_reply["reply_parameters"]["message_id"] == mention["message"]["message_id"]  # type: ignore[index]
+
+    [markup] = replies_to(api, 13)
+    assert "<script>" not in str(markup["text"])  # never echoed unescaped
+    [long] = replies_to(api, 14)
+    long_text = parse_html(str(long["text"])).text
+    assert "<blockquote>" in str(long["text"]) and "只使用了前 500 个字符" in long_text
+    [retried] = replies_to(api, 15)
+    faults = [c.fault for c in api.recorded("sendMessage", ok=None) if c.params["chat_id"] == "15"]
+    assert faults == ["502", "reset", ""] and "<blockquote>" in str(retried["text"])
+    polling_faults = {c.fault for c in api.recorded("getUpdates", ok=None)}
+    assert {"reset", "502"} <= polling_faults  # polling survived both
+
+
+def test_debug_logging_still_redacts_the_token(config_file: Path, server: FakeBotAPIServer) -> None:
+    api = server.api
+    bot = start_bot(config_file, server.base_url, "--debug")
+    try:
+        api.push(Payloads().message(QUESTION, chat_id=31))
+        assert api.wait_for(lambda: len(replies_to(api, 31)) == 1, WAIT)
+    finally:
+        status, output = stop(bot, signal.SIGINT)
+    assert status == 0, output[-3000:]
+    assert TOKEN not in output and "TEST_ONLY" not in output
+    assert "/bot<redacted>/getUpdates" in output  # request URLs are logged, token replaced
+    assert QUESTION in output  # debug logging includes message texts
+
+
+def test_a_rejected_token_is_one_clear_line(config_file: Path, server: FakeBotAPIServer) -> None:
+    wrong = "54321:WRONG_TEST_token_value_xyz"
+    bot = start_bot(config_file, server.base_url, token=wrong)
+    try:
+        bot.wait(timeout=WAIT)
+    finally:
+        status, output = stop(bot)
+    assert status == 2
+    assert "Telegram rejected the bot token" in output
+    assert "Traceback" not in output and wrong not in output and "WRONG_TEST" not in output

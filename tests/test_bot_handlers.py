@@ -1,0 +1,621 @@
+"""Handler tests: real PTB objects (`Update.de_json` on real-looking payloads) driven through
+the real Application, with a recording `BaseRequest` standing in for Telegram."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_telegram import (
+    BOT_USER,
+    Call,
+    FakeTelegram,
+    InProcessBot,
+    Payloads,
+    RecordingRequest,
+    parse_html,
+    utf16_len,
+    write_config,
+)
+
+from index.build import build_index
+from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot.handlers import STATE_KEY, BotState, build_application
+
+TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
+CORPUS = PROJECT_ROOT / "corpus" / "articles"
+QUESTION = "断卡行动打掉了多少个犯罪团伙？"
+EN_QUESTION = "How many criminal gangs were taken down in the card-breaking operation?"
+OFF_TOPIC_ZH = "推荐一部好看的电影"
+OFF_TOPIC_EN = "quantum chromodynamics lattice"
+GROUP = -100555
+os.environ.setdefault("PTB_TIMEDELTA", "1")  # as bot.py does: no deprecation warning on each 429
+
+
+@pytest.fixture(scope="module")
+def index_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One fake-embedder index of the default corpus, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("bot-index")
+    corpus = root / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    config = load_config(write_config(root / "build.toml", corpus=corpus, index=root / "index"))
+    build_index(config)
+    return corpus, root / "index"
+
+
+@pytest.fixture
+def make_config(index_dirs: tuple[Path, Path], tmp_path: Path) -> Callable[..., Config]:
+    def make(**telegram: Any) -> Config:
+        corpus, index = index_dirs
+        return load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=index, telegram=telegram))
+
+    return make
+
+
+def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
+    """Start the bot in process, run `scenario`, shut down; the recording API for assertions."""
+    api = FakeTelegram(TOKEN)
+
+    async def main() -> None:
+        app = build_application(config, TOKEN, request=RecordingRequest(api))
+        async with InProcessBot(app, api) as bot:
+            await scenario(bot, Payloads())
+
+    asyncio.run(main())
+    return api
+
+
+def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
+    return [c for c in calls if c.method == method and c.ok]
+
+
+def assert_valid_answer_html(call: Call) -> str:
+    """The text is valid Telegram HTML within the limit; returns the text after entity parsing."""
+    assert call.params["parse_mode"] == "HTML"
+    parsed = parse_html(call.params["text"])
+    assert parsed.length <= 4096
+    assert set(parsed.tags) <= {"b", "a", "blockquote"}
+    return parsed.text
+
+
+def buttons(call: Call) -> list[dict[str, str]]:
+    markup = call.params.get("reply_markup") or {}
+    return [b for row in markup.get("inline_keyboard", []) for b in row]
+
+
+# ---------------------------------------------------------------- answers
+def test_private_chinese_question_gets_quoted_cited_answer_with_buttons(
+    make_config: Callable[..., Config],
+) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION)))
+
+    run_bot(make_config(), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    html = answer.params["text"]
+    assert html.count("<blockquote>") == 3
+    assert "<b>" in html
+    assert "170余个" in text
+    assert "《区块链日报》2021-06-10" in text and "¶28" in text
+    assert "reply_parameters" not in answer.params  # private chats: no quoting
+    labels = [b["text"] for b in buttons(answer)]
+    assert labels == ["更多", "上下文", "来源"]
+    assert all(len(b["callback_data"].encode()) <= 64 for b in buttons(answer))
+
+
+@pytest.mark.parametrize(
+    ("question", "language_code", "expected", "unexpected"),
+    [
+        (EN_QUESTION, "en", "From the articles", "文章原文摘录"),
+        (EN_QUESTION, "zh-hans", "From the articles", "文章原文摘录"),  # the question's script wins
+        (QUESTION, "en", "文章原文摘录", "From the articles"),
+        (OFF_TOPIC_EN, "en", "The articles do not cover this.", "这些文章没有涉及"),
+    ],
+)
+def test_labels_follow_the_users_language_quotes_stay_chinese(
+    make_config: Callable[..., Config], question: str, language_code: str, expected: str, unexpected: str
+) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(question, lang=language_code)))
+
+    run_bot(make_config(), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    assert expected in text and unexpected not in text
+    quote = answer.params["text"].split("<blockquote>")[1]
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in quote)
+
+
+def test_unanswered_question_says_so_and_shows_one_weak_match(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(OFF_TOPIC_ZH)))
+
+    run_bot(make_config(), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    assert text.startswith("这些文章没有涉及这个问题。")
+    assert "弱匹配" in text
+    assert answer.params["text"].count("<blockquote>") == 1
+    assert [b["text"] for b in buttons(answer)] == ["上下文", "来源"]  # no "More" under a weak match
+
+
+@pytest.mark.parametrize("greeting", ["你好", "hi", "Thanks!", "👍", "hello bot", "谢谢啊"])
+def test_greetings_get_the_short_help_not_a_quote(make_config: Callable[..., Config], greeting: str) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(greeting)))
+
+    run_bot(make_config(), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    assert "<blockquote>" not in answer.params["text"]
+    assert "/help" in text
+    assert not buttons(answer)
+
+
+def test_overlong_question_is_truncated_before_retrieval(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION + "啊" * 6000)))
+
+    run_bot(make_config(max_question_chars=500), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    assert "<blockquote>" in answer.params["text"]
+    assert "只使用了前 500 个字符" in text
+
+
+def test_hostile_html_in_articles_and_questions_is_escaped(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "hostile.md").write_text(
+        "---\n"
+        'title: "<script>alert(1)</script> & <b>Bold</b> &amp; co"\n'
+        "source: <i>Evil</i> Daily\n"
+        "date: 2021-06-11\n"
+        'url: "https://example.com/a?x=1&y=<2>\\"q"\n'
+        "---\n\n"
+        "矿场<b>关停</b>的消息 & 传闻：<script>steal()</script> 矿工称 a<b 且 c>d，&lt;不是实体&gt;。\n\n"
+        "第二段：挖矿企业全部停产整顿 </blockquote> 之后 <a href='x'>链接</a>。\n",
+        encoding="utf-8",
+    )
+    config = load_config(write_config(tmp_path / "c.toml", corpus=corpus, index=tmp_path / "index"))
+    build_index(config)
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message("矿场<b>关停</b> & <script>的消息")))
+        answer = sent(calls)[-1]
+        data = {b["text"]: b["callback_data"] for b in buttons(answer)}
+        message = p.bot_message("x", chat_id=1001, message_id=answer.result["message_id"])
+        calls.extend(await bot.feed(p.callback(data["来源"], message=message, user_id=1001)))
+        calls.extend(await bot.feed(p.callback(data["上下文"], message=message, user_id=1001)))
+        calls.extend(await bot.feed(p.message("/sources")))
+
+    run_bot(config, scenario)
+    replies = sent(calls)
+    assert len(replies) == 4
+    for reply in replies:
+        assert_valid_answer_html(reply)
+        assert "<script>" not in reply.params["text"]
+    answer_text = parse_html(replies[0].params["text"]).text
+    assert "<script>steal()</script>" in answer_text  # shown literally, as text
+    assert "<script>alert(1)</script> & <b>Bold</b>" in answer_text
+    assert "&lt;不是实体&gt;" in answer_text
+    assert "<a " not in replies[1].params["text"]  # a URL with markup in it is not linked
+
+
+# ---------------------------------------------------------------- groups
+def test_group_is_silent_unless_addressed(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=GROUP, user_id=21)))
+        calls.extend(await bot.feed(p.message("@someone_else " + QUESTION, chat_id=GROUP, user_id=21)))
+
+    api = run_bot(make_config(), scenario)
+    assert not sent(calls)
+    assert not api.recorded("sendMessage")
+
+
+def test_group_mention_is_answered_as_a_reply_with_the_mention_stripped(
+    make_config: Callable[..., Config],
+) -> None:
+    calls: list[Call] = []
+    asked: list[int] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=1001)))
+        mention = p.mention(QUESTION, chat_id=GROUP, user_id=21)
+        asked.append(mention["message"]["message_id"])
+        calls.extend(await bot.feed(mention))
+        # A mention in the middle of the text, without an entity (typed by hand).
+        calls.extend(await bot.feed(p.message(f"请问 @{BOT_USER['username'].upper()} {QUESTION}", chat_id=GROUP)))
+
+    run_bot(make_config(), scenario)
+    private, group, inline_mention = sent(calls)
+    assert group.params["reply_parameters"]["message_id"] == asked[0]
+    assert int(group.params["chat_id"]) == GROUP
+    # The same answer as without the mention: the mention never reached retrieval.
+    assert group.params["text"] == private.params["text"]
+    assert "<blockquote>" in inline_mention.params["text"]
+
+
+def test_group_reply_to_the_bot_and_ask_command_are_answered(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        ours = p.bot_message("earlier answer", chat_id=GROUP, message_id=42)
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=GROUP, user_id=21, reply_to=ours)))
+        calls.extend(await bot.feed(p.message(f"/ask {QUESTION}", chat_id=GROUP, user_id=21)))
+        calls.extend(await bot.feed(p.message(f"/ask@{BOT_USER['username']} {QUESTION}", chat_id=GROUP)))
+        calls.extend(await bot.feed(p.message("/ask", chat_id=GROUP, user_id=21)))
+
+    run_bot(make_config(), scenario)
+    replies = sent(calls)
+    assert len(replies) == 4
+    for reply in replies[:3]:
+        assert "170余个" in assert_valid_answer_html(reply)
+        assert reply.params["reply_parameters"]["message_id"]
+    assert "/ask" in parse_html(replies[3].params["text"]).text  # usage, not a crash
+
+
+# ---------------------------------------------------------------- commands
+def test_start_help_sources_about(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        for command in ("/start", "/help", "/sources", "/about"):
+            calls.extend(await bot.feed(p.message(command, lang="en")))
+
+    run_bot(make_config(), scenario)
+    start, help_, sources, about = (assert_valid_answer_html(c) for c in sent(calls))
+    assert start == help_
+    assert "1 news article(s)" in help_ and "2021-06-10" in help_
+    assert "Examples:" in help_ and "@crackdown_test_bot" in help_
+    assert "新疆、青海叫停虚拟货币挖矿" in sources and "31 passages" in sources
+    assert "Model: test-hash" in about and "Passages: 31" in about and "Index version: v" in about
+    for call in sent(calls):
+        assert TOKEN not in json.dumps(call.params) and "TEST_ONLY" not in json.dumps(call.params)
+
+
+# ---------------------------------------------------------------- buttons
+def test_more_context_and_source_buttons(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        first = await bot.feed(p.message(QUESTION))
+        calls.extend(first)
+        answer = sent(first)[0]
+        data = {b["text"]: b["callback_data"] for b in buttons(answer)}
+        message = p.bot_message(answer.result["text"], chat_id=1001, message_id=answer.result["message_id"])
+        for label in ("更多", "上下文", "来源"):
+            calls.extend(await bot.feed(p.callback(data[label], message=message, user_id=1001)))
+        # "More" past the last result: a popup, the answer stays on screen.
+        past_the_end = data["更多"].rsplit(":", 1)[0] + ":48"
+        calls.extend(await bot.feed(p.callback(past_the_end, message=message, user_id=1001)))
+
+    run_bot(make_config(), scenario)
+    answer = sent(calls)[0]
+    [edit] = sent(calls, "editMessageText")
+    assert edit.params["message_id"] == str(answer.result["message_id"])
+    more = assert_valid_answer_html(edit)
+    assert more.startswith("更多段落（4–6）")
+    assert edit.params["text"].count("<blockquote>") == 3
+    assert edit.params["text"] != answer.params["text"]
+    context, source = sent(calls)[1:]
+    context_text = assert_valid_answer_html(context)
+    assert context.params["text"].count("<blockquote>") == 3  # before, the passage, after
+    assert context_text.startswith("上下文")
+    assert context.params["reply_parameters"]["message_id"] == answer.result["message_id"]
+    source_text = assert_valid_answer_html(source)
+    assert "新疆、青海叫停虚拟货币挖矿" in source_text and "2021-06-10" in source_text and "无链接" in source_text
+    popups = [c.params.get("text") for c in sent(calls, "answerCallbackQuery")]
+    assert popups == [None, None, None, "这个问题没有更多段落了。"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "garbage",
+        "",
+        "c:00000000:5:e",  # another index version's button
+        "s:zzzzzzzz:5:e",
+        "c:00000000:99999999999999999999:e",
+        "m:00000000:nosuchtoken:3",  # "More" whose question is gone (restart)
+        "x" * 64,
+        "c:%s:1:e'; drop table passages;--",
+    ],
+)
+def test_stale_or_forged_callback_data_gets_a_polite_answer(make_config: Callable[..., Config], data: str) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        message = p.bot_message("old answer", chat_id=1001, message_id=7)
+        calls.extend(await bot.feed(p.callback(data, message=message, user_id=1001, lang="en")))
+
+    run_bot(make_config(), scenario)
+    [answer] = sent(calls, "answerCallbackQuery")
+    assert answer.params["text"] in (
+        "This button is no longer valid. Please ask again.",
+        "This button is from an older version of the index. Please ask again.",
+    )
+    assert not sent(calls)  # no error message, no stray reply
+
+
+# ---------------------------------------------------------------- inline mode
+def test_inline_query_offers_quotes_as_articles(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.inline(QUESTION, user_id=31)))
+        calls.extend(await bot.feed(p.inline("", user_id=31)))
+
+    run_bot(make_config(), scenario)
+    full, empty = sent(calls, "answerInlineQuery")
+    results = full.params["results"]
+    assert 1 <= len(results) <= 3
+    assert int(full.params["cache_time"]) <= 60
+    for result in results:
+        assert result["type"] == "article" and len(result["id"].encode()) <= 64
+        content = result["input_message_content"]
+        assert content["parse_mode"] == "HTML"
+        text = parse_html(content["message_text"]).text
+        assert "¶" in text and "<blockquote>" in content["message_text"]
+    assert empty.params["results"] == [] and empty.params["button"]["start_parameter"] == "help"
+
+
+# ---------------------------------------------------------------- access and load
+def test_allowlist_refuses_others_once(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=42)))
+        calls.extend(await bot.feed(p.inline(QUESTION, user_id=7)))  # inline: no results, no refusal used up
+        for _ in range(3):
+            calls.extend(await bot.feed(p.message(QUESTION, chat_id=7, lang="en")))
+        calls.extend(await bot.feed(p.message("/help", chat_id=7, lang="en")))
+
+    run_bot(make_config(allowlist=[42]), scenario)
+    replies = sent(calls)
+    assert [int(c.params["chat_id"]) for c in replies] == [42, 7]
+    assert "<blockquote>" in replies[0].params["text"]
+    assert replies[1].params["text"] == "Sorry, this bot is private."
+    [inline] = sent(calls, "answerInlineQuery")
+    assert inline.params["results"] == []
+
+
+def test_flood_from_one_user_is_throttled_without_slowing_others(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        flood = [bot.feed(p.message(f"{QUESTION} {i}", chat_id=501, lang="en")) for i in range(50)]
+        await asyncio.gather(*flood, bot.feed(p.message(QUESTION, chat_id=502)))
+
+    api = run_bot(make_config(user_rate=8, rate_window=600.0), scenario)
+    to_flooder = [c.params["text"] for c in api.recorded("sendMessage") if c.params["chat_id"] == "501"]
+    notices = [t for t in to_flooder if t.startswith("You are asking very fast")]
+    assert len(notices) == 1
+    assert sum("<blockquote>" in t for t in to_flooder) == 8
+    assert len(to_flooder) == 9
+    [other] = [c for c in api.recorded("sendMessage") if c.params["chat_id"] == "502"]
+    assert "<blockquote>" in other.params["text"]
+
+
+def test_thirty_chats_at_once_are_all_answered(make_config: Callable[..., Config]) -> None:
+    questions = [
+        QUESTION,
+        EN_QUESTION,
+        "青海省禁止向挖矿项目提供什么？",
+        "哪些交易所的关键词被屏蔽了？",
+        "OTC是什么？",
+    ]
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        updates = [p.message(questions[i % len(questions)], chat_id=2000 + i) for i in range(30)]
+        await asyncio.gather(*(bot.feed(u) for u in updates))
+
+    api = run_bot(make_config(), scenario)
+    answered = {int(c.params["chat_id"]) for c in api.recorded("sendMessage") if "<blockquote>" in c.params["text"]}
+    assert answered == set(range(2000, 2030))
+    assert len(api.recorded("sendMessage")) == 30
+
+
+# ---------------------------------------------------------------- Telegram faults
+def test_429_on_send_is_retried_after_retry_after(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("sendMessage", status=429, retry_after=1)
+        await bot.feed(p.message(QUESTION))
+
+    api = run_bot(make_config(), scenario)
+    attempts = api.recorded("sendMessage", ok=None)
+    assert [c.status for c in attempts] == [429, 200]
+    assert attempts[0].params["text"] == attempts[1].params["text"]
+
+
+def test_5xx_timeouts_and_resets_on_send_are_retried(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("sendMessage", status=502)
+        bot.api.inject("sendMessage", reset=True)
+        bot.api.inject("sendMessage", timeout=True)
+        bot.api.inject("sendMessage", status=500)
+        await bot.feed(p.message(QUESTION))
+
+    api = run_bot(make_config(), scenario)
+    attempts = api.recorded("sendMessage", ok=None)
+    assert [c.fault for c in attempts] == ["502", "reset", "timeout", "500", ""]
+    assert attempts[-1].ok and "<blockquote>" in attempts[-1].params["text"]
+
+
+def test_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("sendMessage", status=400, description="Bad Request: can't parse entities: at byte 42")
+        await bot.feed(p.message(QUESTION))
+
+    api = run_bot(make_config(), scenario)
+    rejected, plain = api.recorded("sendMessage", ok=None)
+    assert rejected.status == 400 and rejected.params["parse_mode"] == "HTML"
+    assert plain.ok and "parse_mode" not in plain.params
+    assert "<" not in plain.params["text"] and "170余个" in plain.params["text"]
+    assert plain.params["text"] == parse_html(rejected.params["text"]).text
+
+
+def test_send_failing_after_all_retries_is_logged_and_apologised_for(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="telegram_bot")
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("sendMessage", status=500, times=5)  # the first reply and all 4 retries
+        await bot.feed(p.message(QUESTION, chat_id=1234, lang="en"))
+        await bot.feed(p.message(QUESTION, chat_id=1234, lang="en"))  # the bot still works
+
+    api = run_bot(make_config(), scenario)
+    delivered = [c.params["text"] for c in api.recorded("sendMessage")]
+    assert delivered[0] == "Sorry, something went wrong while answering. Please try again in a moment."
+    assert "<blockquote>" in delivered[1]
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("chat=1234" in r.getMessage() and "after retries" in r.getMessage() for r in failures)
+
+
+def test_unexpected_errors_reach_the_error_handler_not_the_user(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="telegram_bot")
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        state = bot.app.bot_data[STATE_KEY]
+        assert isinstance(state, BotState)
+        state.qa.retriever.close()  # a real fault: the index database goes away under the bot
+        await bot.feed(p.message(QUESTION, chat_id=4321, lang="en"))
+
+    api = run_bot(make_config(), scenario)
+    [reply] = api.recorded("sendMessage")
+    assert reply.params["text"] == "Sorry, something went wrong while answering. Please try again in a moment."
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "chat=4321" in error.getMessage() and error.exc_info is not None
+
+
+# ---------------------------------------------------------------- logging
+def test_logs_carry_chat_ids_not_message_texts(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await bot.feed(p.message(QUESTION, chat_id=8642))
+        await bot.feed(p.mention(OFF_TOPIC_ZH, chat_id=GROUP, user_id=8643))
+
+    run_bot(make_config(), scenario)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "chat=8642" in text and f"chat={GROUP}" in text
+    assert QUESTION not in text and OFF_TOPIC_ZH not in text
+    assert TOKEN not in text
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="telegram_bot")
+    run_bot(make_config(), scenario)
+    assert QUESTION in "\n".join(r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- index updates
+def _rebuilt_index(tmp_path: Path, **telegram: Any) -> tuple[Config, Path]:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    config = load_config(write_config(tmp_path / "c.toml", corpus=corpus, index=tmp_path / "index", telegram=telegram))
+    build_index(config)
+    return config, corpus
+
+
+def _publish_new_version(config: Config, corpus: Path) -> None:
+    (corpus / "later.md").write_text(
+        "---\ntitle: 后续报道\nsource: 测试日报\ndate: 2021-06-20\n---\n\n"
+        "四川省全面清退虚拟货币挖矿项目，涉及二十六个矿场。\n",
+        encoding="utf-8",
+    )
+    assert build_index(config).published
+
+
+def test_admin_reload_switches_index_and_old_buttons_are_stale(tmp_path: Path) -> None:
+    config, corpus = _rebuilt_index(tmp_path, admins=[99])
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        answer = sent(await bot.feed(p.message(QUESTION, chat_id=99, lang="en")))[0]
+        data = {b["text"]: b["callback_data"] for b in buttons(answer)}
+        message = p.bot_message("old", chat_id=99, message_id=answer.result["message_id"])
+        await asyncio.to_thread(_publish_new_version, config, corpus)
+        await bot.feed(p.message("/reload", chat_id=5, lang="en"))  # not an admin
+        # Questions keep being answered while the admin reloads.
+        await asyncio.gather(
+            bot.feed(p.message("/reload", chat_id=99, lang="en")),
+            *(bot.feed(p.message(QUESTION, chat_id=300 + i)) for i in range(5)),
+        )
+        await bot.feed(p.callback(data["上下文"], message=message, user_id=99, lang="en"))
+        await bot.feed(p.callback(data["更多"], message=message, user_id=99))
+        await bot.feed(p.message("/sources", chat_id=99, lang="en"))
+
+    api = run_bot(config, scenario)
+
+    def texts(chat: int) -> list[str]:
+        return [
+            parse_html(c.params["text"]).text for c in api.recorded("sendMessage") if c.params["chat_id"] == str(chat)
+        ]
+
+    assert texts(5) == ["Only the bot's admins can do that."]
+    answer, switched, sources = texts(99)
+    assert switched.startswith("Switched to index version v")
+    assert "后续报道" in sources and "后续报道" not in answer
+    for i in range(5):
+        [reply] = [c for c in api.recorded("sendMessage") if c.params["chat_id"] == str(300 + i)]
+        assert "<blockquote>" in reply.params["text"]
+    [stale] = api.recorded("answerCallbackQuery")[:1]
+    assert stale.params["text"] == "索引已更新，这个按钮已过期。请重新提问。"  # in the answer's language
+    assert api.recorded("editMessageText")  # "More" re-asks its question on the new index
+
+
+def test_running_bot_picks_up_a_published_index_by_itself(tmp_path: Path) -> None:
+    config, corpus = _rebuilt_index(tmp_path, reload_seconds=0.1)
+    versions: list[str] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        state = bot.app.bot_data[STATE_KEY]
+        assert isinstance(state, BotState)
+        versions.append(state.qa.version)
+        await asyncio.to_thread(_publish_new_version, config, corpus)
+        for _ in range(300):  # a generous bound against hanging, not a timing assertion
+            if state.qa.version != versions[0]:
+                break
+            await asyncio.sleep(0.05)
+        versions.append(state.qa.version)
+        await bot.feed(p.message("/sources", chat_id=77, lang="en"))
+
+    api = run_bot(config, scenario)
+    assert versions[0] != versions[1]
+    assert "后续报道" in parse_html(api.recorded("sendMessage")[-1].params["text"]).text
+
+
+def test_answers_fit_the_limit_even_with_many_passages(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION)))
+
+    run_bot(make_config(max_passages=50), scenario)
+    [answer] = sent(calls)
+    text = assert_valid_answer_html(answer)
+    assert utf16_len(text) <= 4096
+    assert answer.params["text"].count("<blockquote>") >= 5

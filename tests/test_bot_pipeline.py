@@ -1,0 +1,195 @@
+"""The pieces under the handlers: answer pipeline and batching, language choice, small
+talk, flood limit, allowlist, callback data and log redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import shutil
+from collections.abc import Sequence
+
+import pytest
+from fake_telegram import write_config
+
+from index.build import build_index
+from retrieval import Answer
+from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, QuestionCache, decode
+from telegram_bot.guards import Allowlist, FloodGate, Verdict
+from telegram_bot.i18n import detect_lang, is_chitchat
+from telegram_bot.logs import REDACTED, redact, setup_logging
+from telegram_bot.pipeline import AnswerBatcher, Kind, QAService
+
+QUESTIONS = [
+    "断卡行动打掉了多少个犯罪团伙？",
+    "青海省禁止向挖矿项目提供什么？",
+    "Which exchanges were blocked on Baidu and Weibo?",
+    "OTC是什么？",
+    "推荐一部好看的电影",
+]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", root / "corpus")
+    built = load_config(write_config(root / "c.toml", corpus=root / "corpus", index=root / "index"))
+    build_index(built)
+    return built
+
+
+def test_batched_answers_equal_one_by_one_answers(config: Config) -> None:
+    async def main() -> tuple[list[object], list[object]]:
+        qa = await QAService.open(config)
+        try:
+            together = await asyncio.gather(*(qa.ask(q, "zh") for q in QUESTIONS * 6))
+            alone = [await qa.ask(q, "zh") for q in QUESTIONS * 6]
+        finally:
+            await qa.close()
+        return list(together), alone
+
+    together, alone = asyncio.run(main())
+    assert together == alone
+    assert len({r.kind for r in together}) > 1  # answered and weak matches both went through
+
+
+def test_paging_and_limits(config: Config) -> None:
+    async def main() -> list[object]:
+        qa = await QAService.open(config)
+        try:
+            return [
+                await qa.ask(QUESTIONS[0], "zh"),
+                await qa.ask(QUESTIONS[0], "zh", offset=3),
+                await qa.ask(QUESTIONS[0], "zh", offset=10_000),
+                await qa.ask("   ", "en"),
+                await qa.ask(QUESTIONS[0] + "x" * 5000, "zh"),
+            ]
+        finally:
+            await qa.close()
+
+    first, second, beyond, empty, long = asyncio.run(main())
+    assert first.kind is Kind.ANSWER and len(first.hits) == 3 and first.has_more and first.offset == 0
+    assert second.kind is Kind.ANSWER and second.offset == 3
+    assert {h.passage_id for h in first.hits}.isdisjoint(h.passage_id for h in second.hits)
+    assert beyond.kind is Kind.NO_MORE and not beyond.hits
+    assert empty.kind is Kind.HELP
+    assert long.truncated and len(long.question) == config.telegram.max_question_chars
+
+
+def test_one_failing_question_does_not_fail_its_batch() -> None:
+    def answer_many(questions: Sequence[str], k: int) -> list[Answer]:
+        if "bad" in questions:
+            raise ValueError("cannot answer 'bad'")
+        return [Answer(question=q, answered=True) for q in questions]
+
+    async def main() -> list[Answer | BaseException]:
+        batcher = AnswerBatcher(answer_many, workers=1)
+        asks = [batcher.answer(q, 3) for q in ("a", "bad", "c", "d")]
+        return await asyncio.gather(*asks, return_exceptions=True)
+
+    first, bad, *rest = asyncio.run(main())
+    assert isinstance(first, Answer) and first.question == "a"
+    assert isinstance(bad, ValueError)
+    assert [r.question for r in rest if isinstance(r, Answer)] == ["c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("text", "client", "expected"),
+    [
+        ("断卡行动打掉了多少个犯罪团伙？", "en", "zh"),
+        ("How many gangs?", "zh-hans", "en"),
+        ("Was ist OTC?", "de", "en"),
+        ("OTC 是什么", None, "zh"),
+        ("What does 断卡 mean in this article?", None, "en"),
+        ("2021", "zh-TW", "zh"),
+        ("👍", None, "en"),
+    ],
+)
+def test_language_follows_the_script_then_the_client(text: str, client: str | None, expected: str) -> None:
+    assert detect_lang(text, client) == expected
+
+
+@pytest.mark.parametrize("text", ["hi", "Hello there!", "你好啊", "谢谢", "👍👍", "...", "thank you so much", "在吗？"])
+def test_small_talk_is_recognised(text: str) -> None:
+    assert is_chitchat(text)
+
+
+@pytest.mark.parametrize("text", ["你好，断卡行动打掉了多少个团伙？", "hello, which exchanges were blocked?", "OTC"])
+def test_questions_are_not_small_talk(text: str) -> None:
+    assert not is_chitchat(text)
+
+
+def test_flood_gate_notices_once_then_recovers_per_user() -> None:
+    now = [0.0]
+    gate = FloodGate(3, 10.0, clock=lambda: now[0])
+    verdicts = [gate.check(1) for _ in range(6)]
+    assert verdicts == [Verdict.ALLOW] * 3 + [Verdict.NOTICE] + [Verdict.SILENT] * 2
+    assert gate.check(2) is Verdict.ALLOW  # other users are not affected
+    now[0] = 10.5
+    assert gate.check(1) is Verdict.ALLOW  # the window moved on
+    assert [gate.check(1) for _ in range(3)][-1] is Verdict.NOTICE  # and a new burst is noticed again
+
+
+def test_allowlist_allows_listed_users_or_chats_and_refuses_others_once() -> None:
+    allow = Allowlist([5, -100])
+    assert allow.check(5, 99) is Verdict.ALLOW and allow.check(7, -100) is Verdict.ALLOW
+    assert allow.check(7, 7) is Verdict.NOTICE
+    assert allow.check(7, 7) is Verdict.SILENT
+    assert Allowlist([]).check(7, 7) is Verdict.ALLOW
+
+
+def test_callback_data_round_trips_within_64_bytes() -> None:
+    cache = QuestionCache(size=2)
+    token = cache.put("q" * 500, "en")
+    for data in (
+        ButtonData(MORE, "0123abcd", token=token, offset=48),
+        ButtonData(CONTEXT, "0123abcd", passage_id=2**40, lang="zh"),
+        ButtonData(SOURCE, "0123abcd", passage_id=7, lang="en"),
+    ):
+        encoded = data.encode()
+        assert len(encoded.encode()) <= 64
+        assert decode(encoded) == data
+    assert cache.get(token) == ("q" * 500, "en")
+    cache.put("a", "en")
+    cache.put("b", "en")
+    assert cache.get(token) is None  # bounded: old questions are forgotten
+    for forged in (
+        None,
+        42,
+        "",
+        "m:0123abcd::1",
+        "c:0123ABCD:1:z",
+        "c:0123abcd:-1:z",
+        "s:0123abcd:1:zz",
+        "é" * 40,
+    ):
+        assert decode(forged) is None
+
+
+def test_redaction_covers_the_token_urls_and_tracebacks() -> None:
+    token = "12345:TEST_ONLY_not_a_real_token_abc"
+    assert token not in redact(f"POST https://api.telegram.org/bot{token}/sendMessage", [token])
+    assert "/bot<redacted>/getMe" in redact("GET http://127.0.0.1:1/botANY-SECRET/getMe")
+    assert REDACTED in redact("token 123456789:AAHabcdefghijklmnopqrstuvwxyz0123456789")
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    names = ("httpx", "httpcore", "telegram", "telegram.ext.AIORateLimiter", "jieba", "faiss", "apscheduler")
+    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names})
+    setup_logging(secrets=[token], stream=stream)
+    try:
+        try:
+            raise RuntimeError(f"request to /bot{token}/getUpdates failed")
+        except RuntimeError:
+            logging.getLogger("telegram_bot").exception("failure with %s", token)
+        logging.getLogger("httpx").warning("HTTP Request: POST http://x/bot%s/getUpdates", token)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+        logging.captureWarnings(False)
+    output = stream.getvalue()
+    assert token not in output and "TEST_ONLY" not in output
+    assert "Traceback" in output and output.count(REDACTED) >= 3
