@@ -24,6 +24,7 @@ from index.build import model_key
 from index.embedder import Embedder, load_embedder
 from index.text import clean, terms
 from retrieval.fusion import fuse
+from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
 from settings import Config
 
@@ -241,10 +242,10 @@ class Retriever:
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
         order = np.argsort(-fused, kind="stable")[:k]
         idf = self._idf(snap, query_terms)
+        chosen = [rows[candidate_ids[position]] for position in order]
+        highlights = self._best_sentences(question, chosen, query_terms, idf, qvec)
         hits = []
-        for rank, position in enumerate(order, start=1):
-            row = rows[candidate_ids[position]]
-            start, end = self._best_sentence(row, query_terms, idf, qvec)
+        for rank, (position, row, (start, end)) in enumerate(zip(order, chosen, highlights, strict=True), start=1):
             hits.append(
                 Hit(
                     rank=rank,
@@ -300,30 +301,38 @@ class Retriever:
             return True
         return top_dense >= cfg.min_dense and (not has_terms or coverage >= cfg.min_lexical_coverage / 2)
 
-    def _best_sentence(
-        self, row: PassageRow, query_terms: Sequence[str], idf: dict[str, float], qvec: np.ndarray
-    ) -> tuple[int, int]:
-        """The sentence of a passage that best answers the question (offsets into its text).
+    def _best_sentences(
+        self,
+        question: str,
+        rows: Sequence[PassageRow],
+        query_terms: Sequence[str],
+        idf: dict[str, float],
+        qvec: np.ndarray,
+    ) -> list[tuple[int, int]]:
+        """For each passage, the sentence that best answers the question (offsets into its text).
 
-        IDF-weighted term overlap decides when the question shares words with the passage;
-        otherwise (e.g. an English question) sentence embeddings decide.
+        Term overlap with answer cues decides when the question shares words with the passage
+        (`retrieval.highlight`). Passages sharing no term with it (e.g. for an English
+        question) are decided by sentence embeddings, all embedded in one model call.
         """
-        spans = [(s, e) for s, e in split_sentences(row.text) if row.text[s:e].strip()]
-        if not spans:
-            return 0, len(row.text)
-        if len(spans) == 1:
-            return _trim(row.text, *spans[0])
-        total = sum(idf.values()) or 1.0
-        lexical = []
-        for s, e in spans:
-            present = set(terms(row.text[s:e]))
-            lexical.append(sum(idf[t] for t in query_terms if t in present) / total)
-        best = int(np.argmax(lexical))
-        if lexical[best] < 0.34:
-            sentence_vectors = self.embedder.encode_documents([row.text[s:e] for s, e in spans])
-            combined = np.asarray(lexical) + sentence_vectors @ qvec
-            best = int(np.argmax(combined))
-        return _trim(row.text, *spans[best])
+        results: list[tuple[int, int]] = []
+        pending: list[tuple[int, list[tuple[int, int]]]] = []
+        for i, row in enumerate(rows):
+            spans = [_trim(row.text, s, e) for s, e in split_sentences(row.text)]
+            spans = [(s, e) for s, e in spans if e > s] or [(0, len(row.text))]
+            scores = sentence_scores(question, [row.text[s:e] for s, e in spans], query_terms, idf)
+            best = int(np.argmax(scores))
+            results.append(spans[best])
+            if len(spans) > 1 and scores[best] == 0.0:
+                pending.append((i, spans))
+        if pending:
+            texts = [rows[i].text[s:e] for i, spans in pending for s, e in spans]
+            sims = self.embedder.encode_documents(texts) @ qvec
+            offset = 0
+            for i, spans in pending:
+                results[i] = spans[int(np.argmax(sims[offset : offset + len(spans)]))]
+                offset += len(spans)
+        return results
 
     # ---------- browsing (bot buttons, /sources, /about) ----------
     def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
@@ -343,7 +352,9 @@ class Retriever:
         snap = self._snapshot
         with snap.lock:
             return list(
-                snap.db.query("select id, path, title, source, author, date, url, lang, passages from articles order by date, id")
+                snap.db.query(
+                    "select id, path, title, source, author, date, url, lang, passages from articles order by date, id"
+                )
             )
 
 
