@@ -71,8 +71,14 @@ def normalize(text: str) -> str:
 
 def terms(text: str) -> list[str]:
     """Segmented, normalised search terms of `text`, stop words and punctuation removed."""
+    return list(_cached_terms(text))
+
+
+@lru_cache(maxsize=50_000)
+def _cached_terms(text: str) -> tuple[str, ...]:
+    # Cached: highlighting re-segments the sentences of popular passages on every question.
     words = _jieba().cut_for_search(normalize(text))
-    return [w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS]
+    return tuple(w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS)
 
 
 def segment_for_index(text: str) -> str:
