@@ -124,6 +124,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
     if isinstance(default, float):
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not value >= 0:  # also refuses nan, which would make every comparison false
+            raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
         return float(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(
@@ -147,6 +149,14 @@ def _validate(config: Config) -> None:
         raise ConfigError("[corpus] max_chars must be >= 40 and greater than min_chars")
     if config.retrieval.k < 1 or config.retrieval.max_k < 1:
         raise ConfigError("[retrieval] k and max_k must be at least 1")
+    # Zeros here pass the type checks but crash a search (FAISS asserts k > 0, HNSW aborts
+    # the process with M < 2) or the model (batch_size 0).
+    if config.retrieval.candidates < 1 or config.retrieval.max_query_chars < 1:
+        raise ConfigError("[retrieval] candidates and max_query_chars must be at least 1")
+    if config.index.hnsw_m < 2 or config.index.hnsw_ef_search < 1:
+        raise ConfigError("[index] hnsw_m must be at least 2 and hnsw_ef_search at least 1")
+    if config.model.batch_size < 1:
+        raise ConfigError("[model] batch_size must be at least 1")
     if not config.model.name.strip():
         raise ConfigError("[model] name must not be empty")
 

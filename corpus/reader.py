@@ -98,7 +98,29 @@ def _looks_like_chinese_text(text: str) -> bool:
         if "\u4e00" <= ch <= "\u9fff" or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef"
         or ch in "“”‘’…—·"
     )
-    return cjk / len(non_ascii) >= 0.9
+    return cjk / len(non_ascii) >= 0.9 and _latin1_mojibake_share(text) < 0.5
+
+
+def _latin1_mojibake_share(text: str) -> float:
+    """Share of non-ASCII characters that look like Latin-1 read as GBK.
+
+    An accented Latin-1 letter followed by an ASCII letter decodes as one rare GBK character
+    (trail byte < 0xA1, outside GB2312) glued to Latin letters: "Müller" → "M黮ler".
+    Real Chinese text uses GB2312 characters, or keeps rare ones among other CJK characters.
+    """
+    suspicious = total = 0
+    for i, ch in enumerate(text):
+        if ord(ch) <= 0x7F:
+            continue
+        total += 1
+        encoded = ch.encode("gb18030")
+        if len(encoded) == 2 and encoded[1] >= 0xA1:
+            continue  # GB2312 (and the GBK rows built like it)
+        before = text[i - 1] if i else ""
+        after = text[i + 1 : i + 2]
+        if (before.isascii() and before.isalpha()) or (after.isascii() and after.isalpha()):
+            suspicious += 1
+    return suspicious / max(total, 1)
 
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:

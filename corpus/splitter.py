@@ -74,15 +74,17 @@ def _blocks(body: str, base: int) -> list[_Block]:
             return
         parts: list[str] = []
         pieces: list[tuple[int, int]] = []
+        length = 0  # len("".join(parts)), kept as we go: summing per line is quadratic
         for raw, at in lines:
             line = raw.strip()
             lead = len(raw) - len(raw.lstrip())
             sep = _joiner(parts[-1], line) if parts else ""
-            offset = sum(len(p) for p in parts) + len(sep)
+            offset = length + len(sep)
             if sep:
                 parts.append(sep)
             pieces.append((offset, base + at + lead))
             parts.append(line)
+            length = offset + len(line)
         text = "".join(parts)
         first_raw, first_at = lines[0]
         last_raw, last_at = lines[-1]
@@ -107,34 +109,50 @@ def _blocks(body: str, base: int) -> list[_Block]:
     return blocks
 
 
-def _merge(a: _Block, b: _Block) -> _Block:
-    sep = _joiner(a.text, b.text)
-    shift = len(a.text) + len(sep)
-    pieces = list(a.pieces or []) + [(shift + o, f) for o, f in (b.pieces or [])]
-    return _Block(text=a.text + sep + b.text, start=a.start, end=b.end, pieces=pieces)
+def _merge(blocks: list[_Block]) -> _Block:
+    """Join the blocks of one broken paragraph in a single pass (pairwise joins are quadratic)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    parts: list[str] = []
+    pieces: list[tuple[int, int]] = []
+    length = 0
+    for block in blocks:
+        sep = _joiner(parts[-1], block.text) if parts else ""
+        if sep:
+            parts.append(sep)
+        pieces.extend((length + len(sep) + o, f) for o, f in (block.pieces or []))
+        parts.append(block.text)
+        length += len(sep) + len(block.text)
+    return _Block(text="".join(parts), start=blocks[0].start, end=blocks[-1].end, pieces=pieces)
+
+
+# `ends_sentence` of a paragraph being joined only looks at its last characters.
+_TAIL = 200
 
 
 def repair_paragraphs(body: str, base: int = 0) -> list[tuple[str, _Block]]:
     """Return (section, paragraph block) pairs with broken paragraphs joined."""
     result: list[tuple[str, _Block]] = []
     section = ""
-    open_block: _Block | None = None
+    open_blocks: list[_Block] = []  # the paragraph being joined
+    tail = ""  # its joined text's last _TAIL characters
     for block in _blocks(body, base):
         if block.heading is not None:
-            if open_block is not None:
-                result.append((section, open_block))
-                open_block = None
+            if open_blocks:
+                result.append((section, _merge(open_blocks)))
+                open_blocks = []
             section = block.heading
             continue
-        if open_block is None:
-            open_block = block
-        elif block.text.startswith(_CONTINUATION_START) or not ends_sentence(open_block.text):
-            open_block = _merge(open_block, block)
+        if open_blocks and (block.text.startswith(_CONTINUATION_START) or not ends_sentence(tail)):
+            open_blocks.append(block)
+            tail = (tail + _joiner(tail, block.text) + block.text)[-_TAIL:]
         else:
-            result.append((section, open_block))
-            open_block = block
-    if open_block is not None:
-        result.append((section, open_block))
+            if open_blocks:
+                result.append((section, _merge(open_blocks)))
+            open_blocks = [block]
+            tail = block.text[-_TAIL:]
+    if open_blocks:
+        result.append((section, _merge(open_blocks)))
     return result
 
 
@@ -183,7 +201,7 @@ def window_spans(text: str, max_chars: int) -> list[tuple[int, int]]:
 def _file_offset(block: _Block, text_offset: int) -> int:
     """Map an offset in the repaired text back to the decoded file."""
     pieces = block.pieces or [(0, block.start)]
-    index = bisect.bisect_right([p[0] for p in pieces], text_offset) - 1
+    index = bisect.bisect_right(pieces, text_offset, key=lambda p: p[0]) - 1
     piece_text_start, piece_file_start = pieces[max(index, 0)]
     return piece_file_start + max(text_offset - piece_text_start, 0)
 
@@ -241,9 +259,8 @@ def _merge_tiny(drafts: list[_Draft], max_chars: int, min_chars: int) -> list[_D
         d = drafts[i]
         nxt = drafts[i + 1] if i + 1 < len(drafts) else None
         if len(d.text) < min_chars and nxt and nxt.section == d.section and len(d.text) + len(nxt.text) < max_chars:
-            drafts[i + 1] = _Draft(
-                d.section, d.paragraph, nxt.paragraph_end, d.text + _joiner(d.text, nxt.text) + nxt.text, d.start, nxt.end
-            )
+            joined = d.text + _joiner(d.text, nxt.text) + nxt.text
+            drafts[i + 1] = _Draft(d.section, d.paragraph, nxt.paragraph_end, joined, d.start, nxt.end)
             i += 1
             continue
         prev = out[-1] if out else None

@@ -55,12 +55,17 @@ def _build(args: argparse.Namespace) -> int:
             on_wait=lambda: print("another build is running; waiting for it to finish…", file=sys.stderr),
         )
     except (BuildError, BuildLockedError) as exc:
+        _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for item in report.skipped:
-        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+    _print_skipped(report.skipped)
     print(report.summary())
     return 0
+
+
+def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
+    for item in items:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
 
 
 def _open_live(args: argparse.Namespace):

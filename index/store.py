@@ -39,10 +39,15 @@ CREATE TABLE IF NOT EXISTS passages (
 """
 
 
+def _readonly_uri(path: Path) -> str:
+    """A read-only SQLite URI; `as_uri` percent-encodes "?", "#" and "%" in directory names."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
 def open_db(path: Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """Open a version's database. Readers open read-only and may share it across threads."""
     if readonly:
-        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(_readonly_uri(path), uri=True, check_same_thread=False)
         conn.execute("PRAGMA query_only = 1")
     else:
         conn = sqlite3.connect(str(path))
@@ -150,9 +155,24 @@ def passage_count(db: sqlite_utils.Database) -> int:
     return db["passages"].count if "passages" in db.table_names() else 0
 
 
+def continue_ids(db: sqlite_utils.Database, previous: Path) -> None:
+    """Start a fresh database's passage ids after `previous`'s (a full rebuild or a model
+    change), so an id never names two different passages across versions."""
+    src = open_db(previous, readonly=True)
+    try:
+        row = src.execute("select seq from sqlite_sequence where name = 'passages'").fetchone()
+    except sqlite3.DatabaseError:
+        row = None  # not a database of ours: nothing to continue from
+    finally:
+        src.close()
+    if row:
+        db.execute("delete from sqlite_sequence where name = 'passages'")
+        db.execute("insert into sqlite_sequence(name, seq) values ('passages', ?)", [int(row[0])])
+
+
 def copy_database(source: Path, target: Path) -> None:
     """Copy a published database for an incremental build (SQLite backup: consistent, fast)."""
-    src = sqlite3.connect(f"file:{Path(source).resolve()}?mode=ro", uri=True)
+    src = sqlite3.connect(_readonly_uri(source), uri=True)
     dst = sqlite3.connect(str(target))
     try:
         src.backup(dst)
