@@ -15,6 +15,14 @@ from pathlib import Path
 from settings import ConfigError, load_config, with_overrides
 
 
+def json_line(data: dict) -> str:
+    """One JSON line. Unicode line separators are escaped so line-splitting readers stay in step."""
+    text = json.dumps(data, ensure_ascii=False)
+    for sep in ("\u2028", "\u2029", "\x85"):
+        text = text.replace(sep, json.dumps(sep)[1:-1])
+    return text + "\n"
+
+
 def render(answer, console) -> None:  # type: ignore[no-untyped-def]
     """Print an answer as quotes with the best sentence highlighted, then the citation."""
     from rich.text import Text
@@ -65,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.question:
-            answer = retriever.answer(" ".join(args.question), args.k)
+            # Undecodable bytes in argv arrive as surrogate escapes; make them U+FFFD like stdin.
+            question = " ".join(args.question).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            answer = retriever.answer(question, args.k)
             if args.json:
-                print(json.dumps(answer.to_dict(), ensure_ascii=False))
+                sys.stdout.write(json_line(answer.to_dict()))
             else:
                 from rich.console import Console
 
@@ -86,7 +96,7 @@ def _batch(retriever, k: int | None) -> int:  # type: ignore[no-untyped-def]
     for raw in stdin:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         answer = retriever.answer(line, k)
-        sys.stdout.write(json.dumps(answer.to_dict(), ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(answer.to_dict()))
         sys.stdout.flush()
     return 0
 

@@ -103,19 +103,20 @@ class _Snapshot:
         return {int(r[0]): -float(r[1]) for r in rows}
 
     def document_frequencies(self, query_terms: Sequence[str]) -> dict[str, int]:
-        missing = [t for t in query_terms if t not in self._df_cache]
+        cache = self._df_cache  # a local reference: another thread may swap in a fresh dict
+        missing = [t for t in query_terms if t not in cache]
+        found: dict[str, int] = {}
         if missing:
             with self.lock:
                 rows = self.db.execute(
                     f"select term, doc from passages_fts_vocab where term in ({','.join('?' * len(missing))})",
                     missing,
                 ).fetchall()
-            found = {r[0]: int(r[1]) for r in rows}
-            if len(self._df_cache) > 50_000:
-                self._df_cache.clear()
-            for t in missing:
-                self._df_cache[t] = found.get(t, 0)
-        return {t: self._df_cache[t] for t in query_terms}
+            found = {t: 0 for t in missing} | {r[0]: int(r[1]) for r in rows}
+            if len(cache) > 50_000:
+                self._df_cache = {}
+            self._df_cache.update(found)
+        return {t: found[t] if t in found else cache.get(t, 0) for t in query_terms}
 
     def neighbours(self, article_id: str, ordinal: int, before: int, after: int) -> list[int]:
         with self.lock:
@@ -180,7 +181,12 @@ class Retriever:
             if current is None or current.name == self._snapshot.version.name:
                 self._stamp = stamp
                 return False
-            self._snapshot = self._open_snapshot()
+            try:
+                self._snapshot = self._open_snapshot()
+            except ModelMismatchError:
+                # Keep serving the old version; report this publish once, not on every call.
+                self._stamp = stamp
+                raise
             self._stamp = stamp
             # The old snapshot is left to the garbage collector: a question in flight may
             # still be reading it.
