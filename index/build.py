@@ -20,16 +20,18 @@ import numpy as np
 
 from corpus import Article, Skipped, load_corpus, split_article
 from index import publish, store, vectors
-from index.embedder import Embedder, load_embedder
-from index.text import segment_for_index
+from index.embedder import Embedder, HashEmbedder, load_embedder
+from index.text import BackgroundSegmenter, segment_for_index
+from index.usem3_st import default_threads
 from settings import Config
 
 log = logging.getLogger(__name__)
 
 SPLITTER_VERSION = 1
-# Passages embedded per call: large enough to keep the model busy, small enough for a
-# smooth progress bar and bounded memory.
-EMBED_CHUNK = 256
+# Characters of passage text embedded per call (a token budget, roughly: ~1 token per Chinese
+# character): large enough to keep the model busy, small enough for a smooth progress bar and
+# bounded memory. The model packs each call into its own token-budget micro-batches.
+EMBED_CHARS = 60_000
 
 Progress = Callable[[int, int], None]
 
@@ -213,26 +215,40 @@ def _write_articles(
     # Articles without passages (e.g. headings only) are still recorded below, or every
     # later build would see them as new and publish again.
     matrix = np.zeros((0, 0), dtype=np.float32)
-    if total:
-        model = embedder or load_embedder(config.model)
-        done = 0
-        if progress:
-            progress(0, total)
-        # Embed across article boundaries in fixed chunks (few big calls are faster than many
-        # small ones), then insert article by article.
-        texts = [p.text for _, passages in plans for p in passages]
-        chunks: list[np.ndarray] = []
-        for start in range(0, total, EMBED_CHUNK):
-            chunks.append(model.encode_documents(texts[start : start + EMBED_CHUNK]))
-            done = min(start + EMBED_CHUNK, total)
+    to_segment = [f"{p.section} {p.text}" for _, passages in plans for p in passages]
+    segmenter = None
+    if total and embedder is None and config.model.name != HashEmbedder.name and default_threads() > 1:
+        # Loading the model is seconds of single-threaded imports: jieba (its dictionary, then
+        # the passages) runs meanwhile in a child process on another core.
+        segmenter = BackgroundSegmenter(to_segment)
+    try:
+        if total:
+            model = embedder or load_embedder(config.model)
             if progress:
-                progress(done, total)
-        matrix = np.concatenate(chunks)
+                progress(0, total)
+            # Embed across article boundaries in chunks of about EMBED_CHARS characters (few big
+            # calls are faster than many small ones), then insert article by article.
+            texts = [p.text for _, passages in plans for p in passages]
+            chunks: list[np.ndarray] = []
+            start = 0
+            while start < total:
+                end, chars = start, 0
+                while end < total and (end == start or chars + len(texts[end]) <= EMBED_CHARS):
+                    chars += len(texts[end])
+                    end += 1
+                chunks.append(model.encode_documents(texts[start:end]))
+                start = end
+                if progress:
+                    progress(start, total)
+            matrix = np.concatenate(chunks)
+        all_terms = segmenter.result() if segmenter else [segment_for_index(t) for t in to_segment]
+    finally:
+        if segmenter:
+            segmenter.close()
     offset = 0
     with db.conn:
         for article, passages in plans:
             n = len(passages)
-            terms = [segment_for_index(f"{p.section} {p.text}") for p in passages]
-            store.insert_article(db, article, passages, terms, matrix[offset : offset + n])
+            store.insert_article(db, article, passages, all_terms[offset : offset + n], matrix[offset : offset + n])
             offset += n
     return total, (int(matrix.shape[1]) if total else None)

@@ -9,7 +9,6 @@ not pay for torch.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -66,15 +65,26 @@ class SentenceTransformerEmbedder:
                     self._model = self._load()
         return self._model
 
+    @property
+    def _flat_batches(self) -> bool:
+        # The bundled model packs a whole call into token-budget micro-batches itself (no
+        # padding), so it gets the call in one piece; other models pad per batch and get
+        # `batch_size` texts at a time (sentence-transformers sorts them by length first).
+        return self._config.name == BUILTIN_MODEL
+
     def _load(self) -> Any:
         import torch
 
-        threads = self._config.threads or os.cpu_count() or 1
+        from index.usem3_st import default_threads
+
+        # [model] threads, or one per core this process may run on (affinity-aware).
+        threads = self._config.threads or default_threads()
         torch.set_num_threads(threads)
         if self._config.name == BUILTIN_MODEL:
             from index.usem3_st import load_usem3_sentence_transformer
 
-            return load_usem3_sentence_transformer()
+            # The module sets its own intra-op thread count around every forward pass.
+            return load_usem3_sentence_transformer(threads=threads)
         from sentence_transformers import SentenceTransformer
 
         return SentenceTransformer(self._config.name, device="cpu")
@@ -85,7 +95,7 @@ class SentenceTransformerEmbedder:
         prompt = self._config.query_prompt if query else self._config.document_prompt
         encode = self.model.encode_query if query else self.model.encode_document
         kwargs: dict[str, Any] = {
-            "batch_size": self._config.batch_size,
+            "batch_size": len(texts) if self._flat_batches else self._config.batch_size,
             "convert_to_numpy": True,
             "normalize_embeddings": True,
             "show_progress_bar": False,

@@ -86,6 +86,87 @@ def segment_for_index(text: str) -> str:
     return " ".join(terms(text))
 
 
+def _segment_files(source: str, target: str) -> None:
+    """Child-process entry point of `BackgroundSegmenter`: JSON list of texts in, of term strings out."""
+    import json
+
+    with open(source, encoding="utf-8") as f:
+        texts = json.load(f)
+    out = [segment_for_index(t) for t in texts]
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False)
+
+
+class BackgroundSegmenter:
+    """`segment_for_index` over many texts in a child process, started now, collected later.
+
+    jieba is pure Python, so a thread would only take turns with the caller under the GIL; a
+    process really runs beside it. The index build starts one before it loads the embedding
+    model, seconds of mostly single-threaded imports that leave the other core idle. The child
+    is a fresh `python -c` (not multiprocessing: fork is unsafe once torch or OpenMP threads
+    exist, and spawn would re-run the caller's main script). Texts and results go through
+    temporary files. If the child fails for any reason, `result()` segments in this process.
+    """
+
+    def __init__(self, texts: list[str]) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        self._texts = texts
+        self._process: Any = None
+        self._dir = tempfile.TemporaryDirectory(prefix="index-segment-")
+        self._source = os.path.join(self._dir.name, "texts.json")
+        self._target = os.path.join(self._dir.name, "terms.json")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        code = f"from index.text import _segment_files; _segment_files({self._source!r}, {self._target!r})"
+        try:
+            with open(self._source, "w", encoding="utf-8") as f:
+                json.dump(texts, f, ensure_ascii=False)
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except Exception as exc:  # no process could be started: segment inline later
+            logging.getLogger(__name__).warning("segmenting in this process: %s", exc)
+
+    def result(self) -> list[str]:
+        import json
+
+        out: Any = None
+        process = self._process
+        if process is not None:
+            _, err = process.communicate()
+            if process.returncode == 0:
+                try:
+                    with open(self._target, encoding="utf-8") as f:
+                        out = json.load(f)
+                except (OSError, ValueError) as exc:
+                    err = str(exc).encode()
+            if out is None:
+                lines = err.decode("utf-8", "replace").strip().splitlines() or [f"exit {process.returncode}"]
+                logging.getLogger(__name__).warning("segmenter process failed (%s); segmenting here", lines[-1])
+        self.close()
+        if not isinstance(out, list) or len(out) != len(self._texts):
+            out = [segment_for_index(t) for t in self._texts]
+        return out
+
+    def close(self) -> None:
+        """Stop the child if it still runs (e.g. the build was interrupted) and remove the
+        temporary files. Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+            elif process.stderr is not None:
+                process.stderr.close()
+        self._dir.cleanup()
+
+
 def warm_up() -> None:
     """Load the dictionary and converter now (e.g. while a bot starts) instead of on the first question."""
     terms("预热")

@@ -29,11 +29,20 @@ from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
 from settings import Config
 
+# Fixed SQL texts, so each is compiled once per connection and reused from sqlite3's statement
+# cache: the ids travel as one JSON array parameter (`json_each`), not as a variable number
+# of "?" placeholders (a new statement for every candidate count).
 _ROW_SQL = """
 select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p.text, p.terms,
        p.embedding, a.title, a.source, a.date, a.url
 from passages p join articles a on a.id = p.article_id
-where p.id in ({})
+where p.id in (select value from json_each(?))
+"""
+# Fusion needs only the embeddings of the candidates; full rows are read for the top k.
+_EMBEDDING_SQL = """
+select p.id, p.embedding
+from passages p join articles a on a.id = p.article_id
+where p.id in (select value from json_each(?))
 """
 
 
@@ -80,14 +89,37 @@ class _Snapshot:
         if not ids:
             return {}
         with self.lock:
-            cursor = self.db.execute(_ROW_SQL.format(",".join("?" * len(ids))), [int(i) for i in ids])
-            rows = cursor.fetchall()
+            rows = self.db.execute(_ROW_SQL, [_id_array(ids)]).fetchall()
         out = {}
         for r in rows:
             out[r[0]] = PassageRow(
                 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], np.frombuffer(r[8], dtype=np.float32), *r[9:]
             )
         return out
+
+    def dense(self, qvec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search for one query vector: (similarities, ids), each of shape (1, n).
+
+        FAISS would open an OpenMP team of every core even for one query; on a busy machine
+        the team's barrier then waits for descheduled threads (6x slower measured here). One
+        thread instead, for this call only: the OpenMP setting is per calling thread.
+        """
+        import faiss
+
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.faiss.search(qvec.reshape(1, -1).astype(np.float32), n)
+        finally:
+            faiss.omp_set_num_threads(previous)
+
+    def embeddings(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Passage id → embedding, for the ids that name a passage (of an existing article)."""
+        if not ids:
+            return {}
+        with self.lock:
+            rows = self.db.execute(_EMBEDDING_SQL, [_id_array(ids)]).fetchall()
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
     def bm25(self, query_terms: Sequence[str], limit: int) -> dict[int, float]:
         """Passage id → BM25 (higher is better) for passages matching any term."""
@@ -238,20 +270,21 @@ class Retriever:
         query_terms = list(dict.fromkeys(terms(question)))
         lexical = snap.bm25(query_terms, cfg.candidates)
         n_dense = min(cfg.candidates, snap.count)
-        sims, ids = snap.faiss.search(qvec.reshape(1, -1).astype(np.float32), n_dense)
+        sims, ids = snap.dense(qvec, n_dense)
         dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
         candidate_ids = list(dict.fromkeys([*dense, *lexical]))
-        rows = snap.rows(candidate_ids)
-        candidate_ids = [i for i in candidate_ids if i in rows]
+        embeddings = snap.embeddings(candidate_ids)
+        candidate_ids = [i for i in candidate_ids if i in embeddings]
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version.name)
         dense_scores = np.array(
-            [dense[i] if i in dense else float(rows[i].embedding @ qvec) for i in candidate_ids]
+            [dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids]
         )
         lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
         order = np.argsort(-fused, kind="stable")[:k]
         idf = self._idf(snap, query_terms)
+        rows = snap.rows([candidate_ids[position] for position in order])
         chosen = [rows[candidate_ids[position]] for position in order]
         highlights = self._best_sentences(question, chosen, query_terms, idf, qvec)
         hits = []
@@ -374,6 +407,11 @@ class Retriever:
                     "select id, path, title, source, author, date, url, lang, passages from articles order by date, id"
                 )
             )
+
+
+def _id_array(ids: Sequence[int]) -> str:
+    """Ids as one JSON array parameter for `json_each`."""
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:

