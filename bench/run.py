@@ -6,7 +6,8 @@ Sections: embed (bench/bench_embed.py), build (full build vs the numpy reference
 rebuilds), imports (what `--help` loads), query (6k passages: CLI batch mode and Python API),
 bot (start-up and bursts against the loopback fake Bot API), scale100k and scale1m (synthetic
 passages and vectors), quality (bench/quality.py). All results go to var/bench/results.json
-(or --out); the path is printed last. bench/README.md explains every figure.
+(or --out); the path is printed last. Exit status 1 when a section could not run (with
+--strict also when a target is missed). bench/README.md explains every figure.
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no 1M section (a smoke run)")
     parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed, not only on errors")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "results.json")
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "work")
     args = parser.parse_args()
@@ -300,7 +302,11 @@ def main() -> int:
     shutil.rmtree(args.work / "scale-100000", ignore_errors=True)
     shutil.rmtree(args.work / "scale-1000000", ignore_errors=True)
     print(f"\nresults: {args.out}")
-    return 1 if any(r[3] is False for r in rows) else 0
+    errors = [name for name in sections if isinstance(results.get(name), dict) and "error" in results[name]]
+    if errors:
+        print(f"sections that failed to run: {', '.join(errors)}", file=sys.stderr)
+    missed = sum(r[3] is False for r in rows)
+    return 1 if errors or (args.strict and missed) else 0
 
 
 if __name__ == "__main__":
