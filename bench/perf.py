@@ -113,14 +113,19 @@ def child_env(**extra: str | None) -> dict[str, str]:
     return env
 
 
-def run_child(args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
-              timeout: float = 1800.0) -> Child:
+def run_child(
+    args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 1800.0
+) -> Child:
     """Run to completion; wall time around the child, its own peak RSS from wait4."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            list(args), cwd=ROOT, env=env or child_env(),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=out, stderr=err,
+            list(args),
+            cwd=ROOT,
+            env=env or child_env(),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
         )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
@@ -136,8 +141,13 @@ def run_child(args: Sequence[str], *, env: dict[str, str] | None = None, stdin: 
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Child(wall, usage.ru_maxrss / 1024, proc.returncode,
-                     out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"))
+        return Child(
+            wall,
+            usage.ru_maxrss / 1024,
+            proc.returncode,
+            out.read().decode("utf-8", "replace"),
+            err.read().decode("utf-8", "replace"),
+        )
 
 
 def ref_env(threads: int) -> dict[str, str]:
@@ -145,15 +155,17 @@ def ref_env(threads: int) -> dict[str, str]:
     pools pinned to `threads`."""
     n = str(threads)
     return child_env(
-        **{k: None for k in OPENBLAS_VARS}, PYTHONPATH=None,
-        OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n,
+        **{k: None for k in OPENBLAS_VARS},
+        PYTHONPATH=None,
+        OPENBLAS_NUM_THREADS=n,
+        OMP_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
     )
 
 
 def run_reference(texts_json: Path, threads: int, repeats: int = 1) -> dict[str, Any]:
     child = run_child(
-        [PY, "-I", str(BENCH / "ref_encode.py"), str(texts_json), "--threads", str(threads),
-         "--repeats", str(repeats)],
+        [PY, "-I", str(BENCH / "ref_encode.py"), str(texts_json), "--threads", str(threads), "--repeats", str(repeats)],
         env=ref_env(threads),
     ).check("reference encode")
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -232,7 +244,7 @@ def bench_build(work: Path, *, n_passages: int, repeats: int, rebuild_repeats: i
         log(f"  our encode {ours[-1]['encode_s']:.1f}s (+{ours[-1]['load_s']:.1f}s load)")
 
     for r in range(repeats):
-        for step in ((one_ref, one_ours, one_build) if r % 2 == 0 else (one_build, one_ours, one_ref)):
+        for step in (one_ref, one_ours, one_build) if r % 2 == 0 else (one_build, one_ours, one_ref):
             step()
     build_s = median([b.wall_s for b in builds])
     ref_s = median([x["encode_s"][0] for x in refs])
@@ -270,8 +282,10 @@ def bench_build(work: Path, *, n_passages: int, repeats: int, rebuild_repeats: i
         added.append(index_build(corpus, index))
         path.unlink()
         removed.append(index_build(corpus, index, probe=True))
-    log(f"  rebuild no change {median([c.wall_s for c in nochange]):.2f}s, "
-        f"one added {median([c.wall_s for c in added]):.2f}s, one removed {median([c.wall_s for c in removed]):.2f}s")
+    log(
+        f"  rebuild no change {median([c.wall_s for c in nochange]):.2f}s, "
+        f"one added {median([c.wall_s for c in added]):.2f}s, one removed {median([c.wall_s for c in removed]):.2f}s"
+    )
     for child, expect in ((nochange[-1], "nothing changed"), (added[-1], "1 added"), (removed[-1], "1 removed")):
         if expect not in child.stdout:
             raise RuntimeError(f"rebuild did not report {expect!r}: {child.stdout[-500:]}")
@@ -303,8 +317,12 @@ def bench_cli(index: Path, *, n: int, repeats: int, warm: int = 10) -> dict[str,
     for _ in range(repeats):
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [PY, "-m", "retrieval", "--index", str(index)], cwd=ROOT, env=child_env(),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [PY, "-m", "retrieval", "--index", str(index)],
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(("\n".join(qs) + "\n").encode("utf-8"))
@@ -420,8 +438,9 @@ def exact_top_k(vectors: Any, queries: Any, k: int) -> Any:
     return best_i
 
 
-def scale_index(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: int, n_recall: int,
-                hnsw_m: int | None = None) -> dict[str, Any]:
+def scale_index(
+    base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: int, n_recall: int, hnsw_m: int | None = None
+) -> dict[str, Any]:
     """A published index of `n` passages: the base index's real passages and embeddings, then
     synthetic passages (text stitched from CMRC sentences, terms from their segmentation, vectors
     from `synthetic_vectors`). FAISS built by `index.vectors` for each kind in `kinds` (the last
@@ -446,8 +465,9 @@ def scale_index(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: i
     conn = db.conn
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA journal_mode = OFF")
-    real = np.frombuffer(b"".join(r[0] for r in conn.execute("select embedding from passages order by id")),
-                         dtype=np.float32).reshape(-1, 512)
+    real = np.frombuffer(
+        b"".join(r[0] for r in conn.execute("select embedding from passages order by id")), dtype=np.float32
+    ).reshape(-1, 512)
     n_real = len(real)
     synthetic = synthetic_vectors(real, n - n_real)
     titles, sentences = _material()
@@ -464,13 +484,27 @@ def scale_index(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: i
                 arts.append((article, article, rng.choice(titles), "合成新闻", "", "2020-01-01", "", "zh", "-", 0))
             ordinal = i % per_article
             text = "".join(sentences[j] for j in picks)
-            rows.append((article, ordinal, "", ordinal + 1, ordinal + 1, text, 0, len(text),
-                         " ".join(seg[j] for j in picks), synthetic[i].tobytes()))
+            rows.append(
+                (
+                    article,
+                    ordinal,
+                    "",
+                    ordinal + 1,
+                    ordinal + 1,
+                    text,
+                    0,
+                    len(text),
+                    " ".join(seg[j] for j in picks),
+                    synthetic[i].tobytes(),
+                )
+            )
         with conn:
             conn.executemany("insert into articles values (?,?,?,?,?,?,?,?,?,?)", arts)
             conn.executemany(
                 'insert into passages (article_id, ordinal, section, paragraph, paragraph_end, text, start, "end",'
-                " terms, embedding) values (?,?,?,?,?,?,?,?,?,?)", rows)
+                " terms, embedding) values (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
     sqlite_s = time.perf_counter() - started
     log(f"  {n} passages: SQLite + FTS written in {sqlite_s:.0f}s")
 
@@ -512,11 +546,18 @@ def scale_index(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: i
             "p50_ms": 1000 * percentile(lat, 50),
             "p95_ms": 1000 * percentile(lat, 95),
             "recall_at_10": float(np.mean(hits)),
-            "params": (f"M={icfg.hnsw_m} efConstruction={max(40, icfg.hnsw_m * 2)} efSearch={icfg.hnsw_ef_search}"
-                       if kind == "hnsw" else "exact" if kind == "flat" else "nlist~2*sqrt(n), nprobe=nlist/32"),
+            "params": (
+                f"M={icfg.hnsw_m} efConstruction={max(40, icfg.hnsw_m * 2)} efSearch={icfg.hnsw_ef_search}"
+                if kind == "hnsw"
+                else "exact"
+                if kind == "flat"
+                else "nlist~2*sqrt(n), nprobe=nlist/32"
+            ),
         }
-        log(f"  {n} {kind}: built {build_s:.0f}s, p50 {result['dense'][kind]['p50_ms']:.2f} ms, "
-            f"recall@10 {result['dense'][kind]['recall_at_10']:.3f}")
+        log(
+            f"  {n} {kind}: built {build_s:.0f}s, p50 {result['dense'][kind]['p50_ms']:.2f} ms, "
+            f"recall@10 {result['dense'][kind]['recall_at_10']:.3f}"
+        )
     meta = store.get_meta(db)
     meta.update(passages=n, faiss=kinds[-1], version=name, articles=db["articles"].count)
     store.set_meta(db, meta)
@@ -525,15 +566,33 @@ def scale_index(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: i
     publish.publish(out, name, staging)
     result["api"] = api_latency(out, n_api)
     parts = result["api"]["component_p50_ms"]
-    log(f"  {n} API p50 {result['api']['p50_ms']:.1f} ms p95 {result['api']['p95_ms']:.1f} ms "
-        f"(embed {parts['embed']:.1f}, bm25 {parts['bm25']:.1f}, faiss {parts['faiss']:.1f})")
+    log(
+        f"  {n} API p50 {result['api']['p50_ms']:.1f} ms p95 {result['api']['p95_ms']:.1f} ms "
+        f"(embed {parts['embed']:.1f}, bm25 {parts['bm25']:.1f}, faiss {parts['faiss']:.1f})"
+    )
     return result
 
 
-def run_scale_child(base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: int, n_recall: int,
-                    hnsw_m: int | None = None) -> dict[str, Any]:
-    args = [PY, str(BENCH / "perf.py"), "scale", "--base", str(base), "--out", str(out), "--n", str(n),
-            "--kinds", ",".join(kinds), "--n-api", str(n_api), "--n-recall", str(n_recall)]
+def run_scale_child(
+    base: Path, out: Path, n: int, kinds: Sequence[str], *, n_api: int, n_recall: int, hnsw_m: int | None = None
+) -> dict[str, Any]:
+    args = [
+        PY,
+        str(BENCH / "perf.py"),
+        "scale",
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--n",
+        str(n),
+        "--kinds",
+        ",".join(kinds),
+        "--n-api",
+        str(n_api),
+        "--n-recall",
+        str(n_recall),
+    ]
     if hnsw_m:
         args += ["--hnsw-m", str(hnsw_m)]
     try:
@@ -570,8 +629,9 @@ def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], r
         env = child_env(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=server.base_url)
         with tempfile.TemporaryFile() as out:
             started = time.perf_counter()
-            proc = subprocess.Popen([PY, "bot.py", "--config", str(config)], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [PY, "bot.py", "--config", str(config)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
             try:
                 api.push(payloads.message(qs.pop(), chat_id=1, user_id=1))
                 if not api.wait_for(lambda: answered({1}) == 1, 300):
@@ -623,15 +683,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: Callable[[], dict[str, Any]]
     if args.cmd == "api":
+
         def run() -> dict[str, Any]:
             return api_latency(args.index, args.n)
     elif args.cmd == "encode":
+
         def run() -> dict[str, Any]:
             return our_encode(args.texts)
     else:
+
         def run() -> dict[str, Any]:
-            return scale_index(args.base, args.out, args.n, args.kinds.split(","), n_api=args.n_api,
-                               n_recall=args.n_recall, hnsw_m=args.hnsw_m)
+            return scale_index(
+                args.base,
+                args.out,
+                args.n,
+                args.kinds.split(","),
+                n_api=args.n_api,
+                n_recall=args.n_recall,
+                hnsw_m=args.hnsw_m,
+            )
+
     print(json.dumps(run()))
     return 0
 

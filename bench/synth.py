@@ -48,8 +48,7 @@ def _paragraph(rng: random.Random, sentences: list[str]) -> str:
     return text
 
 
-def article_text(rng: random.Random, titles: list[str], sentences: list[str], number: int,
-                 paragraphs: int) -> str:
+def article_text(rng: random.Random, titles: list[str], sentences: list[str], number: int, paragraphs: int) -> str:
     day = date(2020, 1, 1) + timedelta(days=number % 1500)
     lines = [
         "---",
