@@ -216,7 +216,8 @@ class _Draft:
     end: int
 
 
-def _strip_span(text: str, s: int, e: int) -> tuple[int, int]:
+def strip_span(text: str, s: int, e: int) -> tuple[int, int]:
+    """Shrink a span so it neither starts nor ends with whitespace."""
     while s < e and text[s].isspace():
         s += 1
     while e > s and text[e - 1].isspace():
@@ -229,7 +230,7 @@ def split_article(article: Article, max_chars: int = 360, min_chars: int = 24) -
     drafts: list[_Draft] = []
     for number, (section, block) in enumerate(repair_paragraphs(article.body, article.body_offset), start=1):
         for s, e in window_spans(block.text, max_chars):
-            s, e = _strip_span(block.text, s, e)
+            s, e = strip_span(block.text, s, e)
             if s == e:
                 continue
             drafts.append(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from corpus.splitter import split_sentences
+from corpus.splitter import split_sentences, strip_span
 from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
@@ -369,7 +369,7 @@ class Retriever:
         results: list[tuple[int, int]] = []
         pending: list[tuple[int, list[tuple[int, int]]]] = []
         for i, row in enumerate(rows):
-            spans = [_trim(row.text, s, e) for s, e in split_sentences(row.text)]
+            spans = [strip_span(row.text, s, e) for s, e in split_sentences(row.text)]
             spans = [(s, e) for s, e in spans if e > s] or [(0, len(row.text))]
             scores = sentence_scores(question, [row.text[s:e] for s, e in spans], query_terms, idf)
             best = int(np.argmax(scores))
@@ -413,10 +413,3 @@ def _id_array(ids: Sequence[int]) -> str:
     """Ids as one JSON array parameter for `json_each`."""
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
-
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
