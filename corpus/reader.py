@@ -11,7 +11,8 @@ import hashlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -171,17 +172,25 @@ def title_from_filename(path: Path) -> str:
     return re.sub(r"[-_]+", " ", path.stem).strip() or path.name
 
 
-def read_article(path: Path, root: Path) -> Article:
-    """Read and decode one file into an `Article`; raise `ArticleError` with the reason."""
+def _read_bytes(path: Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ArticleError(f"file too large ({size // (1024 * 1024)} MB > {MAX_FILE_BYTES // (1024 * 1024)} MB)")
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ArticleError("file disappeared while reading") from None
     except OSError as exc:
         raise ArticleError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_article(path: Path, root: Path) -> Article:
+    """Read and decode one file into an `Article`; raise `ArticleError` with the reason."""
+    data = _read_bytes(path)
+    return _parse_article(path, root, data, hashlib.sha256(data).hexdigest())
+
+
+def _parse_article(path: Path, root: Path, data: bytes, content_hash: str) -> Article:
     text = decode(data)
     meta, body, offset = split_front_matter(text)
     if not body.strip():
@@ -193,7 +202,7 @@ def read_article(path: Path, root: Path) -> Article:
         path=rel.as_posix(),
         title=title,
         body=body,
-        content_hash=hashlib.sha256(data).hexdigest(),
+        content_hash=content_hash,
         source=meta.get("source", ""),
         author=meta.get("author", ""),
         date=meta.get("date", ""),
@@ -205,17 +214,44 @@ def read_article(path: Path, root: Path) -> Article:
 
 def load_corpus(root: Path) -> tuple[list[Article], list[Skipped]]:
     """Read every article under `root`; unreadable files come back as `Skipped`."""
+    scan = scan_corpus(root)
+    return scan.articles, scan.skipped
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    """What `scan_corpus` found: parsed articles, ids whose bytes are unchanged, skipped files."""
+
+    articles: list[Article]
+    unchanged: list[str]
+    skipped: list[Skipped]
+
+
+def scan_corpus(root: Path, known_hashes: Mapping[str, str] | None = None) -> CorpusScan:
+    """Read the corpus, parsing only files whose bytes differ from `known_hashes` (id → sha256).
+
+    An incremental build passes the hashes of the live index: decoding and front matter
+    parsing of hundreds of untouched files would otherwise cost more than the change itself.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus directory not found: {root}")
+    known = known_hashes or {}
     articles: list[Article] = []
+    unchanged: list[str] = []
     skipped: list[Skipped] = []
     for item in iter_corpus_files(root):
         if isinstance(item, Skipped):
             skipped.append(item)
             continue
+        rel = item.relative_to(root).as_posix()
         try:
-            articles.append(read_article(item, root))
+            data = _read_bytes(item)
+            digest = hashlib.sha256(data).hexdigest()
+            if known.get(rel) == digest:
+                unchanged.append(rel)
+            else:
+                articles.append(_parse_article(item, root, data, digest))
         except ArticleError as exc:
-            skipped.append(Skipped(item.relative_to(root).as_posix(), str(exc)))
-    return articles, skipped
+            skipped.append(Skipped(rel, str(exc)))
+    return CorpusScan(articles, unchanged, skipped)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus import Article, Skipped, load_corpus, split_article
+from corpus import Article, Skipped, scan_corpus, split_article
 from index import publish, store, vectors
 from index.embedder import Embedder, HashEmbedder, load_embedder
 from index.text import BackgroundSegmenter, segment_for_index
@@ -100,9 +100,6 @@ def build_index(
     index_dir = Path(config.index.dir)
     with publish.build_lock(index_dir, config.index.lock_timeout, on_wait):
         publish.clean_old_versions(index_dir, config.index.keep_versions)
-        articles, skipped = load_corpus(corpus_dir)
-        if not articles:
-            raise BuildError(f"no readable .md or .txt articles in {corpus_dir}", tuple(skipped))
         live = publish.current_version(index_dir)
         old_hashes: dict[str, str] = {}
         reuse = False
@@ -122,15 +119,20 @@ def build_index(
                 reuse, old_hashes = False, {}
             finally:
                 db.close()
-        new_ids = {a.id for a in articles}
-        changed = [a for a in articles if old_hashes.get(a.id) != a.content_hash]
-        removed = [aid for aid in old_hashes if aid not in new_ids]
+        # Files whose bytes match the live index are not even parsed.
+        scan = scan_corpus(corpus_dir, old_hashes)
+        skipped = scan.skipped
+        if not scan.articles and not scan.unchanged:
+            raise BuildError(f"no readable .md or .txt articles in {corpus_dir}", tuple(skipped))
+        changed = scan.articles
+        present = {a.id for a in changed} | set(scan.unchanged)
+        removed = [aid for aid in old_hashes if aid not in present]
         added = sum(1 for a in changed if a.id not in old_hashes)
         counts = {
             "added": added,
             "updated": len(changed) - added,
             "removed": len(removed),
-            "unchanged": len(articles) - len(changed),
+            "unchanged": len(scan.unchanged),
             "skipped": tuple(skipped),
         }
         if reuse and live is not None and not changed and not removed:

@@ -65,26 +65,8 @@ class SentenceTransformerEmbedder:
                     self._model = self._load()
         return self._model
 
-    @property
-    def _flat_batches(self) -> bool:
-        # The bundled model packs a whole call into token-budget micro-batches itself (no
-        # padding), so it gets the call in one piece; other models pad per batch and get
-        # `batch_size` texts at a time (sentence-transformers sorts them by length first).
-        return self._config.name == BUILTIN_MODEL
-
     def _load(self) -> Any:
-        import torch
-
-        from index.usem3_st import default_threads
-
-        # [model] threads, or one per core this process may run on (affinity-aware).
-        threads = self._config.threads or default_threads()
-        torch.set_num_threads(threads)
-        if self._config.name == BUILTIN_MODEL:
-            from index.usem3_st import load_usem3_sentence_transformer
-
-            # The module sets its own intra-op thread count around every forward pass.
-            return load_usem3_sentence_transformer(threads=threads)
+        _set_torch_threads(self._config)
         from sentence_transformers import SentenceTransformer
 
         return SentenceTransformer(self._config.name, device="cpu")
@@ -95,7 +77,7 @@ class SentenceTransformerEmbedder:
         prompt = self._config.query_prompt if query else self._config.document_prompt
         encode = self.model.encode_query if query else self.model.encode_document
         kwargs: dict[str, Any] = {
-            "batch_size": len(texts) if self._flat_batches else self._config.batch_size,
+            "batch_size": self._config.batch_size,
             "convert_to_numpy": True,
             "normalize_embeddings": True,
             "show_progress_bar": False,
@@ -109,6 +91,62 @@ class SentenceTransformerEmbedder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, query=True)
+
+
+class USEm3Embedder:
+    """The bundled USE-multilingual-v3 through its plain-torch model (`index.usem3_st`).
+
+    Same vectors as the sentence-transformers module `USEm3Encoder` (tested), without
+    importing sentence-transformers, which alone takes longer than a one-article rebuild
+    spends on everything else. The model packs a whole call into token-budget
+    micro-batches itself (no padding), so a call is never cut into `batch_size` pieces.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self._config = config
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def dim(self) -> int:
+        from index.usem3_st import EMBEDDING_DIM
+
+        return EMBEDDING_DIM
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from index.usem3_st import load_usem3_model
+
+                    # The model sets its own intra-op thread count around every forward pass.
+                    self._model = load_usem3_model(threads=_set_torch_threads(self._config))
+        return self._model
+
+    def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
+        return _normalise_rows(self.model.encode([prompt + t for t in texts] if prompt else list(texts)))
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, self._config.document_prompt)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, self._config.query_prompt)
+
+
+def _set_torch_threads(config: ModelConfig) -> int:
+    """[model] threads, or one per core this process may run on (affinity-aware)."""
+    import torch
+
+    from index.usem3_st import default_threads
+
+    threads = config.threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 class HashEmbedder:
@@ -149,4 +187,6 @@ def load_embedder(config: ModelConfig) -> Embedder:
     """The embedder a config names. `test-hash` is the fake used by unit tests."""
     if config.name == HashEmbedder.name:
         return HashEmbedder()
+    if config.name == BUILTIN_MODEL:
+        return USEm3Embedder(config)
     return SentenceTransformerEmbedder(config)

