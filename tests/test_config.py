@@ -36,6 +36,8 @@ def test_committed_config_loads_with_documented_defaults(monkeypatch):
     assert 1 <= config.retrieval.k <= config.retrieval.max_k
     assert config.corpus.min_chars < config.corpus.max_chars
     assert isinstance(config.telegram.allowlist, tuple)
+    # auto: exact search below 50k passages, IVF above (bench/README.md)
+    assert (config.index.faiss, config.index.hnsw_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.retrieval.k = 10  # type: ignore[misc]
 
@@ -54,6 +56,12 @@ def test_partial_file_keeps_defaults_and_resolves_paths(tmp_path, monkeypatch):
     assert config.retrieval.dense_weight == 1.0 and isinstance(config.retrieval.dense_weight, float)
     assert config.telegram.allowlist == (1, -1002)
     assert config.model == Config().model
+
+
+@pytest.mark.parametrize("kind", ["auto", "flat", "ivf", "hnsw"])
+def test_every_faiss_kind_is_accepted(tmp_path, kind):
+    config = load_config(write_config(tmp_path, f'[index]\nfaiss = "{kind}"\nivf_nprobe = 16\n'))
+    assert config.index.faiss == kind and config.index.ivf_nprobe == 16
 
 
 def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
@@ -92,7 +100,8 @@ BROKEN = {
     "top_level_key": ("k = 3\n", "unknown section [k]"),
     "section_not_table": ("corpus = 3\n", "[corpus] must be a table"),
     "bad_choice": ('[retrieval]\nfusion = "rrf"\n', "[retrieval] fusion must be zscore or minmax"),
-    "bad_faiss": ('[index]\nfaiss = "ivf"\n', "[index] faiss must be auto, flat or hnsw"),
+    "bad_faiss": ('[index]\nfaiss = "annoy"\n', "[index] faiss must be auto, flat, ivf or hnsw"),
+    "negative_nprobe": ("[index]\nivf_nprobe = -1\n", "[index] ivf_nprobe must not be negative"),
     "weight_range": ("[retrieval]\ndense_weight = 1.5\n", "dense_weight must be between 0 and 1"),
     "nan_weight": (
         "[retrieval]\ndense_weight = nan\n",
