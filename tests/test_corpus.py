@@ -4,7 +4,6 @@ and encodings. No index, no model: everything here runs in milliseconds."""
 from __future__ import annotations
 
 import hashlib
-
 import re
 from pathlib import Path
 
