@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -201,3 +202,57 @@ def test_question_argument_with_invalid_utf8_gives_valid_json(cli_env):
     assert result.returncode == 0
     [data] = json_lines(result)
     assert FACT in data["results"][0]["text"]
+
+
+def test_batch_mode_keeps_order_over_many_batches(cli_env):
+    """More lines than one batch (`retrieval.__main__.BATCH`), piped at once: one answer per line, in
+    input order, each the same as when the question is asked alone."""
+    from retrieval.__main__ import BATCH
+
+    questions = [QUESTION, "青海省禁止向挖矿项目提供什么？", "", "Did Huobi reply?", "断卡\r"]
+    lines = [f"{i} {q}" if q else q for i, q in ((i, questions[i % len(questions)]) for i in range(2 * BATCH + 5))]
+    result = ask(cli_env, "--json", stdin=("\n".join(lines)).encode())  # no trailing newline
+    assert result.returncode == 0, result.stderr.decode()
+    answers = json_lines(result)
+    assert [a["question"] for a in answers] == [line.rstrip("\r\n") for line in lines]
+    for i in (0, 1, BATCH + 3):
+        [alone] = json_lines(ask(cli_env, "--json", lines[i]))
+        assert answers[i] == alone
+
+
+def test_batch_mode_answers_a_line_before_the_next_arrives(cli_env):
+    """Interactive use: a line (even one written in pieces) is answered while stdin stays open, so
+    the CLI never waits for more input to fill a batch."""
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retrieval", "--config", cli_env["config"]],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def answer_line() -> dict:
+        ready, _, _ = select.select([proc.stdout], [], [], 180)  # guard against a hang, not a timing check
+        assert ready, "no answer while stdin is open"
+        return json.loads(proc.stdout.readline())
+
+    try:
+        half = len(QUESTION.encode()) // 2 + 1  # inside a multi-byte character
+        proc.stdin.write(QUESTION.encode()[:half])
+        proc.stdin.flush()
+        proc.stdin.write(QUESTION.encode()[half:] + b"\n")
+        proc.stdin.flush()
+        first = answer_line()
+        assert first["question"] == QUESTION and FACT in first["results"][0]["text"]
+        proc.stdin.write("青海省禁止向挖矿项目提供什么？\n".encode())
+        proc.stdin.flush()
+        assert answer_line()["question"] == "青海省禁止向挖矿项目提供什么？"
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0 and proc.stdout.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
