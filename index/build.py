@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,13 +72,23 @@ class BuildReport:
         return (
             f"articles: {self.added} added, {self.updated} updated, {self.removed} removed, "
             f"{self.unchanged} unchanged, {len(self.skipped)} skipped; {self.passages} passages "
-            f"({self.embedded} embedded); {self.seconds:.1f}s; {state}"
+            f"({self.embedded} embedded); {self.seconds:.1f}s; {state}" + "".join(f"; {n}" for n in self.notes)
         )
 
 
 def model_key(config: Config) -> str:
     """What must match for stored embeddings to be reusable."""
     return f"{config.model.name}|{config.model.document_prompt}"
+
+
+def faiss_key(config: Config, kind: str) -> dict[str, Any]:
+    """The settings a FAISS index of `kind` is built with: when they change, a build with no
+    article changes still rebuilds and publishes the vectors index (no re-embedding)."""
+    if kind == "hnsw":
+        return {"kind": kind, "hnsw_m": config.index.hnsw_m}
+    if kind == "ivf":
+        return {"kind": kind, "ivf_nprobe": config.index.ivf_nprobe}
+    return {"kind": kind}
 
 
 def splitter_key(config: Config) -> dict[str, int]:
@@ -135,6 +146,7 @@ def build_index(
             "unchanged": len(scan.unchanged),
             "skipped": tuple(skipped),
         }
+        notes: tuple[str, ...] = ()
         if reuse and live is not None and not changed and not removed:
             db = store.open_db(live.db_path, readonly=True)
             try:
@@ -142,10 +154,13 @@ def build_index(
                 meta = store.get_meta(db)
             finally:
                 db.close()
-            return BuildReport(
-                **counts, passages=total, seconds=time.perf_counter() - started,
-                model=config.model.name, faiss=str(meta.get("faiss", "")),
-            )
+            if meta.get("faiss_key") == faiss_key(config, vectors.choose_kind(config.index, total)):
+                return BuildReport(
+                    **counts, passages=total, seconds=time.perf_counter() - started,
+                    model=config.model.name, faiss=str(meta.get("faiss", "")),
+                )
+            # Same articles, other [index] FAISS settings: rebuild the vectors index only.
+            notes = ("FAISS index rebuilt for the current [index] settings",)
         name, staging = publish.new_version_dir(index_dir)
         db_path = staging / publish.DB_FILE
         if reuse and live is not None:
@@ -159,6 +174,7 @@ def build_index(
             if not reuse and live is not None:
                 store.continue_ids(db, live.db_path)
             embedded, dim = _write_articles(db, config, changed, removed, embedder, progress)
+            store.write_bm25(db)
             if dim is None:
                 dim = int(store.get_meta(db).get("dim", 0)) or (embedder.dim if embedder else 0)
             total = store.passage_count(db)
@@ -175,6 +191,7 @@ def build_index(
                     "dim": dim,
                     "splitter": splitter_key(config),
                     "faiss": kind,
+                    "faiss_key": faiss_key(config, kind),
                     "version": name,
                     "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "articles": db["articles"].count,
@@ -195,6 +212,7 @@ def build_index(
             version=version.name,
             model=config.model.name,
             faiss=kind,
+            notes=notes,
         )
 
 

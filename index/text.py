@@ -44,6 +44,13 @@ def _converter() -> Any:
 
 
 @lru_cache(maxsize=1)
+def _phrase_converter() -> Any:
+    import opencc
+
+    return opencc.OpenCC("tw2sp")
+
+
+@lru_cache(maxsize=1)
 def _jieba() -> Any:
     import jieba
 
@@ -62,6 +69,20 @@ def clean(text: str) -> str:
 
 def to_simplified(text: str) -> str:
     return _converter().convert(text)
+
+
+def simplified_question(text: str) -> str:
+    """A question in traditional characters rewritten in simplified ones, with Taiwan/HK
+    phrasing mapped too (伺服器 → 服务器, 軟體 → 软件); other text is returned unchanged.
+
+    The articles are in simplified Chinese: the sentence model scores a question in the same
+    script markedly higher (cosine 0.32 → 0.53 on one question here), and BM25 needs the
+    mainland word, not just the same characters. Simplified text is left alone, so the
+    phrase tables never touch it.
+    """
+    if to_simplified(text) == text:
+        return text
+    return _phrase_converter().convert(text)
 
 
 def normalize(text: str) -> str:

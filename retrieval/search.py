@@ -2,18 +2,22 @@
 
 A question is answered from one immutable snapshot (SQLite + FAISS of one version), so a
 rebuild that publishes mid-question can never mix versions; `refresh()` swaps snapshots
-between questions. Lexical: FTS5 bm25 over the same jieba/OpenCC terms the index stored,
-every term quoted (no FTS or SQL syntax can be injected). Dense: FAISS inner product over
-normalised vectors. The two are fused by `retrieval.fusion`.
+between questions. Lexical: BM25 (FTS5's formula) over the same jieba/OpenCC terms the index
+stored, scored in numpy from the index's postings (`_Snapshot.bm25`; FTS5's bm25(), every term
+quoted so no FTS or SQL syntax can be injected, for indexes built before them). Dense: FAISS
+inner product over normalised vectors. The two are fused by `retrieval.fusion`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ from corpus.splitter import split_sentences, strip_span
 from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
-from index.text import clean, terms
+from index.text import clean, simplified_question, terms
+from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
 from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
@@ -38,15 +43,31 @@ select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p
 from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?))
 """
-# Fusion needs only the embeddings of the candidates; full rows are read for the top k.
-_EMBEDDING_SQL = """
-select p.id, p.embedding
-from passages p join articles a on a.id = p.article_id
-where p.id in (select value from json_each(?))
-"""
+# Fusion needs only the embeddings of the candidates; full rows are read for the top k. (No
+# join with articles: a build deletes a passage with its article, and `index check` verifies
+# it; the join cost a random B-tree lookup per candidate.)
+_EMBEDDING_SQL = "select id, embedding from passages where id in (select value from json_each(?))"
 
+
+# The BM25 postings written by `index.store.write_bm25` (see `_Snapshot.bm25`).
+_BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from json_each(?))"
+_BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
+# One term's (top weight, ascending passage positions, weights) in `_Postings`.
+_TermPostings = tuple[float, np.ndarray, np.ndarray]
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass
+class _PendingHighlight:
+    """A hit whose best sentence needs sentence embeddings; `answer_many` embeds those of the
+    whole batch in one model call."""
+
+    answer: int  # index of the answer in the batch
+    position: int  # index of the hit in its answer
+    text: str
+    spans: list[tuple[int, int]]
+    qvec: np.ndarray
 
 
 class ModelMismatchError(Exception):
@@ -70,8 +91,84 @@ class PassageRow:
     url: str
 
 
+class _Postings:
+    """The in-memory part of a version's BM25 postings (`index.store.write_bm25`): the passage
+    ids by position, and one score accumulator reused by every question (zeroed again after
+    use, under `lock`), so a question costs time in proportion to the postings it reads, not
+    to the size of the index."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = ids
+        self.accumulator = np.zeros(len(ids), dtype=np.float32)
+        self.lock = threading.Lock()
+
+    def scores(
+        self, essential: Sequence[_TermPostings], rest: Sequence[_TermPostings], limit: int
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(positions, scores, exact): the best `limit` passages, best first. `essential` terms
+        (top weight, docs, weights) are scored over all their postings; the `rest` only add
+        their weight to passages that can still make the top `limit` (MaxScore): a passage
+        scores at most its essential part plus the `rest`'s top weights. Not `exact` when a
+        passage holding none of the essential terms might belong to the top `limit` (fewer
+        than `limit` passages hold one, or the rest's top weights reach the `limit`-th score),
+        or when more than 10·limit candidates could."""
+        with self.lock:
+            acc = self.accumulator
+            for _, docs, weights in essential:
+                acc[docs] += weights
+            postings = essential[0][1] if len(essential) == 1 else np.concatenate([d for _, d, _ in essential])
+            partial = acc[postings]
+            acc[postings] = 0.0
+        spread = len(essential)  # a passage occurs once per essential term it holds
+        positions, best = _best_distinct(postings, partial, limit, spread)
+        if not rest:
+            return positions, best, True
+        full = best + _weights_at(rest, positions)
+        bound = sum(top for top, _, _ in rest)
+        threshold = float(full.min()) if len(positions) >= limit else 0.0
+        exact = len(positions) >= limit and threshold >= bound
+        reachable = partial >= threshold - bound
+        if int(reachable.sum()) > len(positions):
+            cap = 10 * limit
+            positions, best = _best_distinct(postings[reachable], partial[reachable], cap + 1, spread)
+            if len(positions) > cap:
+                positions, best, exact = positions[:cap], best[:cap], False
+            full = best + _weights_at(rest, positions)
+        order = np.argsort(-full, kind="stable")[:limit]
+        return positions[order], full[order], exact
+
+
+def _weights_at(terms: Sequence[_TermPostings], positions: np.ndarray) -> np.ndarray:
+    """The terms' summed weight in each passage at `positions` (binary search in their sorted
+    postings: no pass over a common term's whole list)."""
+    out = np.zeros(len(positions), dtype=np.float32)
+    for _, docs, weights in terms:
+        at = np.minimum(np.searchsorted(docs, positions), len(docs) - 1)
+        hit = docs[at] == positions
+        out[hit] += weights[at[hit]]
+    return out
+
+
+def _best_distinct(positions: np.ndarray, scores: np.ndarray, n: int, spread: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `n` best distinct positions, best first, from entries where one position occurs up
+    to `spread` times with the same score (so the best n·spread entries hold the best n)."""
+    take = min(len(positions), n * spread)
+    if take < len(positions):
+        picked = np.argpartition(-scores, take - 1)[:take]
+        positions, scores = positions[picked], scores[picked]
+    positions, first = np.unique(positions, return_index=True)
+    scores = scores[first]
+    order = np.argsort(-scores, kind="stable")[:n]
+    return positions[order], scores[order]
+
+
 class _Snapshot:
     """One open index version: read-only SQLite connection + FAISS index."""
+
+    # Postings a question scores in full, rarest terms first; the commoner terms beyond it
+    # only rescore the best candidates (`_Postings.scores`). At 1M passages one common term
+    # has ~300k postings; numpy scores ~50k postings per millisecond.
+    bm25_budget = 100_000
 
     def __init__(self, version: publish.Version, ef_search: int) -> None:
         self.version = version
@@ -81,9 +178,38 @@ class _Snapshot:
         self.count = int(self.faiss.ntotal)
         self.lock = threading.Lock()
         self._df_cache: dict[str, int] = {}
+        self.postings = self._load_postings()
+        self._pinyin: dict[str, tuple[str, ...]] | None = None
+        self._pinyin_lock = threading.Lock()
+
+    def _load_postings(self) -> _Postings | None:
+        """The BM25 postings, or None for an index built before they existed (FTS5 then)."""
+        try:
+            row = self.db.execute("select ids from bm25_docs where id = 1").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else _Postings(np.frombuffer(row[0], dtype="<i8"))
 
     def close(self) -> None:
         self.db.close()
+
+    def pinyin(self) -> dict[str, tuple[str, ...]]:
+        """Toneless pinyin → Chinese terms of this version (`retrieval.crosslingual`), built on
+        the first English question (~0.2 s per 16,000 terms)."""
+        table = self._pinyin
+        if table is None:
+            with self._pinyin_lock:
+                if self._pinyin is None:
+                    sql = (
+                        "select term from bm25_terms"
+                        if self.postings is not None
+                        else "select term from passages_fts_vocab"
+                    )
+                    with self.lock:
+                        vocabulary = [r[0] for r in self.db.execute(sql)]
+                    self._pinyin = pinyin_table(vocabulary)
+                table = self._pinyin
+        return table
 
     def rows(self, ids: Sequence[int]) -> dict[int, PassageRow]:
         if not ids:
@@ -114,7 +240,7 @@ class _Snapshot:
             faiss.omp_set_num_threads(previous)
 
     def embeddings(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Passage id → embedding, for the ids that name a passage (of an existing article)."""
+        """Passage id → embedding, for the ids that name a passage."""
         if not ids:
             return {}
         with self.lock:
@@ -122,9 +248,60 @@ class _Snapshot:
         return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
 
     def bm25(self, query_terms: Sequence[str], limit: int) -> dict[int, float]:
-        """Passage id → BM25 (higher is better) for passages matching any term."""
-        if not query_terms:
+        """Passage id → BM25 (higher is better) of the best `limit` passages matching any term.
+
+        FTS5's formula over our own postings: FTS5 calls its bm25() once per matching row
+        (~1 µs each), and a common term matches most of a large index (~45 ms median per
+        question at 1M passages). Terms are scored rarest first up to `bm25_budget` postings;
+        the commoner ones, which weigh least, only rescore the candidates.
+        """
+        if not query_terms or limit <= 0:
             return {}
+        postings = self.postings
+        if postings is None:
+            return self._fts_bm25(query_terms, limit)
+        essential, rest = self.bm25_plan(query_terms)
+        if not essential:
+            return {}
+        with self.lock:
+            rows = self.db.execute(_BM25_POSTINGS_SQL, [json.dumps(essential + rest)]).fetchall()
+        lists = {
+            term: (top, np.frombuffer(docs, dtype="<u4"), np.frombuffer(weights, dtype="<f4"))
+            for term, top, docs, weights in rows
+        }
+        scored = [lists[t] for t in essential if t in lists]
+        rescored = [lists[t] for t in rest if t in lists]
+        if not scored:
+            return {}
+        while True:
+            positions, scores, exact = postings.scores(scored, rescored, limit)
+            if exact or not rescored:
+                break
+            # Not exact: score the next rarest term in full too, within 4x the budget.
+            if sum(len(docs) for _, docs, _ in scored) + len(rescored[0][1]) > 4 * self.bm25_budget:
+                break
+            scored.append(rescored.pop(0))
+        return dict(zip(postings.ids[positions].tolist(), scores.tolist(), strict=True))
+
+    def bm25_plan(self, query_terms: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(essential, rest) for `bm25`: the question's indexed terms, rarest first, split where
+        their postings add up to more than `bm25_budget` (the rarest term is always essential).
+        The rest leaves out terms in over half the passages: they weigh ~1e-6 (FTS5's IDF
+        floor) and are not worth reading."""
+        dfs = self.document_frequencies(query_terms)
+        present = sorted((t for t in dict.fromkeys(query_terms) if dfs[t] > 0), key=lambda t: dfs[t])
+        essential: list[str] = []
+        spent = 0
+        for term in present:
+            if essential and spent + dfs[term] > self.bm25_budget:
+                break
+            essential.append(term)
+            spent += dfs[term]
+        passages = len(self.postings.ids) if self.postings is not None else self.count
+        return essential, [t for t in present[len(essential) :] if 2 * dfs[t] < passages]
+
+    def _fts_bm25(self, query_terms: Sequence[str], limit: int) -> dict[int, float]:
+        """FTS5's own bm25() (indexes without BM25 postings)."""
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in query_terms)
         sql = (
             "select rowid, bm25(passages_fts) from passages_fts where passages_fts match ? "
@@ -135,15 +312,20 @@ class _Snapshot:
         return {int(r[0]): -float(r[1]) for r in rows}
 
     def document_frequencies(self, query_terms: Sequence[str]) -> dict[str, int]:
+        """Passages holding each term: from the BM25 postings (one index lookup) when the index
+        has them; fts5vocab instead walks a term's whole posting list to count it."""
         cache = self._df_cache  # a local reference: another thread may swap in a fresh dict
         missing = [t for t in query_terms if t not in cache]
         found: dict[str, int] = {}
         if missing:
             with self.lock:
-                rows = self.db.execute(
-                    f"select term, doc from passages_fts_vocab where term in ({','.join('?' * len(missing))})",
-                    missing,
-                ).fetchall()
+                if self.postings is not None:
+                    rows = self.db.execute(_BM25_DF_SQL, [json.dumps(missing)]).fetchall()
+                else:
+                    rows = self.db.execute(
+                        f"select term, doc from passages_fts_vocab where term in ({','.join('?' * len(missing))})",
+                        missing,
+                    ).fetchall()
             found = {t: 0 for t in missing} | {r[0]: int(r[1]) for r in rows}
             if len(cache) > 50_000:
                 self._df_cache = {}
@@ -236,8 +418,9 @@ class Retriever:
         return self._embedder
 
     def warm_up(self) -> None:
-        """Load the model and dictionaries now rather than on the first question."""
-        self.answer("预热 warm up", k=1)
+        """Load the model and dictionaries now rather than on the first question (the English
+        one loads CC-CEDICT and this version's pinyin table)."""
+        self.answer_many(["预热", "warm up"], k=1)
 
     # ---------- questions ----------
     def clamp_k(self, k: int | None) -> int:
@@ -252,41 +435,71 @@ class Retriever:
         return self.answer_many([question], k)[0]
 
     def answer_many(self, questions: Sequence[str], k: int | None = None) -> list[Answer]:
-        """Answer a batch: one model call embeds every question."""
+        """Answer a batch: one model call embeds every question, and at most one more the
+        sentences of every hit that shares no term with its question (see `_best_sentences`);
+        a model call costs about as much for one text as for dozens."""
         k = self.clamp_k(k)
         snapshot = self._snapshot
-        cleaned = [clean(q)[: self.config.retrieval.max_query_chars] for q in questions]
+        # Traditional-script questions are asked in the articles' simplified script (model and BM25).
+        cleaned = [simplified_question(clean(q)[: self.config.retrieval.max_query_chars]) for q in questions]
         todo = [i for i, q in enumerate(cleaned) if q]
         answers = [Answer(question=q, answered=False, version=snapshot.version.name) for q in questions]
         if not todo or snapshot.count == 0:
             return answers
         query_vectors = self.embedder.encode_queries([cleaned[i] for i in todo])
+        pending: list[_PendingHighlight] = []
         for row, i in enumerate(todo):
-            answers[i] = self._answer_one(snapshot, questions[i], cleaned[i], query_vectors[row], k)
+            answers[i], spans = self._answer_one(snapshot, questions[i], cleaned[i], query_vectors[row], k)
+            pending += [
+                _PendingHighlight(i, position, answers[i].hits[position].text, s, query_vectors[row])
+                for position, s in spans
+            ]
+        if pending:
+            self._highlight_by_embedding(answers, pending)
         return answers
 
-    def _answer_one(self, snap: _Snapshot, original: str, question: str, qvec: np.ndarray, k: int) -> Answer:
+    def _highlight_by_embedding(self, answers: list[Answer], pending: Sequence[_PendingHighlight]) -> None:
+        """Set each pending hit's highlight to its sentence closest to the question, embedding
+        the batch's distinct sentences in one model call (popular passages recur)."""
+        sentences = list(dict.fromkeys(item.text[s:e] for item in pending for s, e in item.spans))
+        row_of = {sentence: row for row, sentence in enumerate(sentences)}
+        vectors = self.embedder.encode_documents(sentences)
+        for item in pending:
+            sims = vectors[[row_of[item.text[s:e]] for s, e in item.spans]] @ item.qvec
+            start, end = item.spans[int(np.argmax(sims))]
+            answer = answers[item.answer]
+            hits = list(answer.hits)
+            hits[item.position] = dataclass_replace(hits[item.position], highlight_start=start, highlight_end=end)
+            answers[item.answer] = dataclass_replace(answer, hits=tuple(hits))
+
+    def _answer_one(
+        self, snap: _Snapshot, original: str, question: str, qvec: np.ndarray, k: int
+    ) -> tuple[Answer, list[tuple[int, list[tuple[int, int]]]]]:
+        """The answer, and (hit position, sentence spans) of hits whose best sentence only
+        sentence embeddings can pick (`answer_many` embeds them for the whole batch)."""
         cfg = self.config.retrieval
-        query_terms = list(dict.fromkeys(terms(question)))
+        query_terms = self._query_terms(snap, question)
+        foreign = not _CJK.search(question)
         lexical = snap.bm25(query_terms, cfg.candidates)
         n_dense = min(cfg.candidates, snap.count)
         sims, ids = snap.dense(qvec, n_dense)
         dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
         candidate_ids = list(dict.fromkeys([*dense, *lexical]))
-        embeddings = snap.embeddings(candidate_ids)
-        candidate_ids = [i for i in candidate_ids if i in embeddings]
+        # FAISS ids are this version's passages and come with their cosine: only lexical-only
+        # candidates need their embedding read (~0.5 ms per 100 at 1M passages).
+        embeddings = snap.embeddings([i for i in candidate_ids if i not in dense])
+        candidate_ids = [i for i in candidate_ids if i in dense or i in embeddings]
         if not candidate_ids:
-            return Answer(question=original, answered=False, version=snap.version.name)
-        dense_scores = np.array(
-            [dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids]
-        )
+            return Answer(question=original, answered=False, version=snap.version.name), []
+        dense_scores = np.array([dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids])
         lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
         order = np.argsort(-fused, kind="stable")[:k]
-        idf = self._idf(snap, query_terms)
+        dfs = snap.document_frequencies(query_terms)
+        idf = self._idf(snap.count, dfs)
         rows = snap.rows([candidate_ids[position] for position in order])
         chosen = [rows[candidate_ids[position]] for position in order]
-        highlights = self._best_sentences(question, chosen, query_terms, idf, qvec)
+        highlights, undecided = self._best_sentences(question, chosen, query_terms, idf)
         hits = []
         for rank, (position, row, (start, end)) in enumerate(zip(order, chosen, highlights, strict=True), start=1):
             hits.append(
@@ -314,17 +527,31 @@ class Retriever:
                 )
             )
         top = rows[candidate_ids[order[0]]]
-        coverage = self._coverage(top.terms, query_terms, idf)
+        # An English question's own words are absent from Chinese articles by nature, not for
+        # lack of an answer: only the terms the index knows (translations, "OTC") are evidence.
+        evidence = [t for t in query_terms if dfs[t] > 0] if foreign else query_terms
+        coverage = self._coverage(top.terms, evidence, idf)
         answered = self._is_answered(float(dense_scores[order[0]]), coverage, question)
-        return Answer(
+        answer = Answer(
             question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
         )
+        return answer, undecided
+
+    def query_terms(self, question: str) -> list[str]:
+        """The index terms BM25, coverage and highlighting use for `question`."""
+        return self._query_terms(self._snapshot, simplified_question(clean(question)))
+
+    @staticmethod
+    def _query_terms(snap: _Snapshot, question: str) -> list[str]:
+        query_terms = terms(question)
+        if not _CJK.search(question):  # an English question: add its words as the articles' Chinese terms
+            query_terms += translate(question, default_lexicon(), snap.pinyin(), snap.document_frequencies).terms
+        return list(dict.fromkeys(query_terms))
 
     # ---------- scoring helpers ----------
     @staticmethod
-    def _idf(snap: _Snapshot, query_terms: Sequence[str]) -> dict[str, float]:
-        n = max(snap.count, 1)
-        dfs = snap.document_frequencies(query_terms)
+    def _idf(passages: int, dfs: dict[str, int]) -> dict[str, float]:
+        n = max(passages, 1)
         return {t: math.log(1.0 + (n - df + 0.5) / (df + 0.5)) for t, df in dfs.items()}
 
     @staticmethod
@@ -340,12 +567,15 @@ class Retriever:
         """Whether the best passage really covers the question (thresholds chosen on dev data).
 
         A Chinese question about the articles shares words with the passage that answers it,
-        so lexical coverage can vouch for a modest cosine; a question in another language can
-        only be judged by the (cross-lingual) cosine.
+        so lexical coverage can vouch for a modest cosine. A question in another language is
+        judged by the (cross-lingual) cosine, unless most of what its words translate to is in
+        the passage (names, specific nouns) and the cosine is at least modest.
         """
         cfg = self.config.retrieval
         if not _CJK.search(question):
-            return top_dense >= cfg.min_dense
+            return top_dense >= cfg.min_dense or (
+                coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2
+            )
         return (
             top_dense >= cfg.min_dense + 0.15
             or (coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2)
@@ -358,16 +588,17 @@ class Retriever:
         rows: Sequence[PassageRow],
         query_terms: Sequence[str],
         idf: dict[str, float],
-        qvec: np.ndarray,
-    ) -> list[tuple[int, int]]:
-        """For each passage, the sentence that best answers the question (offsets into its text).
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, list[tuple[int, int]]]]]:
+        """For each passage, the sentence that best answers the question (offsets into its
+        text), and the passages this could not decide: (position, sentence spans).
 
         Term overlap with answer cues decides when the question shares words with the passage
         (`retrieval.highlight`). Passages sharing no term with it (e.g. for an English
-        question) are decided by sentence embeddings, all embedded in one model call.
+        question) are decided by sentence embeddings, which `answer_many` computes for the
+        whole batch in one model call; until then they hold the first sentence.
         """
         results: list[tuple[int, int]] = []
-        pending: list[tuple[int, list[tuple[int, int]]]] = []
+        undecided: list[tuple[int, list[tuple[int, int]]]] = []
         for i, row in enumerate(rows):
             spans = [strip_span(row.text, s, e) for s, e in split_sentences(row.text)]
             spans = [(s, e) for s, e in spans if e > s] or [(0, len(row.text))]
@@ -375,15 +606,8 @@ class Retriever:
             best = int(np.argmax(scores))
             results.append(spans[best])
             if len(spans) > 1 and scores[best] == 0.0:
-                pending.append((i, spans))
-        if pending:
-            texts = [rows[i].text[s:e] for i, spans in pending for s, e in spans]
-            sims = self.embedder.encode_documents(texts) @ qvec
-            offset = 0
-            for i, spans in pending:
-                results[i] = spans[int(np.argmax(sims[offset : offset + len(spans)]))]
-                offset += len(spans)
-        return results
+                undecided.append((i, spans))
+        return results, undecided
 
     # ---------- browsing (bot buttons, /sources, /about) ----------
     def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
@@ -412,4 +636,3 @@ class Retriever:
 def _id_array(ids: Sequence[int]) -> str:
     """Ids as one JSON array parameter for `json_each`."""
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
-

@@ -202,6 +202,21 @@ def test_no_change_rebuild_publishes_nothing(built_hash_index):
     assert version_dirs(built_hash_index) == dirs
 
 
+def test_changed_faiss_settings_rebuild_only_the_vectors_index(built_hash_index):
+    """A new `[index] faiss` choice applies at the next build even with no article changed:
+    same passage rows and embeddings, a new FAISS index, published; then nothing to do again."""
+    before = passage_rows(built_hash_index)
+    hnsw = with_index(built_hash_index, faiss="hnsw")
+    report = build_index(hnsw)
+    assert report.published and report.faiss == "hnsw" and report.embedded == 0
+    assert "FAISS index rebuilt" in report.summary()
+    assert passage_rows(hnsw) == before
+    assert_consistent(hnsw)
+    assert not build_index(hnsw).published
+    assert build_index(with_index(hnsw, hnsw_m=8)).published  # a build parameter of the same kind
+    assert not build_index(with_index(hnsw, hnsw_m=8, hnsw_ef_search=16)).published  # a query-time one
+
+
 def test_touching_a_file_without_changing_it_is_no_change(built_hash_index):
     path = Path(built_hash_index.corpus.dir) / "blockchain-daily-2021-06-10-crackdown.md"
     path.write_bytes(path.read_bytes())
@@ -423,3 +438,116 @@ def test_copied_index_directory_still_works(built_hash_index, tmp_path):
     finally:
         retriever.close()
     assert not build_index(config).published
+
+
+# ---------------------------------------------------------------- FAISS kinds
+
+
+def test_auto_is_flat_below_the_threshold_and_ivf_from_it(hash_config):
+    index = replace(hash_config.index, faiss="auto", hnsw_threshold=50_000)
+    assert vectors.choose_kind(index, 49_999) == "flat"
+    assert vectors.choose_kind(index, 50_000) == "ivf"
+    for kind in ("flat", "ivf", "hnsw"):
+        assert vectors.choose_kind(replace(index, faiss=kind), 10) == kind
+
+
+def test_ivf_build_finds_each_passage_by_its_own_embedding(hash_config):
+    """A real `faiss = "ivf"` build with several inverted lists, one probed per query: a passage's
+    own embedding still finds it first (it sits in the list of its nearest centroid), and the
+    retriever answers from the IVF index."""
+    import faiss
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for a in range(4):  # 160 passages of random CJK characters: well spread vectors
+        paragraphs = [
+            f"第{a}篇第{i}段：" + "".join(chr(c) for c in rng.integers(0x4E00, 0x4E00 + 3000, 36)) + "。"
+            for i in range(40)
+        ]
+        (hash_config.corpus.dir / f"generated-{a}.md").write_text(
+            f"# 生成的文章{a}\n\n" + "\n\n".join(paragraphs) + "\n", encoding="utf-8"
+        )
+    config = with_index(hash_config, faiss="ivf", ivf_nprobe=1)
+    report = build_index(config)
+    assert report.faiss == "ivf" and report.passages > 160
+    assert_consistent(config)
+    version = live_version(config)
+    index = vectors.read_faiss(version.faiss_path)
+    inner = faiss.downcast_index(index.index)
+    assert isinstance(inner, faiss.IndexIVFFlat) and inner.nlist > 1 and inner.nprobe == 1
+    db = store.open_db(version.db_path, readonly=True)
+    try:
+        assert store.get_meta(db)["faiss"] == "ivf"
+        ids, embeddings = (np.concatenate(parts) for parts in zip(*store.iter_embeddings(db), strict=True))
+    finally:
+        db.close()
+    _, found = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)
+    assert found[:, 0].tolist() == ids.tolist()
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        assert "170余个" in retriever.answer("断卡行动打掉了多少个犯罪团伙？").hits[0].text
+    finally:
+        retriever.close()
+
+
+# ---------------------------------------------------------------- BM25 postings
+
+
+def bm25_postings(config: Config) -> tuple[dict[str, tuple[list[int], list[float]]], dict[int, list[str]]]:
+    """term → (passage ids, weights) from the live version's postings, and id → stored terms."""
+    import numpy as np
+
+    db = store.open_db(live_version(config).db_path, readonly=True)
+    try:
+        ids = np.frombuffer(db.execute("select ids from bm25_docs").fetchone()[0], dtype="<i8")
+        postings = {
+            term: (ids[np.frombuffer(docs, "<u4")].tolist(), np.frombuffer(weights, "<f4").tolist())
+            for term, docs, weights in db.execute("select term, docs, weights from bm25_terms")
+        }
+        stored = {r[0]: r[1].split() for r in db.execute("select id, terms from passages")}
+    finally:
+        db.close()
+    return postings, stored
+
+
+def test_bm25_postings_follow_incremental_builds(hash_config):
+    """Every build rewrites the postings from the passages it keeps: a term's postings list
+    exactly the passages holding it, an added article's terms appear and a removed one's go."""
+    corpus = Path(hash_config.corpus.dir)
+    build_index(hash_config)
+    postings, _ = bm25_postings(hash_config)
+    assert "贵州省" not in postings and "青海省" in postings
+
+    (corpus / "c.md").write_text(ARTICLE_C, encoding="utf-8")
+    build_index(hash_config)
+    assert_consistent(hash_config)
+    postings, stored = bm25_postings(hash_config)
+    for term in ("贵州省", "青海省", "挖矿"):
+        ids, weights = postings[term]
+        assert ids == sorted(i for i, words in stored.items() if term in words)
+        assert all(w > 0 for w in weights)
+    assert sum(len(ids) for ids, _ in postings.values()) == sum(len(set(words)) for words in stored.values())
+
+    (corpus / "c.md").unlink()
+    build_index(hash_config)
+    assert_consistent(hash_config)
+    postings, _ = bm25_postings(hash_config)
+    assert "贵州省" not in postings and "青海省" in postings
+
+
+def test_ivf_probes_enough_lists_to_scan_about_6000_vectors():
+    assert vectors.auto_nprobe(1_000_000, 4096) == 25
+    assert vectors.auto_nprobe(100_000, 2048) == 123
+    assert vectors.auto_nprobe(190, 4) == 4  # small indexes: every list
+
+
+def test_bm25_postings_of_an_empty_index(tmp_path):
+    db = store.open_db(tmp_path / "empty.db")
+    try:
+        store.create_schema(db)
+        store.write_bm25(db)
+        assert db.execute("select count(*) from bm25_terms").fetchone()[0] == 0
+        assert db.execute("select length(ids) from bm25_docs").fetchone()[0] == 0
+        assert store.integrity_problems(db, []) == []
+    finally:
+        db.close()

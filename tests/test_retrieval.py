@@ -208,6 +208,17 @@ def test_traditional_fullwidth_and_invisible_characters_normalise(retriever, que
     assert "170余个" in retriever.answer(question).hits[0].text
 
 
+def test_traditional_question_uses_the_articles_words(retriever):
+    """Taiwan phrasing (伺服器) is asked as the mainland word the article uses (服务器)."""
+    from index.text import simplified_question
+
+    assert simplified_question("交易所的伺服器設在哪裡？") == "交易所的服务器设在哪里？"
+    assert simplified_question("交易所的服务器设在哪里？") == "交易所的服务器设在哪里？"
+    assert simplified_question("What is OTC?") == "What is OTC?"
+    assert retriever.query_terms("交易所的伺服器設在哪裡？") == retriever.query_terms("交易所的服务器设在哪里？")
+    assert "设在境外" in retriever.answer("交易所的伺服器設在哪裡？").hits[0].text
+
+
 def test_answer_many_keeps_order_and_matches_single_answers(retriever):
     questions = [q for q, _ in FACTS] + ["", "断卡"]
     many = retriever.answer_many(questions)
@@ -251,5 +262,108 @@ def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_confi
         ]:
             assert any(fact in h.text for h in retriever.answer(question).hits), question
         assert not retriever.answer("如何做红烧肉？").answered
+    finally:
+        retriever.close()
+
+
+def test_batch_picks_sentences_by_embedding_where_no_term_is_shared(retriever):
+    """Hits sharing no term with an (English) question are highlighted at the sentence closest to
+    it in embedding space; `answer_many` embeds those sentences for the whole batch at once and
+    must give the same answers as one question at a time."""
+    from corpus.splitter import split_sentences, strip_span
+    from index.text import normalize
+
+    # English words with no Chinese term in the index (see `retrieval.crosslingual`)
+    english = ["What is the outlook?", "Why is it hard to gather evidence?", "Is this a good idea?", "Who is to blame?"]
+    questions = [english[0], FACTS[0][0], english[1], english[0], english[2], english[3]]
+    many = retriever.answer_many(questions, k=8)
+    assert many == [retriever.answer(q, k=8) for q in questions]
+    checked = 0
+    for question, answer in zip(questions, many, strict=True):
+        qvec = retriever.embedder.encode_queries([question])[0]
+        for hit in answer.hits:
+            spans = [(s, e) for s, e in (strip_span(hit.text, *span) for span in split_sentences(hit.text)) if e > s]
+            if len(spans) < 2 or any(t in normalize(hit.text) for t in retriever.query_terms(question)):
+                continue
+            sims = retriever.embedder.encode_documents([hit.text[s:e] for s, e in spans]) @ qvec
+            assert (hit.highlight_start, hit.highlight_end) == spans[int(np.argmax(sims))]
+            checked += 1
+    assert checked >= 3
+
+
+# ---------------------------------------------------------------- BM25 postings
+
+
+def _query(question: str) -> list[str]:
+    from index.text import terms
+
+    return list(dict.fromkeys(terms(question)))
+
+
+@pytest.mark.parametrize(("question", "fact"), FACTS)
+def test_bm25_postings_score_like_fts5(retriever, question, fact):
+    """BM25 from our postings (numpy) gives the passages and scores FTS5's bm25() gives: same
+    k1, b and IDF, so ranking did not change when FTS5 stopped doing the scoring."""
+    snap = retriever._snapshot
+    assert snap.postings is not None
+    ours, fts5 = snap.bm25(_query(question), 100), snap._fts_bm25(_query(question), 100)
+    assert set(ours) == set(fts5) and ours
+    assert all(ours[i] == pytest.approx(fts5[i], rel=1e-5) for i in fts5)
+    assert list(ours.values()) == sorted(ours.values(), reverse=True)
+
+
+# 25 passages holding 新闻: common, but in fewer than half of the index (those would weigh ~0).
+COMMON_NEWS = "".join(f"第{i}条新闻：今日新闻报道了市场动态与天气情况，读者反响热烈。\n\n" for i in range(25))
+
+
+def test_common_terms_only_rescore_and_ranking_is_unchanged(hash_config):
+    """Past the budget, a common term is left out of the postings scored in full (it is only
+    looked up for the best candidates, or scored in full later if the result could otherwise
+    be wrong), and the ranking stays that of exhaustive BM25: the passage holding the rare
+    terms keeps its place and score."""
+    (hash_config.corpus.dir / "common.md").write_text("# 每日新闻\n\n" + COMMON_NEWS, encoding="utf-8")
+    build_index(hash_config)
+    retriever = Retriever.open(hash_config.index.dir, hash_config)
+    try:
+        snap = retriever._snapshot
+        question = "新闻报道里青海省禁止向挖矿项目提供什么？"
+        query = _query(question)
+        dfs = snap.document_frequencies(query)
+        assert 25 <= dfs["新闻"] < snap.count / 2 and dfs["青海省"] <= 3
+        exhaustive = {limit: snap.bm25(query, limit) for limit in (2, 10)}
+        assert snap.bm25_plan(query)[1] == []  # everything fits the default budget
+
+        for budget in (dfs["青海省"], sum(dfs.values()) // 4 + 1):
+            snap.bm25_budget = budget
+            essential, rest = snap.bm25_plan(query)
+            assert "新闻" in rest and "新闻" not in essential and "青海省" in essential
+            for limit in (2, 10) if budget > dfs["青海省"] else (2,):
+                pruned = snap.bm25(query, limit)
+                assert list(pruned) == list(exhaustive[limit])
+                assert all(pruned[i] == pytest.approx(exhaustive[limit][i], rel=1e-5) for i in pruned)
+        top = next(iter(exhaustive[2]))
+        assert "场所、电力支持" in retriever.passages([top])[top].text
+        assert "场所、电力支持" in retriever.answer(question).hits[0].text
+    finally:
+        retriever.close()
+
+
+def test_index_without_bm25_postings_falls_back_to_fts5(built_hash_index):
+    """An index built before the postings existed still answers, through FTS5's bm25()."""
+    from index import publish, store
+
+    version = publish.current_version(built_hash_index.index.dir)
+    assert version is not None
+    db = store.open_db(version.db_path)
+    db.execute("drop table bm25_terms")
+    db.execute("drop table bm25_docs")
+    db.conn.commit()
+    db.close()
+    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    try:
+        assert retriever._snapshot.postings is None
+        for question, fact in FACTS[:3]:
+            assert fact in retriever.answer(question).hits[0].text
+        assert retriever._snapshot.document_frequencies(["青海省"])["青海省"] >= 1
     finally:
         retriever.close()
