@@ -4,6 +4,9 @@ dense-only vs lexical-only vs hybrid, plus how often questions are flagged unans
     .venv/bin/python bench/quality.py [--json out.json] [--weights 0.3,0.5,0.7]
 
 seed-dev: a hit is a retrieved passage containing every `all` string (or any `any` string).
+article-heldout (bench/questions/article-heldout.jsonl): more questions on the same article,
+written by us in English and traditional Chinese without looking at retrieval results, judged
+the same way; never used to choose a parameter, only to check that a change generalises.
 CMRC: every paragraph is an article; a hit is a passage of the question's own paragraph.
 """
 
@@ -25,6 +28,7 @@ from settings import PROJECT_ROOT, Config, load_config
 
 SHARED = PROJECT_ROOT.parent / "shared"
 SEED = SHARED / "questions" / "seed-dev.jsonl"
+HELDOUT = Path(__file__).resolve().parent / "questions" / "article-heldout.jsonl"
 CMRC = SHARED / "datasets" / "cmrc2018_trial.json"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
@@ -49,8 +53,8 @@ OFF_TOPIC = [
 ]
 
 
-def seed_questions() -> list[dict]:
-    return [json.loads(line) for line in SEED.read_text(encoding="utf-8").splitlines() if line.strip()]
+def seed_questions(path: Path = SEED) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def seed_hit(text: str, q: dict) -> bool:
@@ -81,6 +85,17 @@ def evaluate(retriever: Retriever, questions: list[str], is_hit, ks=(1, 3, 5)) -
     return result
 
 
+def by_language(retriever: Retriever, questions: list[dict]) -> dict:
+    """hit@1 and hit@3 per question language (zh, en, zh-Hant)."""
+    out = {}
+    for lang in sorted({q["lang"] for q in questions}):
+        subset = [q for q in questions if q["lang"] == lang]
+        sub = evaluate(retriever, [q["q"] for q in subset], lambda j, h, subset=subset: seed_hit(h.text, subset[j]))
+        out[f"hit@1_{lang}"] = sub["hit@1"]
+        out[f"hit@3_{lang}"] = sub["hit@3"]
+    return out
+
+
 def with_weight(config: Config, weight: float) -> Config:
     return replace(config, retrieval=replace(config.retrieval, dense_weight=weight))
 
@@ -102,19 +117,21 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
         build_index(seed_cfg)
         report["seed_build_s"] = round(time.perf_counter() - t, 2)
         seed = seed_questions()
-        seed_rows = {}
+        heldout = seed_questions(HELDOUT)
+        seed_rows, heldout_rows = {}, {}
         for name, w in modes.items():
             r = Retriever.open(seed_cfg.index.dir, with_weight(seed_cfg, w))
             res = evaluate(r, [q["q"] for q in seed], lambda i, h: seed_hit(h.text, seed[i]))
-            for lang in ("zh", "en"):
-                idx = [i for i, q in enumerate(seed) if q["lang"] == lang]
-                sub = evaluate(r, [seed[i]["q"] for i in idx], lambda j, h, idx=idx: seed_hit(h.text, seed[idx[j]]))
-                res[f"hit@3_{lang}"] = sub["hit@3"]
+            res.update(by_language(r, seed))
             off = r.answer_many(OFF_TOPIC, 3)
             res["offtopic_answered"] = sum(a.answered for a in off) / len(off)
             seed_rows[name] = res
+            held = evaluate(r, [q["q"] for q in heldout], lambda i, h: seed_hit(h.text, heldout[i]))
+            held.update(by_language(r, heldout))
+            heldout_rows[name] = held
             r.close()
         report["sets"]["seed-dev"] = seed_rows
+        report["sets"]["article-heldout"] = heldout_rows
         # CMRC trial
         corpus = tmp_path / "cmrc"
         corpus.mkdir()

@@ -286,6 +286,19 @@ def table(results: dict[str, Any]) -> list[Row]:
         ">= 0.958",
         lambda v: v >= 0.958,
     )
+    for lang in ("en", "zh-Hant"):
+        add(
+            f"quality: held-out article questions, {lang}, hybrid hit@1 | hit@3",
+            (
+                (
+                    _get(qual, "sets", "article-heldout", "hybrid", f"hit@1_{lang}"),
+                    _get(qual, "sets", "article-heldout", "hybrid", f"hit@3_{lang}"),
+                )
+                if _get(qual, "sets", "article-heldout", "hybrid", f"hit@3_{lang}") is not None
+                else None
+            ),
+            "{0[0]:.3f} | {0[1]:.3f}",
+        )
     add(
         "quality: CMRC hybrid hit@1",
         _get(qual, "sets", "cmrc-trial", "hybrid", "hit@1"),
