@@ -10,20 +10,27 @@ Callback data is compact text well under Telegram's 64-byte limit::
 one version, so a button from before a rebuild is answered politely instead of showing
 the wrong paragraph. Anything that does not parse (an old bot's buttons, forged data) is
 treated the same way. The question text is too long for callback data, so "More" refers
-to a bounded in-memory cache; after a restart those buttons are simply stale.
+to a `QuestionStore` token: a bounded SQLite table beside the index, so the buttons still
+work after the bot restarts.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
-from collections import OrderedDict
+import sqlite3
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+import sqlite_utils
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from telegram_bot.i18n import t
 from telegram_bot.pipeline import Kind, Reply
+
+log = logging.getLogger(__name__)
 
 MORE, CONTEXT, SOURCE = "m", "c", "s"
 MAX_CALLBACK_BYTES = 64
@@ -64,25 +71,78 @@ def decode(data: object) -> ButtonData | None:
     return None
 
 
-class QuestionCache:
-    """Recent questions by short random token, so "More" can re-ask them."""
+class QuestionStore:
+    """Questions behind "More" buttons by short random token, in SQLite (sqlite-utils).
 
-    def __init__(self, size: int = 4096) -> None:
-        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._size = size
+    Kept in a file beside the index so the buttons outlive a restart; bounded, the oldest
+    questions go first. Its methods block (SQLite): the bot calls them through
+    `asyncio.to_thread`. If the file cannot be opened (read-only disk, broken file), the
+    questions are kept in memory instead: "More" then only lasts until a restart.
+    """
+
+    FILE_NAME = "bot-state.sqlite"
+
+    def __init__(self, path: Path | None, size: int = 50_000) -> None:
+        self.size = size
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+        self._puts = 0
+        connection = None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                connection = self._connect(str(path))
+                self.path = path
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("keeping More-button questions in memory: cannot use %s (%s)", path, exc)
+        self._db = sqlite_utils.Database(connection or self._connect(":memory:"))
+
+    @staticmethod
+    def _connect(target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=5.0)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # losing the last button on power loss is fine
+            conn.execute(
+                "create table if not exists questions "
+                "(seq integer primary key autoincrement, token text unique not null, question text not null, "
+                "lang text not null)"
+            )
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    @classmethod
+    def beside_index(cls, index_dir: Path, size: int = 50_000) -> QuestionStore:
+        return cls(Path(index_dir) / cls.FILE_NAME, size)
 
     def put(self, question: str, lang: str) -> str:
         token = secrets.token_urlsafe(6)
-        self._items[token] = (question, lang)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        with self._lock:
+            try:
+                self._db["questions"].insert({"token": token, "question": question, "lang": lang})
+                self._puts += 1
+                if self._puts % 256 == 0 or self.size < 256:
+                    self._db.execute(
+                        "delete from questions where seq <= (select max(seq) from questions) - ?", [self.size]
+                    )
+            except sqlite3.Error as exc:  # a full disk must not cost the answer, only its button
+                log.warning("could not store a More-button question: %s", exc)
         return token
 
     def get(self, token: str) -> tuple[str, str] | None:
-        item = self._items.get(token)
-        if item is not None:
-            self._items.move_to_end(token)
-        return item
+        with self._lock:
+            try:
+                row = self._db.execute("select question, lang from questions where token = ?", [token]).fetchone()
+            except sqlite3.Error as exc:
+                log.warning("could not read a More-button question: %s", exc)
+                return None
+        return (row[0], row[1]) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def keyboard(reply: Reply, vtag: str, token: str | None) -> InlineKeyboardMarkup | None:

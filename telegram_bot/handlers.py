@@ -54,7 +54,7 @@ from telegram.request import BaseRequest
 
 from settings import Config
 from telegram_bot import render
-from telegram_bot.buttons import CONTEXT, MORE, ButtonData, QuestionCache, decode, keyboard
+from telegram_bot.buttons import CONTEXT, MORE, ButtonData, QuestionStore, decode, keyboard
 from telegram_bot.guards import Allowlist, FloodGate, Verdict
 from telegram_bot.i18n import DEFAULT_LANG, detect_lang, normalise_lang, t
 from telegram_bot.pipeline import Kind, QAService, Reply, version_tag
@@ -98,7 +98,7 @@ class BotState:
     allowlist: Allowlist = field(init=False)
     flood: FloodGate = field(init=False)
     inline_flood: FloodGate = field(init=False)
-    questions: QuestionCache = field(default_factory=QuestionCache)
+    questions: QuestionStore | None = None
     watcher: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -113,6 +113,12 @@ class BotState:
         if self.service is None:
             raise RuntimeError("the QA service is not running")
         return self.service
+
+    @property
+    def question_store(self) -> QuestionStore:
+        if self.questions is None:
+            raise RuntimeError("the question store is not open")
+        return self.questions
 
 
 def state(context: ContextTypes.DEFAULT_TYPE) -> BotState:
@@ -245,7 +251,7 @@ async def answer_question(update: Update, context: ContextTypes.DEFAULT_TYPE, te
     user = update.effective_user
     lang = detect_lang(text, user.language_code if user else None)
     reply = await st.qa.ask(text, lang)
-    token = st.questions.put(reply.question, lang) if reply.has_more else None
+    token = await asyncio.to_thread(st.question_store.put, reply.question, lang) if reply.has_more else None
     markup = keyboard(reply, version_tag(reply.version), token)
     await send_doc(context, chat.id, render.answer_doc(reply), markup=markup, reply_to=_reply_to(update))
     log.info(
@@ -442,7 +448,7 @@ async def _more(update: Update, context: ContextTypes.DEFAULT_TYPE, data: Button
     query = update.callback_query
     assert query is not None
     st = state(context)
-    stored = st.questions.get(data.token)
+    stored = await asyncio.to_thread(st.question_store.get, data.token)
     if stored is None:
         await query.answer(t(client, "stale_button"))
         return
@@ -609,6 +615,7 @@ def build_application(
 
     async def post_init(application: Application) -> None:
         st.service = await QAService.open(config, warm_up=st.warm_up)
+        st.questions = await asyncio.to_thread(QuestionStore.beside_index, config.index.dir)
         library = await st.service.library()
         log.info(
             "serving index %s: %d article(s), %s passages, model %s",
@@ -633,6 +640,9 @@ def build_application(
         if st.service is not None:
             await st.service.close()
             st.service = None
+        if st.questions is not None:
+            await asyncio.to_thread(st.questions.close)
+            st.questions = None
         log.info("bot stopped")
 
     builder = (

@@ -330,6 +330,29 @@ def test_more_context_and_source_buttons(make_config: Callable[..., Config]) -> 
     assert popups == [None, None, None, "这个问题没有更多段落了。"]
 
 
+def test_more_button_still_works_after_a_restart(make_config: Callable[..., Config]) -> None:
+    """The question behind "More" is stored beside the index, not only in the process."""
+    config = make_config()
+    first: list[Call] = []
+
+    async def ask(bot: InProcessBot, p: Payloads) -> None:
+        first.extend(await bot.feed(p.message(QUESTION)))
+
+    run_bot(config, ask)
+    answer = sent(first)[0]
+    more = next(b["callback_data"] for b in buttons(answer) if b["text"] == "更多")
+    after: list[Call] = []
+
+    async def press(bot: InProcessBot, p: Payloads) -> None:
+        message = p.bot_message(answer.result["text"], chat_id=1001, message_id=answer.result["message_id"])
+        after.extend(await bot.feed(p.callback(more, message=message, user_id=1001)))
+
+    run_bot(config, press)  # a new Application: a restarted bot
+    [edit] = sent(after, "editMessageText")
+    assert assert_valid_answer_html(edit).startswith("更多段落（4–6）")
+    assert [c.params.get("text") for c in sent(after, "answerCallbackQuery")] == [None]
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -8,6 +8,7 @@ import io
 import logging
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from fake_telegram import write_config
@@ -15,7 +16,7 @@ from fake_telegram import write_config
 from index.build import build_index
 from retrieval import Answer
 from settings import PROJECT_ROOT, Config, load_config
-from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, QuestionCache, decode
+from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, QuestionStore, decode
 from telegram_bot.guards import Allowlist, FloodGate, Verdict
 from telegram_bot.i18n import detect_lang, is_chitchat
 from telegram_bot.logs import REDACTED, redact, setup_logging
@@ -139,8 +140,8 @@ def test_allowlist_allows_listed_users_or_chats_and_refuses_others_once() -> Non
     assert Allowlist([]).check(7, 7) is Verdict.ALLOW
 
 
-def test_callback_data_round_trips_within_64_bytes() -> None:
-    cache = QuestionCache(size=2)
+def test_callback_data_round_trips_within_64_bytes(tmp_path: Path) -> None:
+    cache = QuestionStore(tmp_path / "state.sqlite", size=2)
     token = cache.put("q" * 500, "en")
     for data in (
         ButtonData(MORE, "0123abcd", token=token, offset=48),
@@ -154,6 +155,7 @@ def test_callback_data_round_trips_within_64_bytes() -> None:
     cache.put("a", "en")
     cache.put("b", "en")
     assert cache.get(token) is None  # bounded: old questions are forgotten
+    cache.close()
     for forged in (
         None,
         42,
@@ -165,6 +167,28 @@ def test_callback_data_round_trips_within_64_bytes() -> None:
         "é" * 40,
     ):
         assert decode(forged) is None
+
+
+def test_more_button_questions_outlive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "index" / QuestionStore.FILE_NAME
+    first = QuestionStore(path)
+    token = first.put("断卡行动打掉了多少个犯罪团伙？", "zh")
+    first.close()
+    second = QuestionStore(path)
+    assert second.get(token) == ("断卡行动打掉了多少个犯罪团伙？", "zh")
+    assert second.get("unknown") is None
+    second.close()
+
+
+def test_question_store_falls_back_to_memory_when_the_file_cannot_be_used(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        store = QuestionStore(blocker / QuestionStore.FILE_NAME)
+    assert store.path is None and "in memory" in caplog.text
+    token = store.put("还能用吗？", "zh")
+    assert store.get(token) == ("还能用吗？", "zh")
+    store.close()
 
 
 def test_redaction_covers_the_token_urls_and_tracebacks() -> None:
