@@ -420,11 +420,15 @@ class Retriever:
                     self._embedder = load_embedder(self.config.model)
         return self._embedder
 
-    def warm_up(self) -> None:
+    def warm_up(self, background: bool = True) -> None:
         """Load the model and dictionaries now rather than on the first question. What only
         English questions need (CC-CEDICT, this version's pinyin table: ~1 s) loads in a
-        background thread; an English question asked meanwhile waits for it."""
+        background thread unless `background` is False; an English question asked meanwhile
+        waits for it."""
         self.answer("预热", k=1)
+        if not background:
+            self.answer("warm up", k=1)
+            return
         snapshot = self._snapshot
 
         def english() -> None:
