@@ -134,9 +134,7 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
             raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
         return float(value)
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{where} must be a list of integer ids")
         return tuple(value)
     if not isinstance(value, str):

@@ -96,8 +96,7 @@ def _looks_like_chinese_text(text: str) -> bool:
     cjk = sum(
         1
         for ch in non_ascii
-        if "\u4e00" <= ch <= "\u9fff" or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef"
-        or ch in "“”‘’…—·"
+        if "\u4e00" <= ch <= "\u9fff" or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef" or ch in "“”‘’…—·"
     )
     return cjk / len(non_ascii) >= 0.9 and _latin1_mojibake_share(text) < 0.5
 

@@ -267,8 +267,12 @@ def _merge_tiny(drafts: list[_Draft], max_chars: int, min_chars: int) -> list[_D
         prev = out[-1] if out else None
         if len(d.text) < min_chars and prev and prev.section == d.section and len(prev.text) + len(d.text) < max_chars:
             out[-1] = _Draft(
-                prev.section, prev.paragraph, d.paragraph_end, prev.text + _joiner(prev.text, d.text) + d.text,
-                prev.start, d.end,
+                prev.section,
+                prev.paragraph,
+                d.paragraph_end,
+                prev.text + _joiner(prev.text, d.text) + d.text,
+                prev.start,
+                d.end,
             )
         else:
             out.append(d)

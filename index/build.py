@@ -156,8 +156,11 @@ def build_index(
                 db.close()
             if meta.get("faiss_key") == faiss_key(config, vectors.choose_kind(config.index, total)):
                 return BuildReport(
-                    **counts, passages=total, seconds=time.perf_counter() - started,
-                    model=config.model.name, faiss=str(meta.get("faiss", "")),
+                    **counts,
+                    passages=total,
+                    seconds=time.perf_counter() - started,
+                    model=config.model.name,
+                    faiss=str(meta.get("faiss", "")),
                 )
             # Same articles, other [index] FAISS settings: rebuild the vectors index only.
             notes = ("FAISS index rebuilt for the current [index] settings",)

@@ -146,9 +146,7 @@ def clean_old_versions(index_dir: Path, keep: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def build_lock(
-    index_dir: Path, timeout: float, on_wait: Callable[[], None] | None = None
-) -> Iterator[None]:
+def build_lock(index_dir: Path, timeout: float, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the exclusive build lock; wait up to `timeout` seconds for another build.
 
     flock is released by the kernel when a process dies, so a killed build never leaves a

@@ -148,7 +148,10 @@ class BackgroundSegmenter:
             with open(self._source, "w", encoding="utf-8") as f:
                 json.dump(texts, f, ensure_ascii=False)
             self._process = subprocess.Popen(
-                [sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                [sys.executable, "-c", code],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
         except Exception as exc:  # no process could be started: segment inline later

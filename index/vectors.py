@@ -21,9 +21,7 @@ def choose_kind(config: IndexConfig, n_vectors: int) -> str:
     return config.faiss
 
 
-def build_faiss(
-    batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, kind: str, config: IndexConfig
-) -> Any:
+def build_faiss(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, kind: str, config: IndexConfig) -> Any:
     """Build an id-mapped index from (ids, vectors) batches."""
     import faiss
 

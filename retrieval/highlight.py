@@ -55,9 +55,7 @@ def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
             continue
         content = [i for i, t in enumerate(tokens) if t not in STOP_WORDS and t not in _QUESTION_WORDS]
         # Distance counted in content words, so particles (了, 的, 是) do not push a word away.
-        distance = min(
-            sum(1 for c in content if min(p, w) < c < max(p, w)) for p in positions for w in wh_positions
-        )
+        distance = min(sum(1 for c in content if min(p, w) < c < max(p, w)) for p in positions for w in wh_positions)
         weights[term] = 1.0 + 1.0 / (1.0 + distance)
         if distance == 0:
             focus.add(term)
