@@ -58,6 +58,8 @@ _TermPostings = tuple[float, np.ndarray, np.ndarray]
 
 log = logging.getLogger(__name__)
 
+# Coverage of a passage holding every term of the question (IDF-weighted sums, so allow rounding).
+_FULL_COVERAGE = 1.0 - 1e-9
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -587,9 +589,13 @@ class Retriever:
         A Chinese question about the articles shares words with the passage that answers it,
         so lexical coverage can vouch for a modest cosine. A question in another language is
         judged by the (cross-lingual) cosine, unless most of what its words translate to is in
-        the passage (names, specific nouns) and the cosine is at least modest.
+        the passage (names, specific nouns) and the cosine is at least modest. When every term
+        of the question is in the passage, a low cosine only reflects a short question about a
+        name ("蔡凯龙是谁？", "Did Huobi reply?"): a sliver of similarity is enough.
         """
         cfg = self.config.retrieval
+        if coverage >= _FULL_COVERAGE and top_dense >= cfg.min_dense / 4:
+            return True
         if not _CJK.search(question):
             return top_dense >= cfg.min_dense or (
                 coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2

@@ -255,13 +255,29 @@ def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_confi
         for question, fact in FACTS[:3]:
             answer = retriever.answer(question)
             assert answer.answered and fact in answer.hits[0].text
-        # Cross-lingual: only the dense side can match an English question to Chinese text.
+        # Cross-lingual: the dense side, and BM25 through the question's words translated.
         for question, fact in [
             ("What happened to the bank cards of OTC merchants?", "银行卡突然被"),
             ("Which exchanges stopped offering futures and leverage to new mainland users?", "合约、杠杆"),
         ]:
             assert any(fact in h.text for h in retriever.answer(question).hits), question
         assert not retriever.answer("如何做红烧肉？").answered
+    finally:
+        retriever.close()
+
+
+@pytest.mark.slow
+def test_short_questions_about_a_name_in_the_article_count_as_covered(real_config):
+    """Every term of the question is in the passage; the cosine of such short questions is
+    tiny (~0.05-0.1), so coverage must vouch for it. Off-topic questions share no term."""
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        for question, fact in [("蔡凯龙是谁？", "蔡凯龙"), ("Did Huobi reply?", "火币暂未回复")]:
+            answer = retriever.answer(question)
+            assert answer.answered and answer.coverage == pytest.approx(1.0), question
+            assert any(fact in h.text for h in answer.hits), question
+        for question in ("红烧肉怎么做？", "How do I bake sourdough bread?"):
+            assert not retriever.answer(question).answered, question
     finally:
         retriever.close()
 
