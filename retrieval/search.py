@@ -10,6 +10,7 @@ inner product over normalised vectors. The two are fused by `retrieval.fusion`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from corpus.splitter import split_sentences, strip_span
 from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
-from index.text import clean, simplified_question, terms
+from index.text import clean, in_script, script_of, terms
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
 from retrieval.highlight import sentence_scores
@@ -197,6 +198,22 @@ class _Snapshot:
 
     def close(self) -> None:
         self.db.close()
+
+    @functools.cached_property
+    def script(self) -> str:
+        """Whether this version's passages are mostly simplified or traditional Chinese, from
+        an evenly spread sample of up to 200 of them (`index.text.script_of`)."""
+        with self.lock:
+            top = self.db.execute("select max(id) from passages").fetchone()[0] or 0
+            step = max(1, top // 200)
+            ids = _id_array(range(step, top + 1, step))
+            texts = [
+                r[0]
+                for r in self.db.execute(
+                    "select text from passages where id in (select value from json_each(?))", [ids]
+                )
+            ]
+        return script_of(texts)
 
     def pinyin(self) -> dict[str, tuple[str, ...]]:
         """Toneless pinyin → Chinese terms of this version (`retrieval.crosslingual`), built on
@@ -460,8 +477,8 @@ class Retriever:
         a model call costs about as much for one text as for dozens."""
         k = self.clamp_k(k)
         snapshot = self._snapshot
-        # Traditional-script questions are asked in the articles' simplified script (model and BM25).
-        cleaned = [simplified_question(clean(q)[: self.config.retrieval.max_query_chars]) for q in questions]
+        # Asked in the articles' own script (simplified or traditional): model and BM25.
+        cleaned = [in_script(clean(q)[: self.config.retrieval.max_query_chars], snapshot.script) for q in questions]
         todo = [i for i, q in enumerate(cleaned) if q]
         answers = [Answer(question=q, answered=False, version=snapshot.version.name) for q in questions]
         if not todo or snapshot.count == 0:
@@ -559,7 +576,8 @@ class Retriever:
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
-        return self._query_terms(self._snapshot, simplified_question(clean(question)))
+        snapshot = self._snapshot
+        return self._query_terms(snapshot, in_script(clean(question), snapshot.script))
 
     @staticmethod
     def _query_terms(snap: _Snapshot, question: str) -> list[str]:

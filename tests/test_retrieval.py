@@ -210,13 +210,50 @@ def test_traditional_fullwidth_and_invisible_characters_normalise(retriever, que
 
 def test_traditional_question_uses_the_articles_words(retriever):
     """Taiwan phrasing (伺服器) is asked as the mainland word the article uses (服务器)."""
-    from index.text import simplified_question
+    from index.text import SIMPLIFIED, TRADITIONAL, in_script, to_simplified
 
-    assert simplified_question("交易所的伺服器設在哪裡？") == "交易所的服务器设在哪里？"
-    assert simplified_question("交易所的服务器设在哪里？") == "交易所的服务器设在哪里？"
-    assert simplified_question("What is OTC?") == "What is OTC?"
+    assert in_script("交易所的伺服器設在哪裡？", SIMPLIFIED) == "交易所的服务器设在哪里？"
+    assert in_script("交易所的服务器设在哪里？", SIMPLIFIED) == "交易所的服务器设在哪里？"
+    assert in_script("What is OTC?", SIMPLIFIED) == in_script("What is OTC?", TRADITIONAL) == "What is OTC?"
+    # articles in traditional characters: simplified questions are converted, traditional ones kept
+    converted = in_script("交易所的服务器设在哪里？", TRADITIONAL)
+    assert converted.startswith("交易所的服務器設在") and to_simplified(converted) == "交易所的服务器设在哪里？"
+    assert in_script("交易所的伺服器設在哪裡？", TRADITIONAL) == "交易所的伺服器設在哪裡？"
+    assert retriever._snapshot.script == SIMPLIFIED
     assert retriever.query_terms("交易所的伺服器設在哪裡？") == retriever.query_terms("交易所的服务器设在哪里？")
     assert "设在境外" in retriever.answer("交易所的伺服器設在哪裡？").hits[0].text
+
+
+def test_script_of_tells_traditional_from_simplified_text():
+    from index.text import SIMPLIFIED, TRADITIONAL, script_of
+
+    assert script_of(["新疆、青海叫停虚拟货币挖矿，交易所遭屏蔽"]) == SIMPLIFIED
+    assert script_of(["新疆、青海叫停虛擬貨幣挖礦，交易所遭屏蔽"]) == TRADITIONAL
+    assert script_of(["OTC", ""]) == SIMPLIFIED
+
+
+def test_articles_in_traditional_characters_get_questions_in_their_script(tmp_path):
+    """A traditional copy of the article: the index is recognised as traditional, and a
+    simplified question is asked in traditional characters (its terms, normalised, agree)."""
+    import opencc
+
+    from index.text import TRADITIONAL, in_script
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    source = next(DEFAULT_CORPUS.glob("*.md")).read_text(encoding="utf-8")
+    (corpus / "traditional.md").write_text(opencc.OpenCC("s2twp").convert(source), encoding="utf-8")
+    config = make_config(corpus, tmp_path / "index")
+    build_index(config)
+    r = Retriever.open(config.index.dir, config)
+    try:
+        assert r._snapshot.script == TRADITIONAL
+        question = "断卡行动打掉了多少个犯罪团伙？"
+        assert in_script(question, TRADITIONAL) != question
+        assert r.query_terms(question) == r.query_terms(opencc.OpenCC("s2t").convert(question))
+        assert "170餘個" in r.answer(question).hits[0].text
+    finally:
+        r.close()
 
 
 def test_answer_many_keeps_order_and_matches_single_answers(retriever):
