@@ -30,6 +30,7 @@ from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
 from index.text import clean, in_script, script_of, terms
+from retrieval.bm25 import Postings
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
 from retrieval.highlight import sentence_scores
@@ -54,8 +55,6 @@ _EMBEDDING_SQL = "select id, embedding from passages where id in (select value f
 # The BM25 postings written by `index.store.write_bm25` (see `_Snapshot.bm25`).
 _BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from json_each(?))"
 _BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
-# One term's (top weight, ascending passage positions, weights) in `_Postings`.
-_TermPostings = tuple[float, np.ndarray, np.ndarray]
 
 log = logging.getLogger(__name__)
 
@@ -97,82 +96,11 @@ class PassageRow:
     url: str
 
 
-class _Postings:
-    """The in-memory part of a version's BM25 postings (`index.store.write_bm25`): the passage
-    ids by position, and one score accumulator reused by every question (zeroed again after
-    use, under `lock`), so a question costs time in proportion to the postings it reads, not
-    to the size of the index."""
-
-    def __init__(self, ids: np.ndarray) -> None:
-        self.ids = ids
-        self.accumulator = np.zeros(len(ids), dtype=np.float32)
-        self.lock = threading.Lock()
-
-    def scores(
-        self, essential: Sequence[_TermPostings], rest: Sequence[_TermPostings], limit: int
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(positions, scores, exact): the best `limit` passages, best first. `essential` terms
-        (top weight, docs, weights) are scored over all their postings; the `rest` only add
-        their weight to passages that can still make the top `limit` (MaxScore): a passage
-        scores at most its essential part plus the `rest`'s top weights. Not `exact` when a
-        passage holding none of the essential terms might belong to the top `limit` (fewer
-        than `limit` passages hold one, or the rest's top weights reach the `limit`-th score),
-        or when more than 10·limit candidates could."""
-        with self.lock:
-            acc = self.accumulator
-            for _, docs, weights in essential:
-                acc[docs] += weights
-            postings = essential[0][1] if len(essential) == 1 else np.concatenate([d for _, d, _ in essential])
-            partial = acc[postings]
-            acc[postings] = 0.0
-        spread = len(essential)  # a passage occurs once per essential term it holds
-        positions, best = _best_distinct(postings, partial, limit, spread)
-        if not rest:
-            return positions, best, True
-        full = best + _weights_at(rest, positions)
-        bound = sum(top for top, _, _ in rest)
-        threshold = float(full.min()) if len(positions) >= limit else 0.0
-        exact = len(positions) >= limit and threshold >= bound
-        reachable = partial >= threshold - bound
-        if int(reachable.sum()) > len(positions):
-            cap = 10 * limit
-            positions, best = _best_distinct(postings[reachable], partial[reachable], cap + 1, spread)
-            if len(positions) > cap:
-                positions, best, exact = positions[:cap], best[:cap], False
-            full = best + _weights_at(rest, positions)
-        order = np.argsort(-full, kind="stable")[:limit]
-        return positions[order], full[order], exact
-
-
-def _weights_at(terms: Sequence[_TermPostings], positions: np.ndarray) -> np.ndarray:
-    """The terms' summed weight in each passage at `positions` (binary search in their sorted
-    postings: no pass over a common term's whole list)."""
-    out = np.zeros(len(positions), dtype=np.float32)
-    for _, docs, weights in terms:
-        at = np.minimum(np.searchsorted(docs, positions), len(docs) - 1)
-        hit = docs[at] == positions
-        out[hit] += weights[at[hit]]
-    return out
-
-
-def _best_distinct(positions: np.ndarray, scores: np.ndarray, n: int, spread: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `n` best distinct positions, best first, from entries where one position occurs up
-    to `spread` times with the same score (so the best n·spread entries hold the best n)."""
-    take = min(len(positions), n * spread)
-    if take < len(positions):
-        picked = np.argpartition(-scores, take - 1)[:take]
-        positions, scores = positions[picked], scores[picked]
-    positions, first = np.unique(positions, return_index=True)
-    scores = scores[first]
-    order = np.argsort(-scores, kind="stable")[:n]
-    return positions[order], scores[order]
-
-
 class _Snapshot:
     """One open index version: read-only SQLite connection + FAISS index."""
 
     # Postings a question scores in full, rarest terms first; the commoner terms beyond it
-    # only rescore the best candidates (`_Postings.scores`). At 1M passages one common term
+    # only rescore the best candidates (`Postings.scores`). At 1M passages one common term
     # has ~300k postings; numpy scores ~50k postings per millisecond.
     bm25_budget = 100_000
 
@@ -188,13 +116,13 @@ class _Snapshot:
         self._pinyin: dict[str, tuple[str, ...]] | None = None
         self._pinyin_lock = threading.Lock()
 
-    def _load_postings(self) -> _Postings | None:
+    def _load_postings(self) -> Postings | None:
         """The BM25 postings, or None for an index built before they existed (FTS5 then)."""
         try:
             row = self.db.execute("select ids from bm25_docs where id = 1").fetchone()
         except sqlite3.OperationalError:
             return None
-        return None if row is None else _Postings(np.frombuffer(row[0], dtype="<i8"))
+        return None if row is None else Postings(np.frombuffer(row[0], dtype="<i8"))
 
     def close(self) -> None:
         self.db.close()
