@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("build", "build or update the index from the corpus (incremental by content hash)"),
-        ("check", "verify the live index: SQLite integrity, FTS and FAISS ids"),
+        ("check", "verify the live index: SQLite integrity, FTS, BM25 postings and FAISS ids"),
         ("info", "print the live index's metadata and articles as JSON"),
     ):
         cmd = sub.add_parser(name, help=help_text)
