@@ -54,6 +54,9 @@ def _build_ivf(batches: Iterable[tuple[np.ndarray, np.ndarray]], dim: int, nprob
     nlist = max(1, min(nlist, n // 40))
     inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = x if n <= 40 * nlist else x[np.sort(np.random.default_rng(0).choice(n, 40 * nlist, replace=False))]
+    # A small index (`faiss = "ivf"` named explicitly) has fewer than the 39 training points per
+    # list k-means wants; it still trains, so skip FAISS's warning on stderr.
+    inner.cp.min_points_per_centroid = min(inner.cp.min_points_per_centroid, max(1, n // nlist))
     if n:
         inner.train(np.ascontiguousarray(sample))
     inner.nprobe = min(nlist, nprobe or auto_nprobe(n, nlist))

@@ -451,6 +451,20 @@ def test_auto_is_flat_below_the_threshold_and_ivf_from_it(hash_config):
         assert vectors.choose_kind(replace(index, faiss=kind), 10) == kind
 
 
+def test_small_ivf_index_builds_without_faiss_warnings(hash_config, capfd):
+    """`faiss = "ivf"` on a 31-passage corpus: one list, trained quietly, answers right."""
+    config = with_index(hash_config, faiss="ivf")
+    report = build_index(config)
+    assert report.faiss == "ivf"
+    assert "WARNING" not in capfd.readouterr().err
+    assert_consistent(config)
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        assert "170余个" in retriever.answer("断卡行动打掉了多少个犯罪团伙？").hits[0].text
+    finally:
+        retriever.close()
+
+
 def test_ivf_build_finds_each_passage_by_its_own_embedding(hash_config):
     """A real `faiss = "ivf"` build with several inverted lists, one probed per query: a passage's
     own embedding still finds it first (it sits in the list of its nearest centroid), and the
