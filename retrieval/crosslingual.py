@@ -85,7 +85,7 @@ class Lexicon:
         by_gloss: dict[str, dict[str, int]] = defaultdict(dict)
         by_pinyin: dict[str, set[str]] = defaultdict(set)
         for simplified, pinyin, glosses in entries:
-            if not _CJK_TERM.fullmatch(simplified) and len(simplified) < 2:
+            if len(simplified) < 2:  # single characters are too ambiguous to stand for a word
                 continue
             for rank, gloss in enumerate(glosses):
                 if _GLOSS_SKIP.match(gloss.lower()):
@@ -94,7 +94,7 @@ class Lexicon:
                 if key and len(key.split()) <= _MAX_GLOSS_WORDS:
                     best = by_gloss[key].get(simplified)
                     by_gloss[key][simplified] = rank if best is None else min(best, rank)
-            if len(simplified) >= 2 and pinyin[:1].isupper():  # proper nouns: 昌吉 [Chang1 ji2]
+            if pinyin[:1].isupper():  # proper nouns: 昌吉 [Chang1 ji2]
                 by_pinyin[_toneless(pinyin)].add(simplified)
         self._by_gloss = {k: tuple(w for w, _ in sorted(v.items(), key=lambda x: x[1])) for k, v in by_gloss.items()}
         self._by_pinyin = {k: tuple(sorted(v)) for k, v in by_pinyin.items()}
