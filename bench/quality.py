@@ -53,6 +53,31 @@ OFF_TOPIC = [
 ]
 
 
+# Questions near the article's subject that it does not answer (crypto, mining, exchanges,
+# but not what the article reports): the hard side of the "not covered" decision.
+NEAR_TOPIC = [
+    "What is the price of bitcoin today?",
+    "How do I buy Ethereum?",
+    "Who is the CEO of Binance?",
+    "When was bitcoin invented?",
+    "Is Dogecoin a good investment?",
+    "What is the interest rate of the Federal Reserve?",
+    "How much electricity does Bitcoin mining use worldwide?",
+    "Did the United States ban crypto mining?",
+    "Who founded Huobi?",
+    "What is a blockchain?",
+    "How many bitcoins are there?",
+    "Where is Bitmain headquartered?",
+    "比特币现在多少钱？",
+    "以太坊是什么？",
+    "币安的CEO是谁？",
+    "美国禁止挖矿了吗？",
+    "火币是谁创办的？",
+    "今天是几号？",
+    "北京今天天气怎么样？",
+]
+
+
 def seed_questions(path: Path = SEED) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -125,6 +150,8 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
             res.update(by_language(r, seed))
             off = r.answer_many(OFF_TOPIC, 3)
             res["offtopic_answered"] = sum(a.answered for a in off) / len(off)
+            near = r.answer_many(NEAR_TOPIC, 3)
+            res["neartopic_answered"] = sum(a.answered for a in near) / len(near)
             seed_rows[name] = res
             held = evaluate(r, [q["q"] for q in heldout], lambda i, h: seed_hit(h.text, heldout[i]))
             held.update(by_language(r, heldout))

@@ -300,6 +300,18 @@ def table(results: dict[str, Any]) -> list[Row]:
             "{0[0]:.3f} | {0[1]:.3f}",
         )
     add(
+        "quality: off-topic | near-topic questions answered (hybrid)",
+        (
+            (
+                _get(qual, "sets", "seed-dev", "hybrid", "offtopic_answered"),
+                _get(qual, "sets", "seed-dev", "hybrid", "neartopic_answered"),
+            )
+            if _get(qual, "sets", "seed-dev", "hybrid", "neartopic_answered") is not None
+            else None
+        ),
+        "{0[0]:.3f} | {0[1]:.3f}",
+    )
+    add(
         "quality: CMRC hybrid hit@1",
         _get(qual, "sets", "cmrc-trial", "hybrid", "hit@1"),
         "{:.3f}",

@@ -496,7 +496,7 @@ class Retriever:
         # lack of an answer: only the terms the index knows (translations, "OTC") are evidence.
         evidence = [t for t in query_terms if dfs[t] > 0] if foreign else query_terms
         coverage = self._coverage(top.terms, evidence, idf)
-        answered = self._is_answered(float(dense_scores[order[0]]), coverage, question)
+        answered = self._is_answered(float(dense_scores[order[0]]), coverage)
         answer = Answer(
             question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
         )
@@ -529,27 +529,22 @@ class Retriever:
         total = sum(idf[t] for t in query_terms)
         return sum(idf[t] for t in query_terms if t in present) / total if total else 0.0
 
-    def _is_answered(self, top_dense: float, coverage: float, question: str) -> bool:
+    def _is_answered(self, top_dense: float, coverage: float) -> bool:
         """Whether the best passage really covers the question (thresholds chosen on dev data).
 
-        A Chinese question about the articles shares words with the passage that answers it,
-        so lexical coverage can vouch for a modest cosine. A question in another language is
-        judged by the (cross-lingual) cosine, unless most of what its words translate to is in
-        the passage (names, specific nouns) and the cosine is at least modest. When every term
-        of the question is in the passage, a low cosine only reflects a short question about a
-        name ("蔡凯龙是谁？", "Did Huobi reply?"): a sliver of similarity is enough.
+        A question about the articles shares words with the passage that answers it (an
+        English one through its translated terms, `retrieval.crosslingual`), so lexical
+        coverage can vouch for a modest cosine; a cosine alone must be high, since a paragraph
+        on a related subject reaches ~0.2-0.3. When every term of the question is in the
+        passage, a low cosine only reflects a short question about a name ("蔡凯龙是谁？",
+        "Did Huobi reply?"): a sliver of similarity is enough.
         """
         cfg = self.config.retrieval
-        if coverage >= _FULL_COVERAGE and top_dense >= cfg.min_dense / 4:
-            return True
-        if not _CJK.search(question):
-            return top_dense >= cfg.min_dense or (
-                coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2
-            )
         return (
             top_dense >= cfg.min_dense + 0.15
             or (coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2)
             or (coverage >= cfg.min_lexical_coverage / 2 and top_dense >= cfg.min_dense)
+            or (coverage >= _FULL_COVERAGE and top_dense >= cfg.min_dense / 4)
         )
 
     def _best_sentences(
