@@ -91,7 +91,15 @@ class QuestionStore:
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                connection = self._connect(str(path))
+                try:
+                    connection = self._connect(str(path))
+                except sqlite3.DatabaseError:
+                    # Not a database (a damaged or foreign file): set it aside and start afresh;
+                    # losing old buttons is better than losing them all until someone notices.
+                    aside = path.with_name(path.name + ".broken")
+                    path.replace(aside)
+                    log.warning("%s was not a usable database; moved to %s", path, aside)
+                    connection = self._connect(str(path))
                 self.path = path
             except (OSError, sqlite3.Error) as exc:
                 log.warning("keeping More-button questions in memory: cannot use %s (%s)", path, exc)

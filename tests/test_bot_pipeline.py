@@ -180,6 +180,20 @@ def test_more_button_questions_outlive_a_restart(tmp_path: Path) -> None:
     second.close()
 
 
+def test_damaged_question_store_is_set_aside_and_recreated(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / QuestionStore.FILE_NAME
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    with caplog.at_level(logging.WARNING):
+        store = QuestionStore(path)
+    assert store.path == path and "not a usable database" in caplog.text
+    assert (tmp_path / (QuestionStore.FILE_NAME + ".broken")).exists()
+    token = store.put("还能用吗？", "zh")
+    store.close()
+    reopened = QuestionStore(path)
+    assert reopened.get(token) == ("还能用吗？", "zh")
+    reopened.close()
+
+
 def test_question_store_falls_back_to_memory_when_the_file_cannot_be_used(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("x", encoding="utf-8")
