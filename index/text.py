@@ -66,14 +66,15 @@ def to_simplified(text: str) -> str:
 
 
 SIMPLIFIED, TRADITIONAL = "hans", "hant"
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Chinese characters (CJK unified ideographs, extension A, compatibility ideographs).
+HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def script_of(texts: Iterable[str]) -> str:
     """`TRADITIONAL` when over 5 % of the Chinese characters of `texts` change under
     traditional → simplified conversion (about a third do in traditional text, next to none in
     simplified), else `SIMPLIFIED`."""
-    han = "".join(ch for text in texts for ch in _HAN.findall(text))
+    han = "".join(ch for text in texts for ch in HAN.findall(text))
     if not han:
         return SIMPLIFIED
     changed = sum(a != b for a, b in zip(han, to_simplified(han), strict=False))
@@ -92,8 +93,7 @@ def in_script(question: str, script: str) -> str:
     already in the right script is returned unchanged, so the tables never touch it.
     """
     if script == TRADITIONAL:
-        converted = _opencc("s2t").convert(question)
-        return question if converted == question or to_simplified(question) != question else converted
+        return question if to_simplified(question) != question else _opencc("s2t").convert(question)
     if to_simplified(question) == question:
         return question
     return _opencc("tw2sp").convert(question)

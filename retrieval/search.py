@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import math
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from corpus.splitter import split_sentences, strip_span
 from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
-from index.text import clean, in_script, script_of, terms
+from index.text import HAN, clean, in_script, script_of, terms
 from retrieval.bm25 import Postings
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 
 # Coverage of a passage holding every term of the question (IDF-weighted sums, so allow rounding).
 _FULL_COVERAGE = 1.0 - 1e-9
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 @dataclass
@@ -405,8 +403,7 @@ class Retriever:
         a model call costs about as much for one text as for dozens."""
         k = self.clamp_k(k)
         snapshot = self._snapshot
-        # Asked in the articles' own script (simplified or traditional): model and BM25.
-        cleaned = [in_script(clean(q)[: self.config.retrieval.max_query_chars], snapshot.script) for q in questions]
+        cleaned = [self._prepare(snapshot, q) for q in questions]
         todo = [i for i, q in enumerate(cleaned) if q]
         answers = [Answer(question=q, answered=False, version=snapshot.version.name) for q in questions]
         if not todo or snapshot.count == 0:
@@ -444,7 +441,7 @@ class Retriever:
         sentence embeddings can pick (`answer_many` embeds them for the whole batch)."""
         cfg = self.config.retrieval
         query_terms = self._query_terms(snap, question)
-        foreign = not _CJK.search(question)
+        foreign = not HAN.search(question)
         lexical = snap.bm25(query_terms, cfg.candidates)
         n_dense = min(cfg.candidates, snap.count)
         sims, ids = snap.dense(qvec, n_dense)
@@ -505,12 +502,16 @@ class Retriever:
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
         snapshot = self._snapshot
-        return self._query_terms(snapshot, in_script(clean(question), snapshot.script))
+        return self._query_terms(snapshot, self._prepare(snapshot, question))
+
+    def _prepare(self, snap: _Snapshot, question: str) -> str:
+        """The question as it is searched: cleaned, truncated, in the articles' own script."""
+        return in_script(clean(question)[: self.config.retrieval.max_query_chars], snap.script)
 
     @staticmethod
     def _query_terms(snap: _Snapshot, question: str) -> list[str]:
         query_terms = terms(question)
-        if not _CJK.search(question):  # an English question: add its words as the articles' Chinese terms
+        if not HAN.search(question):  # an English question: add its words as the articles' Chinese terms
             query_terms += translate(question, default_lexicon(), snap.pinyin(), snap.document_frequencies).terms
         return list(dict.fromkeys(query_terms))
 
