@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from index.usem3_st import default_threads  # noqa: E402
 
-CMRC = ROOT.parent / "shared" / "datasets" / "cmrc2018_trial.json"
+CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;\n])")
 

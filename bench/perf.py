@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 PY = sys.executable
-CMRC = ROOT.parent / "shared" / "datasets" / "cmrc2018_trial.json"
+CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 HEAVY_MODULES = ("torch", "sentence_transformers", "faiss", "jieba")
 

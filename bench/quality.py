@@ -4,7 +4,7 @@ dense-only vs lexical-only vs hybrid, plus how often questions are flagged unans
     .venv/bin/python bench/quality.py [--json out.json] [--weights 0.3,0.5,0.7]
 
 seed-dev: a hit is a retrieved passage containing every `all` string (or any `any` string).
-article-heldout (bench/questions/article-heldout.jsonl): more questions on the same article,
+article-heldout (bench/data/article-heldout.jsonl): more questions on the same article,
 written by us in English and traditional Chinese without looking at retrieval results, judged
 the same way; never used to choose a parameter, only to check that a change generalises.
 CMRC: every paragraph is an article; a hit is a passage of the question's own paragraph.
@@ -26,10 +26,10 @@ from index.build import build_index
 from retrieval.search import Retriever
 from settings import PROJECT_ROOT, Config, load_config
 
-SHARED = PROJECT_ROOT.parent / "shared"
-SEED = SHARED / "questions" / "seed-dev.jsonl"
-HELDOUT = Path(__file__).resolve().parent / "questions" / "article-heldout.jsonl"
-CMRC = SHARED / "datasets" / "cmrc2018_trial.json"
+DATA = PROJECT_ROOT / "bench" / "data"
+SEED = DATA / "seed-dev.jsonl"
+HELDOUT = DATA / "article-heldout.jsonl"
+CMRC = DATA / "cmrc2018_trial.json"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.

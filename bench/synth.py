@@ -19,7 +19,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CMRC = ROOT.parent / "shared" / "datasets" / "cmrc2018_trial.json"
+CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
 _SENTENCE_END = re.compile(r"(?<=[。！？])")
 # Paragraphs stay below the splitter's max_chars (360), so one paragraph is about one passage.
 _MAX_PARAGRAPH = 330

@@ -12,8 +12,10 @@ import pytest
 from index.build import build_index
 from settings import PROJECT_ROOT, Config, CorpusConfig, IndexConfig, ModelConfig, load_config
 
-SHARED = PROJECT_ROOT.parent / "shared"
-SHARED_ARTICLE = SHARED / "articles" / "blockchain-daily-2021-06-10-crackdown.txt"
+# The verbatim source article (as received: broken paragraphs, no front matter) and the
+# benchmark data; all inside the repository, nothing is read from beside it.
+SOURCE_ARTICLE = PROJECT_ROOT / "tests" / "data" / "blockchain-daily-2021-06-10-crackdown.txt"
+CMRC = PROJECT_ROOT / "bench" / "data" / "cmrc2018_trial.json"
 DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
 
 

@@ -16,7 +16,7 @@ from corpus.reader import ArticleError, decode, load_corpus, scan_corpus, split_
 from corpus.splitter import SENTENCE_END
 from settings import PROJECT_ROOT, CorpusConfig
 
-SHARED_ARTICLE = PROJECT_ROOT.parent / "shared" / "articles" / "blockchain-daily-2021-06-10-crackdown.txt"
+from conftest import SOURCE_ARTICLE
 MAX_CHARS = CorpusConfig().max_chars
 MIN_CHARS = CorpusConfig().min_chars
 HEADING_LINE = re.compile(r"^\s{0,3}#{1,6}[ \t]+\S")
@@ -37,8 +37,8 @@ def article_from(body: str, name: str = "a.md") -> Article:
 @pytest.fixture(scope="module")
 def shared() -> tuple[str, list]:
     """(decoded file text, passages) of the verbatim shared article."""
-    article = read_article(SHARED_ARTICLE, SHARED_ARTICLE.parent)
-    raw = SHARED_ARTICLE.read_bytes().decode("utf-8")
+    article = read_article(SOURCE_ARTICLE, SOURCE_ARTICLE.parent)
+    raw = SOURCE_ARTICLE.read_bytes().decode("utf-8")
     assert article.body_offset == 0 and article.body == raw  # no front matter in the .txt
     return raw, split_article(article, MAX_CHARS, MIN_CHARS)
 
@@ -302,22 +302,22 @@ def test_title_from_file_name_when_nothing_else(tmp_path):
     article = read_article(write(tmp_path / "sub" / "otc-crackdown_notes.txt", "正文。\n\n# 后面的标题\n"), tmp_path)
     assert article.title == "otc crackdown notes"
     assert article.id == "sub/otc-crackdown_notes.txt"
-    shared = read_article(SHARED_ARTICLE, SHARED_ARTICLE.parent)
+    shared = read_article(SOURCE_ARTICLE, SOURCE_ARTICLE.parent)
     assert shared.title == "blockchain daily 2021 06 10 crackdown"
 
 
 # ---------------------------------------------------------------- encodings
 
 
-SHARED_TEXT = SHARED_ARTICLE.read_text(encoding="utf-8")
+SOURCE_TEXT = SOURCE_ARTICLE.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk", "gb18030"])
 def test_article_encodings_decode_to_the_same_passages(tmp_path, encoding):
-    path = write(tmp_path / "article.txt", SHARED_TEXT, encoding)
+    path = write(tmp_path / "article.txt", SOURCE_TEXT, encoding)
     article = read_article(path, tmp_path)
-    assert article.body == SHARED_TEXT
-    assert [p.text for p in split_article(article)] == [p.text for p in split_article(article_from(SHARED_TEXT))]
+    assert article.body == SOURCE_TEXT
+    assert [p.text for p in split_article(article)] == [p.text for p in split_article(article_from(SOURCE_TEXT))]
 
 
 def test_bom_does_not_hide_front_matter(tmp_path):
@@ -362,12 +362,12 @@ def test_undecodable_data_is_refused_with_a_reason(data, reason):
 
 def test_scan_corpus_parses_only_files_whose_bytes_changed(tmp_path):
     """An incremental build passes the live hashes: matching files are listed, not parsed."""
-    write(tmp_path / "same.md", SHARED_TEXT)
-    write(tmp_path / "edited.md", SHARED_TEXT + "\n\n新增一段。")
-    write(tmp_path / "new.md", SHARED_TEXT)
+    write(tmp_path / "same.md", SOURCE_TEXT)
+    write(tmp_path / "edited.md", SOURCE_TEXT + "\n\n新增一段。")
+    write(tmp_path / "new.md", SOURCE_TEXT)
     known = {
         "same.md": hashlib.sha256((tmp_path / "same.md").read_bytes()).hexdigest(),
-        "edited.md": hashlib.sha256(SHARED_TEXT.encode()).hexdigest(),
+        "edited.md": hashlib.sha256(SOURCE_TEXT.encode()).hexdigest(),
         "gone.md": "0" * 64,
     }
     scan = scan_corpus(tmp_path, known)
@@ -379,12 +379,12 @@ def test_scan_corpus_parses_only_files_whose_bytes_changed(tmp_path):
 
 
 def test_load_corpus_reports_bad_files_and_keeps_good_ones(tmp_path):
-    write(tmp_path / "good.md", SHARED_TEXT)
+    write(tmp_path / "good.md", SOURCE_TEXT)
     write(tmp_path / "empty.txt", "")
     write(tmp_path / "notes.docx", "x")
-    write(tmp_path / ".hidden.md", SHARED_TEXT)
+    write(tmp_path / ".hidden.md", SOURCE_TEXT)
     (tmp_path / ".git").mkdir()
-    write(tmp_path / ".git" / "x.md", SHARED_TEXT)
+    write(tmp_path / ".git" / "x.md", SOURCE_TEXT)
     articles, skipped = load_corpus(tmp_path)
     assert [a.id for a in articles] == ["good.md"]
     assert {s.path: s.reason for s in skipped} == {

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CORPUS, SHARED_ARTICLE
+from conftest import DEFAULT_CORPUS, SOURCE_ARTICLE
 
 from index import publish, store, vectors
 from index.build import build_index
@@ -39,7 +39,7 @@ QUESTIONS = [
     "比特大陆会为出海矿工提供什么便利？",
     "被封的微博账号现在显示什么？",
 ]
-_SENTENCES = [s for s in re.findall(r"[^。\n]+。", SHARED_ARTICLE.read_text(encoding="utf-8")) if len(s) > 12]
+_SENTENCES = [s for s in re.findall(r"[^。\n]+。", SOURCE_ARTICLE.read_text(encoding="utf-8")) if len(s) > 12]
 _PROGRESS = re.compile(r"embedding (\d+)/(\d+) passages")
 
 

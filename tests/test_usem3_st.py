@@ -15,7 +15,7 @@ import pytest
 
 from settings import PROJECT_ROOT
 
-CMRC = PROJECT_ROOT.parent / "shared" / "datasets" / "cmrc2018_trial.json"
+from conftest import CMRC
 
 LONG_PARAGRAPH = (
     "《战国无双3》是由光荣和ω-force开发的战国无双系列的正统第三续作。本作以三大故事为主轴，分别是以武田信玄等人为主的《关东三国志》，"
