@@ -50,7 +50,7 @@ def _run_bot(config: Config, token: str) -> int:
 
     from index.publish import IndexMissingError
     from retrieval import ModelMismatchError
-    from telegram_bot.handlers import ALLOWED_UPDATES, build_application
+    from telegram_bot.app import ALLOWED_UPDATES, build_application
 
     application = build_application(config, token)
     target = config.telegram.base_url or "api.telegram.org"

@@ -82,8 +82,14 @@ class TelegramConfig:
     admins: tuple[int, ...] = ()
     max_question_chars: int = 500
     reload_seconds: float = 10.0
-    user_rate: int = 8  # questions per user per rate_window seconds
+    user_rate: int = 8  # updates (questions, commands, button presses) per user per rate_window seconds
     rate_window: float = 10.0
+    # Replies per group chat per group_window seconds: Telegram's own group limit (20 a minute),
+    # so what the gate admits never queues inside the rate limiter.
+    group_rate: int = 20
+    group_window: float = 60.0
+    # Days the questions behind "More" buttons are kept in bot-state.sqlite (0 = memory only).
+    question_retention_days: float = 7.0
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,26 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 POINTER = "CURRENT"
 LOCK = ".build.lock"
 VERSIONS = "versions"
 DB_FILE = "index.db"
 FAISS_FILE = "vectors.faiss"
+# A version is one plain directory name under versions/: no separators, no "..", never a
+# staging (.tmp) directory, so a tampered CURRENT cannot point a reader anywhere else.
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+
+T = TypeVar("T")
 
 
 class IndexMissingError(Exception):
@@ -63,10 +71,18 @@ def current_version(index_dir: Path) -> Version | None:
         name = json.loads(pointer.read_text(encoding="utf-8"))["version"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not valid_version_name(name):
+        return None
     path = Path(index_dir) / VERSIONS / name
     if not (path / DB_FILE).is_file() or not (path / FAISS_FILE).is_file():
         return None
     return Version(name, path)
+
+
+def valid_version_name(name: object) -> bool:
+    return (
+        isinstance(name, str) and len(name) <= 128 and bool(_VERSION_NAME.fullmatch(name)) and not name.endswith(".tmp")
+    )
 
 
 def require_current(index_dir: Path) -> Version:
@@ -74,6 +90,25 @@ def require_current(index_dir: Path) -> Version:
     if version is None:
         raise IndexMissingError(f"no index in {index_dir}: run `python -m index build` first")
     return version
+
+
+def open_current(index_dir: Path, opener: Callable[[Version], T]) -> T:
+    """`opener(live version)`, resolving CURRENT again once if the version vanished meanwhile.
+
+    A build that publishes and cleans old versions (e.g. `keep_versions = 1`) may delete the
+    version a reader has just read from CURRENT before it opens the files; the pointer then
+    names a newer one. A second disappearance is reported as a missing index.
+    """
+    for attempt in range(2):
+        version = require_current(index_dir)
+        try:
+            return opener(version)
+        except (OSError, sqlite3.OperationalError, RuntimeError):
+            if version.path.is_dir() and version.db_path.is_file() and version.faiss_path.is_file():
+                raise  # the files are there: a real error, not the race
+            if attempt:
+                break
+    raise IndexMissingError(f"the index in {index_dir} changed while it was being opened: try again")
 
 
 def pointer_stamp(index_dir: Path) -> str | None:
@@ -107,6 +142,7 @@ def publish(index_dir: Path, name: str, staging: Path) -> Version:
     for file in staging.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
+    _fsync_dir(staging)  # the files' directory entries are durable before the rename
     final = index_dir / VERSIONS / name
     os.replace(staging, final)
     _fsync_dir(final.parent)

@@ -308,8 +308,8 @@ class Retriever:
 
     # ---------- lifecycle ----------
     def _open_snapshot(self) -> _Snapshot:
-        version = publish.require_current(self.index_dir)
-        snapshot = _Snapshot(version, self.config.index.hnsw_ef_search)
+        ef_search = self.config.index.hnsw_ef_search
+        snapshot = publish.open_current(self.index_dir, lambda version: _Snapshot(version, ef_search))
         built_with = snapshot.meta.get("model_key")
         if built_with != model_key(self.config):
             snapshot.close()

@@ -21,6 +21,8 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,47 +76,75 @@ def decode(data: object) -> ButtonData | None:
 class QuestionStore:
     """Questions behind "More" buttons by short random token, in SQLite (sqlite-utils).
 
-    Kept in a file beside the index so the buttons outlive a restart; bounded, the oldest
-    questions go first. Its methods block (SQLite): the bot calls them through
-    `asyncio.to_thread`. If the file cannot be opened (read-only disk, broken file), the
-    questions are kept in memory instead: "More" then only lasts until a restart.
+    Kept in a file beside the index so the buttons outlive a restart, but only as long as the
+    buttons need them: questions older than `retention_days` are deleted (0 = memory only, never
+    on disk), and at most `size` are kept. Its methods block (SQLite): the bot calls them
+    through `asyncio.to_thread`. A file that is genuinely corrupt is moved aside (`.broken`)
+    and recreated; a file that is only unusable now (locked, read-only, disk full) is left
+    alone and the questions are kept in memory until a restart.
     """
 
     FILE_NAME = "bot-state.sqlite"
 
-    def __init__(self, path: Path | None, size: int = 50_000) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        size: int = 50_000,
+        *,
+        retention_days: float = 7.0,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> None:
         self.size = size
+        self.busy_timeout = busy_timeout
+        # In memory (retention 0) questions live until a restart, bounded by `size` alone.
+        self.retention = retention_days * 86_400 if retention_days > 0 else float("inf")
         self.path: Path | None = None
+        self._clock = clock
         self._lock = threading.Lock()
         self._puts = 0
         connection = None
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    connection = self._connect(str(path))
-                except sqlite3.DatabaseError:
-                    # Not a database (a damaged or foreign file): set it aside and start afresh;
-                    # losing old buttons is better than losing them all until someone notices.
-                    aside = path.with_name(path.name + ".broken")
-                    path.replace(aside)
-                    log.warning("%s was not a usable database; moved to %s", path, aside)
-                    connection = self._connect(str(path))
-                self.path = path
-            except (OSError, sqlite3.Error) as exc:
-                log.warning("keeping More-button questions in memory: cannot use %s (%s)", path, exc)
+        if path is not None and retention_days > 0:
+            connection = self._open_file(path)
         self._db = sqlite_utils.Database(connection or self._connect(":memory:"))
+        self._purge()
 
-    @staticmethod
-    def _connect(target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=5.0)
+    def _open_file(self, path: Path) -> sqlite3.Connection | None:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                connection = self._connect(str(path))
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    raise
+                # Damaged or foreign: set it aside and start afresh; losing old buttons is
+                # better than losing them all until someone notices.
+                aside = path.with_name(path.name + ".broken")
+                path.replace(aside)
+                log.warning("%s was not a usable database (%s); moved to %s", path, exc, aside)
+                connection = self._connect(str(path))
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("keeping More-button questions in memory: cannot use %s (%s)", path, exc)
+            return None
+        self.path = path
+        return connection
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout)
+        try:
+            if target != ":memory:":
+                check = conn.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # losing the last button on power loss is fine
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(questions)")}
+            if columns and "created" not in columns:  # from a version that kept questions forever
+                conn.execute("drop table questions")
             conn.execute(
                 "create table if not exists questions "
                 "(seq integer primary key autoincrement, token text unique not null, question text not null, "
-                "lang text not null)"
+                "lang text not null, created real not null)"
             )
         except sqlite3.Error:
             conn.close()
@@ -122,19 +152,21 @@ class QuestionStore:
         return conn
 
     @classmethod
-    def beside_index(cls, index_dir: Path, size: int = 50_000) -> QuestionStore:
-        return cls(Path(index_dir) / cls.FILE_NAME, size)
+    def beside_index(cls, index_dir: Path, size: int = 50_000, *, retention_days: float = 7.0) -> QuestionStore:
+        return cls(Path(index_dir) / cls.FILE_NAME, size, retention_days=retention_days)
 
     def put(self, question: str, lang: str) -> str:
         token = secrets.token_urlsafe(6)
         with self._lock:
             try:
-                self._db["questions"].insert({"token": token, "question": question, "lang": lang})
+                row = {"token": token, "question": question, "lang": lang, "created": self._clock()}
+                self._db["questions"].insert(row)
                 self._puts += 1
                 if self._puts % 256 == 0 or self.size < 256:
                     self._db.execute(
                         "delete from questions where seq <= (select max(seq) from questions) - ?", [self.size]
                     )
+                    self._purge_locked()
             except sqlite3.Error as exc:  # a full disk must not cost the answer, only its button
                 log.warning("could not store a More-button question: %s", exc)
         return token
@@ -142,15 +174,34 @@ class QuestionStore:
     def get(self, token: str) -> tuple[str, str] | None:
         with self._lock:
             try:
-                row = self._db.execute("select question, lang from questions where token = ?", [token]).fetchone()
+                row = self._db.execute(
+                    "select question, lang from questions where token = ? and created >= ?",
+                    [token, self._clock() - self.retention],
+                ).fetchone()
             except sqlite3.Error as exc:
                 log.warning("could not read a More-button question: %s", exc)
                 return None
         return (row[0], row[1]) if row else None
 
+    def _purge(self) -> None:
+        with self._lock:
+            try:
+                self._purge_locked()
+            except sqlite3.Error as exc:
+                log.warning("could not delete expired More-button questions: %s", exc)
+
+    def _purge_locked(self) -> None:
+        self._db.execute("delete from questions where created < ?", [self._clock() - self.retention])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Genuine corruption, as opposed to a file that is locked, read-only or on a full disk."""
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
 def keyboard(reply: Reply, vtag: str, token: str | None) -> InlineKeyboardMarkup | None:

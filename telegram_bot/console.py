@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from settings import Config
-from telegram_bot import render
-from telegram_bot.handlers import app_version
+from telegram_bot import app_version, render
 from telegram_bot.i18n import DEFAULT_LANG, detect_lang, normalise_lang
 from telegram_bot.pipeline import Kind, QAService, Reply
 

@@ -1,4 +1,4 @@
-"""Who gets answered: the optional allowlist and the per-user flood limit.
+"""Who gets answered: the optional allowlist and sliding-window flood limits.
 
 Both are cheap, in-memory and checked before any retrieval, so a refused or flooding user
 never takes worker threads from the others.
@@ -44,10 +44,10 @@ class Allowlist:
 
 
 class FloodGate:
-    """At most `rate` questions per user per `window` seconds (sliding window).
+    """At most `rate` updates per key (a user, a group) per `window` seconds (sliding window).
 
-    The first question over the limit gets a short notice, the rest of the burst is
-    ignored until the window frees up, so one flooding user costs almost nothing.
+    The first update over the limit gets NOTICE, at most once per window, and the rest SILENT:
+    a flooder receives at most `rate` + 1 replies in any window and costs almost nothing.
     """
 
     def __init__(self, rate: int, window: float, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -57,25 +57,25 @@ class FloodGate:
         self._seen: dict[int, deque[float]] = {}
         self._noticed: dict[int, float] = {}
 
-    def check(self, user_id: int | None) -> Verdict:
-        if user_id is None or self.rate <= 0 or self.window <= 0:
+    def check(self, key: int | None) -> Verdict:
+        if key is None or self.rate <= 0 or self.window <= 0:
             return Verdict.ALLOW
         now = self._clock()
         if len(self._seen) > 10_000:
             self._forget(now)
-        stamps = self._seen.setdefault(user_id, deque())
+        stamps = self._seen.setdefault(key, deque())
         while stamps and now - stamps[0] >= self.window:
             stamps.popleft()
         if len(stamps) < self.rate:
             stamps.append(now)
-            self._noticed.pop(user_id, None)
             return Verdict.ALLOW
-        if user_id in self._noticed:
+        noticed = self._noticed.get(key)
+        if noticed is not None and now - noticed < self.window:
             return Verdict.SILENT
-        self._noticed[user_id] = now
+        self._noticed[key] = now
         return Verdict.NOTICE
 
     def _forget(self, now: float) -> None:
-        for user_id in [u for u, s in self._seen.items() if not s or now - s[-1] >= self.window]:
-            del self._seen[user_id]
-            self._noticed.pop(user_id, None)
+        for key in [k for k, s in self._seen.items() if not s or now - s[-1] >= self.window]:
+            del self._seen[key]
+            self._noticed.pop(key, None)

@@ -16,6 +16,7 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
@@ -475,6 +476,15 @@ def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc
     return (head, *kept)
 
 
+def model_label(name: str) -> str:
+    """A model as users may see it: a hub name as is, a local path by its folder name only
+    (a path would tell strangers how the server's disk is laid out)."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or "\\" in name or path.exists():
+        return path.name or "?"
+    return name
+
+
 def about_doc(lang: str, library: Library, app_version: str) -> Doc:
     meta = library.meta
     text = t(
@@ -482,7 +492,7 @@ def about_doc(lang: str, library: Library, app_version: str) -> Doc:
         "about",
         app=app_version,
         version=library.version,
-        model=meta.get("model", "?"),
+        model=model_label(str(meta.get("model", "?"))),
         articles=meta.get("articles", len(library.articles)),
         passages=meta.get("passages", "?"),
         built_at=meta.get("built_at", "?"),

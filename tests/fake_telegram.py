@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 from telegram import Update
 from telegram.error import TimedOut
 from telegram.ext import Application
@@ -165,6 +166,7 @@ class Fault:
     retry_after: int | None = None
     reset: bool = False  # drop the connection without an answer
     timeout: bool = False  # in process: raise TimedOut; over HTTP: stall for `stall` seconds
+    connect_timeout: bool = False  # in process: TimedOut caused by httpx.ConnectTimeout (never sent)
     stall: float = 0.0
     times: int = 1
     description: str = ""  # the error text Telegram would send (default: "fault <status>")
@@ -424,6 +426,8 @@ class RecordingRequest(BaseRequest):
             raise ConnectionResetError("connection reset by fake peer")
         if fault is not None and fault.timeout:
             raise TimedOut("fake timeout")
+        if fault is not None and fault.connect_timeout:
+            raise TimedOut("fake connect timeout") from httpx.ConnectTimeout("fake connect timeout")
         return status, json.dumps(body).encode("utf-8")
 
 
@@ -431,8 +435,9 @@ def respond(api: FakeTelegram, method: str, params: dict[str, Any], *, poll: boo
     """Run one API call with fault injection and recording: (status, JSON body, fault)."""
     fault = api.take_fault(method)
     if fault is not None:
-        if fault.reset or fault.timeout:
-            api.record(Call(method, params, 0, fault="reset" if fault.reset else "timeout"))
+        if fault.reset or fault.timeout or fault.connect_timeout:
+            kind = "reset" if fault.reset else "timeout" if fault.timeout else "connect_timeout"
+            api.record(Call(method, params, 0, fault=kind))
             return 0, None, fault
         body: dict[str, Any] = {
             "ok": False,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +163,50 @@ def test_a_rejected_token_is_one_clear_line(config_file: Path, server: FakeBotAP
     assert status == 2
     assert "Telegram rejected the bot token" in output
     assert "Traceback" not in output and wrong not in output and "WRONG_TEST" not in output
+
+
+def test_a_flooding_user_in_a_group_does_not_delay_anyone_else(config_file: Path, server: FakeBotAPIServer) -> None:
+    """The abuse case over real HTTP: one user sends 100 /help and 40 forged More presses in a
+    group within 10 s; another user's private question is answered within 5 s, every press is
+    answered, and the flooder gets at most user_rate + 1 replies in any rate_window."""
+    api = server.api
+    p = Payloads()
+    bot = start_bot(config_file, server.base_url)
+    try:
+        api.push(p.message(QUESTION, chat_id=41))  # the bot is up once this is answered
+        assert api.wait_for(lambda: len(replies_to(api, 41)) == 1, WAIT)
+        message = p.bot_message("an earlier answer", chat_id=GROUP, message_id=77)
+        kinds = ["help"] * 100 + ["press"] * 40
+        random.Random(7).shuffle(kinds)  # interleaved; update ids still increase, as Telegram's do
+        flood = [
+            p.message("/help", chat_id=GROUP, user_id=66)
+            if kind == "help"
+            else p.callback(f"m:deadbeef:forged{i:03d}:3", message=message, user_id=66)
+            for i, kind in enumerate(kinds)
+        ]
+        asked_at = 0.0
+        start = time.monotonic()
+        for i, update in enumerate(flood):
+            api.push(update)
+            if i == len(flood) // 2:
+                asked_at = time.monotonic()
+                api.push(p.message(QUESTION, chat_id=42))
+            time.sleep(max(0.0, start + (i + 1) * 10.0 / len(flood) - time.monotonic()))
+        assert api.wait_for(lambda: len(replies_to(api, 42)) == 1, WAIT)
+        answered_at = next(c.at for c in api.recorded("sendMessage") if c.params["chat_id"] == "42")
+        assert api.wait_for(lambda: len(api.recorded("answerCallbackQuery")) >= 40, WAIT)
+        time.sleep(1.0)  # anything still queued for the group would arrive now
+    finally:
+        status, output = stop(bot)
+
+    assert status == 0, output[-3000:]
+    assert answered_at - asked_at <= 5.0
+    assert "170余个" in parse_html(str(replies_to(api, 42)[0]["text"])).text
+    to_flooder = sorted(
+        c.at
+        for c in api.recorded()
+        if c.method in ("sendMessage", "editMessageText") and c.params["chat_id"] == str(GROUP)
+    )
+    window = 10.0  # the default rate_window; user_rate is 8
+    assert len(api.recorded("answerCallbackQuery")) == 40  # each press answered once
+    assert to_flooder and max(sum(1 for t in to_flooder if s <= t < s + window) for s in to_flooder) <= 8 + 1

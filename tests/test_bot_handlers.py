@@ -27,7 +27,9 @@ from fake_telegram import (
 
 from index.build import build_index
 from settings import PROJECT_ROOT, Config, load_config
-from telegram_bot.handlers import STATE_KEY, BotState, build_application
+from telegram_bot.app import build_application
+from telegram_bot.i18n import t
+from telegram_bot.state import STATE_KEY, BotState
 
 TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
 CORPUS = PROJECT_ROOT / "corpus" / "articles"
@@ -470,18 +472,36 @@ def test_429_on_send_is_retried_after_retry_after(make_config: Callable[..., Con
     assert attempts[0].params["text"] == attempts[1].params["text"]
 
 
-def test_5xx_timeouts_and_resets_on_send_are_retried(make_config: Callable[..., Config]) -> None:
+def test_5xx_resets_and_connect_timeouts_on_send_are_retried(make_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         bot.api.inject("sendMessage", status=502)
         bot.api.inject("sendMessage", reset=True)
-        bot.api.inject("sendMessage", timeout=True)
+        bot.api.inject("sendMessage", connect_timeout=True)
         bot.api.inject("sendMessage", status=500)
         await bot.feed(p.message(QUESTION))
 
     api = run_bot(make_config(), scenario)
     attempts = api.recorded("sendMessage", ok=None)
-    assert [c.fault for c in attempts] == ["502", "reset", "timeout", "500", ""]
+    assert [c.fault for c in attempts] == ["502", "reset", "connect_timeout", "500", ""]
     assert attempts[-1].ok and "<blockquote>" in attempts[-1].params["text"]
+
+
+def test_a_send_that_timed_out_after_it_was_sent_is_not_retried_into_a_duplicate(
+    make_config: Callable[..., Config],
+) -> None:
+    """PTB's TimedOut on a read means Telegram may have the message already: no retry, and no
+    apology that would follow an answer the user may well have received."""
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("sendMessage", timeout=True)
+        await bot.feed(p.message(QUESTION))
+        await bot.feed(p.message(QUESTION, chat_id=1002))
+
+    api = run_bot(make_config(), scenario)
+    to_first = [c for c in api.recorded("sendMessage", ok=None) if c.params["chat_id"] == "1001"]
+    assert [c.fault for c in to_first] == ["timeout"]
+    [second] = [c for c in api.recorded("sendMessage") if c.params["chat_id"] == "1002"]
+    assert "<blockquote>" in second.params["text"]  # the bot carries on
 
 
 def test_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable[..., Config]) -> None:
@@ -642,3 +662,107 @@ def test_answers_fit_the_limit_even_with_many_passages(make_config: Callable[...
     text = assert_valid_answer_html(answer)
     assert utf16_len(text) <= 4096
     assert answer.params["text"].count("<blockquote>") >= 5
+
+
+# ---------------------------------------------------------------- the admission gate
+HANDLE = f"@{BOT_USER['username']}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{HANDLE}fans {QUESTION}",  # a longer handle is someone else
+        f"x{HANDLE}.org {QUESTION}",  # an address, not a mention
+        f"mail admin{HANDLE} {QUESTION}",
+        f"{HANDLE}.org {QUESTION}",
+        f"/help@other_bot {QUESTION}",  # a command for another bot
+    ],
+)
+def test_only_the_exact_handle_or_our_commands_address_the_bot_in_groups(
+    make_config: Callable[..., Config], text: str
+) -> None:
+    api = run_bot(make_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
+    assert not api.recorded("sendMessage")
+
+
+@pytest.mark.parametrize("text", [f"{HANDLE}，{QUESTION}", f"请问{HANDLE} {QUESTION}", f"{QUESTION} {HANDLE}."])
+def test_the_exact_handle_next_to_punctuation_or_chinese_addresses_the_bot(
+    make_config: Callable[..., Config], text: str
+) -> None:
+    api = run_bot(make_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
+    [answer] = api.recorded("sendMessage")
+    assert "170余个" in parse_html(answer.params["text"]).text
+
+
+def replies(api: FakeTelegram, chat_id: int) -> list[Call]:
+    """Messages sent or edited into a chat: what a user sees arrive."""
+    return [
+        c
+        for c in api.recorded()
+        if c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == str(chat_id)
+    ]
+
+
+def test_commands_and_button_presses_share_the_flood_limit_and_presses_are_always_answered(
+    make_config: Callable[..., Config],
+) -> None:
+    """One user's /help flood and valid More presses in a group: at most user_rate + 1 replies
+    (one notice), every press answered, the throttled presses run no retrieval (no edit)."""
+    presses = 12
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        first = await bot.feed(p.message(QUESTION, chat_id=1001))
+        answer = sent(first)[0]
+        more = {b["text"]: b["callback_data"] for b in buttons(answer)}["更多"]
+        message = p.bot_message(answer.result["text"], chat_id=GROUP, message_id=answer.result["message_id"])
+        flood = [bot.feed(p.message("/help", chat_id=GROUP, user_id=66)) for _ in range(30)]
+        flood += [bot.feed(p.callback(more, message=message, user_id=66)) for _ in range(presses)]
+        await asyncio.gather(*flood)
+        # Another user in the same group is still served.
+        await bot.feed(p.mention(QUESTION, chat_id=GROUP, user_id=67))
+
+    api = run_bot(make_config(user_rate=5, rate_window=600.0), scenario)
+    to_group = replies(api, GROUP)
+    to_flooder = [c for c in to_group if "170余个" not in parse_html(c.params["text"]).text]
+    assert len(to_flooder) <= 5 + 1
+    assert sum(c.params["text"] == t("zh", "throttled") for c in to_flooder) == 1
+    assert len(api.recorded("answerCallbackQuery")) == presses
+    assert len(api.recorded("editMessageText")) <= 5
+    assert any("170余个" in parse_html(c.params["text"]).text for c in to_group)
+
+
+def test_a_group_gets_at_most_telegrams_group_budget(make_config: Callable[..., Config]) -> None:
+    """Many users asking in one group at once: what is admitted fits the group's budget, so no
+    reply waits inside the rate limiter; private chats stay unaffected."""
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        asks = [bot.feed(p.mention(QUESTION, chat_id=GROUP, user_id=300 + i)) for i in range(8)]
+        await asyncio.gather(*asks, bot.feed(p.message(QUESTION, chat_id=1003)))
+
+    api = run_bot(make_config(group_rate=5, group_window=600.0), scenario)
+    assert len(replies(api, GROUP)) == 5
+    assert len(replies(api, 1003)) == 1
+
+
+def test_inline_flood_gets_empty_results_without_retrieval(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await asyncio.gather(*(bot.feed(p.inline(f"{QUESTION}{i}", user_id=41)) for i in range(9)))
+
+    api = run_bot(make_config(user_rate=2, rate_window=600.0), scenario)
+    answers = api.recorded("answerInlineQuery")
+    assert len(answers) == 9  # every query answered
+    assert sum(bool(a.params["results"]) for a in answers) == 6  # 3 x user_rate for inline
+
+
+def test_inline_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable[..., Config]) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.inject("answerInlineQuery", status=400, description="Bad Request: can't parse entities: at byte 9")
+        await bot.feed(p.inline(QUESTION, user_id=31))
+
+    api = run_bot(make_config(), scenario)
+    rejected, plain = api.recorded("answerInlineQuery", ok=None)
+    assert rejected.status == 400 and plain.ok
+    for html_result, plain_result in zip(rejected.params["results"], plain.params["results"], strict=True):
+        content = plain_result["input_message_content"]
+        assert "parse_mode" not in content and "<" not in content["message_text"]
+        assert content["message_text"] == parse_html(html_result["input_message_content"]["message_text"]).text

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -192,6 +193,55 @@ def test_damaged_question_store_is_set_aside_and_recreated(tmp_path: Path, caplo
     reopened = QuestionStore(path)
     assert reopened.get(token) == ("还能用吗？", "zh")
     reopened.close()
+
+
+def test_a_locked_question_store_is_kept_not_moved_aside(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """ "database is locked" is a DatabaseError too, but the file is fine: keep it, say why,
+    and serve from memory until the next start."""
+    path = tmp_path / QuestionStore.FILE_NAME
+    first = QuestionStore(path)
+    token = first.put("锁住了吗？", "zh")
+    first.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.WARNING):
+            locked = QuestionStore(path, busy_timeout=0.05)
+        assert locked.path is None and "locked" in caplog.text and "in memory" in caplog.text
+        assert locked.get(locked.put("照样能答", "zh")) == ("照样能答", "zh")
+        locked.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not (tmp_path / (QuestionStore.FILE_NAME + ".broken")).exists()
+    reopened = QuestionStore(path)
+    assert reopened.get(token) == ("锁住了吗？", "zh")  # nothing was lost
+    reopened.close()
+
+
+def test_questions_are_kept_only_for_the_retention_period(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    path = tmp_path / QuestionStore.FILE_NAME
+    store = QuestionStore(path, retention_days=7, clock=lambda: now[0])
+    old = store.put("一周前的问题", "zh")
+    now[0] += 6 * 86_400
+    recent = store.put("昨天的问题", "zh")
+    now[0] += 1.5 * 86_400
+    assert store.get(old) is None and store.get(recent) == ("昨天的问题", "zh")
+    store.close()
+    reopened = QuestionStore(path, retention_days=7, clock=lambda: now[0])  # purges on open
+    reopened.close()
+    with sqlite3.connect(path) as conn:
+        assert [row[0] for row in conn.execute("select question from questions")] == ["昨天的问题"]
+
+
+def test_zero_retention_keeps_questions_in_memory_only(tmp_path: Path) -> None:
+    path = tmp_path / QuestionStore.FILE_NAME
+    store = QuestionStore(path, retention_days=0)
+    assert store.get(store.put("不落盘", "zh")) == ("不落盘", "zh")
+    store.close()
+    assert store.path is None and not path.exists()
 
 
 def test_question_store_falls_back_to_memory_when_the_file_cannot_be_used(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ renderer's own bookkeeping.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from fake_telegram import parse_html, utf16_len
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -325,3 +326,20 @@ def test_long_passages_share_the_message_and_keep_their_answering_sentences() ->
     assert markup.count("<blockquote>…") == 3 and markup.count("…</blockquote>") == 3
     for i in range(3):
         assert f"<b>答案句{i}：共打掉违法犯罪团伙170余个。</b>" in markup
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ("usem3", "usem3"),
+        ("intfloat/multilingual-e5-small", "intfloat/multilingual-e5-small"),  # a hub name
+        ("/srv/private/models/e5-small", "e5-small"),
+        ("~/models/e5-small", "e5-small"),
+        ("./models/e5-small", "e5-small"),
+    ],
+)
+def test_about_names_a_local_model_by_its_folder_only(model: str, shown: str) -> None:
+    library = Library("v1", (), {"model": model, "passages": 3})
+    text = render.html_to_plain(render.about_doc("en", library, "1.0"))
+    assert shown in text
+    assert "/srv" not in text and "~" not in text and "./" not in text

@@ -8,15 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import SOURCE_ARTICLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corpus import Article, read_article, split_article
 from corpus.reader import ArticleError, decode, load_corpus, scan_corpus, split_front_matter
 from corpus.splitter import SENTENCE_END
-from settings import PROJECT_ROOT, CorpusConfig
+from settings import CorpusConfig
 
-from conftest import SOURCE_ARTICLE
 MAX_CHARS = CorpusConfig().max_chars
 MIN_CHARS = CorpusConfig().min_chars
 HEADING_LINE = re.compile(r"^\s{0,3}#{1,6}[ \t]+\S")

@@ -565,3 +565,51 @@ def test_bm25_postings_of_an_empty_index(tmp_path):
         assert store.integrity_problems(db, []) == []
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc", "..", "v1/../../x", "v1.tmp", "", 42, "a" * 200])
+def test_a_pointer_naming_anything_but_a_version_directory_is_refused(built_hash_index, name):
+    index_dir = Path(built_hash_index.index.dir)
+    (index_dir / publish.POINTER).write_text(json.dumps({"version": name}), encoding="utf-8")
+    assert publish.current_version(index_dir) is None
+    with pytest.raises(publish.IndexMissingError, match="no index in"):
+        Retriever.open(index_dir, built_hash_index)
+
+
+def _publish_copy(index_dir: Path, live: publish.Version) -> publish.Version:
+    """Publish a copy of the live version under a new name, as a concurrent build would."""
+    name, staging = publish.new_version_dir(index_dir)
+    for file in live.path.iterdir():
+        shutil.copy2(file, staging / file.name)
+    return publish.publish(index_dir, name, staging)
+
+
+def test_a_version_deleted_between_reading_current_and_opening_it_is_retried_once(built_hash_index):
+    """The race of a build with keep_versions = 1: the version CURRENT named is gone by the time
+    the reader opens it; the reader reads CURRENT again and opens the new one."""
+    index_dir = Path(built_hash_index.index.dir)
+    opened: list[str] = []
+
+    def racing_open(version: publish.Version) -> str:
+        if not opened:
+            _publish_copy(index_dir, version)
+            shutil.rmtree(version.path)
+        opened.append(version.name)
+        store.open_db(version.db_path, readonly=True).execute("select count(*) from passages").fetchone()
+        return version.name
+
+    name = publish.open_current(index_dir, racing_open)
+    assert len(opened) == 2 and name == opened[1] != opened[0]
+    assert name == publish.require_current(index_dir).name
+
+
+def test_a_version_that_keeps_vanishing_is_one_missing_index_error(built_hash_index):
+    index_dir = Path(built_hash_index.index.dir)
+
+    def always_raced(version: publish.Version) -> None:
+        _publish_copy(index_dir, version)
+        shutil.rmtree(version.path)
+        store.open_db(version.db_path, readonly=True).execute("select 1").fetchone()
+
+    with pytest.raises(publish.IndexMissingError, match="changed while it was being opened"):
+        publish.open_current(index_dir, always_raced)

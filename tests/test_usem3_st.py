@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import CMRC
 
 from settings import PROJECT_ROOT
-
-from conftest import CMRC
 
 LONG_PARAGRAPH = (
     "《战国无双3》是由光荣和ω-force开发的战国无双系列的正统第三续作。本作以三大故事为主轴，分别是以武田信玄等人为主的《关东三国志》，"
