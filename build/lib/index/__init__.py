@@ -1,0 +1,1 @@
+"""Index layer: embed passages, store them in SQLite + FAISS, publish versions atomically."""

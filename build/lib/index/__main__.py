@@ -1,0 +1,141 @@
+"""`python -m index build|check|info`: a thin CLI over `index.build`.
+
+User errors (bad config, missing corpus, a build already running) are one line on stderr
+and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from settings import ConfigError, load_config, with_overrides
+
+
+def _progress_printer():
+    """A tqdm bar on a terminal; plain lines at every 10% otherwise (logs, CI)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, unit="passage", desc="embedding", file=sys.stderr)
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return update
+    last = -1
+
+    def plain(done: int, total: int) -> None:
+        nonlocal last
+        step = done * 10 // max(total, 1)
+        if step != last:
+            last = step
+            print(f"embedding {done}/{total} passages", file=sys.stderr, flush=True)
+
+    return plain
+
+
+def _build(args: argparse.Namespace) -> int:
+    from index.build import BuildError, build_index
+    from index.publish import BuildLockedError
+
+    config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
+    try:
+        report = build_index(
+            config,
+            full=args.full,
+            progress=_progress_printer(),
+            on_wait=lambda: print("another build is running; waiting for it to finish…", file=sys.stderr),
+        )
+    except (BuildError, BuildLockedError) as exc:
+        _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_skipped(report.skipped)
+    print(report.summary())
+    return 0
+
+
+def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
+    for item in items:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
+
+
+def _open_live(args: argparse.Namespace):
+    from index import publish
+
+    config = with_overrides(load_config(args.config), index_dir=args.index)
+    return config, publish.require_current(Path(config.index.dir))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from index import store, vectors
+
+    _, version = _open_live(args)
+    db = store.open_db(version.db_path, readonly=True)
+    try:
+        problems = store.integrity_problems(db, vectors.faiss_ids(vectors.read_faiss(version.faiss_path)))
+    finally:
+        db.close()
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(f"{version.name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from index import store
+
+    _, version = _open_live(args)
+    db = store.open_db(version.db_path, readonly=True)
+    try:
+        meta = store.get_meta(db)
+        articles = list(db.query("select id, title, source, date, passages from articles order by date, id"))
+    finally:
+        db.close()
+    print(json.dumps({"meta": meta, "articles": articles}, ensure_ascii=False, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m index", description="Build and inspect the passage index.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("build", "build or update the index from the corpus (incremental by content hash)"),
+        ("check", "verify the live index: SQLite integrity, FTS, BM25 postings and FAISS ids"),
+        ("info", "print the live index's metadata and articles as JSON"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--index", type=Path, help="index directory (default from config)")
+        cmd.add_argument("--config", type=Path, help="config file (default: config.toml)")
+        if name == "build":
+            cmd.add_argument("--corpus", type=Path, help="corpus directory (default from config)")
+            cmd.add_argument("--full", action="store_true", help="re-read and re-embed every article")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from index.publish import IndexMissingError
+
+    try:
+        return {"build": _build, "check": _check, "info": _info}[args.command](args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except IndexMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the live index is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

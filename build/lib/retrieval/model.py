@@ -1,0 +1,72 @@
+"""What retrieval hands to its callers: `Hit`s and an `Answer` around them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def format_citation(source: str, date: str, title: str, section: str, paragraph: int, paragraph_end: int) -> str:
+    """A short human citation, e.g. `《区块链日报》2021-06-10 · <title> · <section> · ¶12`."""
+    head = (f"《{source}》" if source else "") + date
+    para = f"¶{paragraph}" if paragraph_end == paragraph else f"¶{paragraph}–{paragraph_end}"
+    return " · ".join(part for part in (head, title, section, para) if part)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage with everything needed to quote and cite it.
+
+    `highlight_start`/`highlight_end` are offsets into `text` of the sentence that best
+    answers the question. `dense` is the cosine similarity, `lexical` the BM25 score.
+    """
+
+    rank: int
+    score: float
+    text: str
+    title: str
+    article_id: str
+    section: str
+    paragraph: int
+    paragraph_end: int
+    citation: str
+    url: str
+    date: str
+    source: str
+    passage_id: int
+    ordinal: int
+    highlight_start: int
+    highlight_end: int
+    dense: float
+    lexical: float
+
+    @property
+    def sentence(self) -> str:
+        return self.text[self.highlight_start : self.highlight_end]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score"] = round(self.score, 4)
+        data["dense"] = round(self.dense, 4)
+        data["lexical"] = round(self.lexical, 4)
+        return data
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The result for one question. `answered` is False when the corpus does not cover it;
+    `hits` are then still the closest passages, to be shown as weak matches at most."""
+
+    question: str
+    answered: bool
+    hits: tuple[Hit, ...] = ()
+    version: str = ""
+    coverage: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answered": self.answered,
+            "results": [h.to_dict() for h in self.hits],
+        }

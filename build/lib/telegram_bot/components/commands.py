@@ -1,0 +1,64 @@
+"""/start, /help, /sources, /about and /reload (admins)."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Update
+
+from telegram_bot import app_version, render
+from telegram_bot.sending import client_lang, reply_to, send_doc
+from telegram_bot.state import BotContext
+
+log = logging.getLogger("telegram_bot")
+
+
+async def cmd_help(update: Update, context: BotContext) -> None:
+    """/start and /help (and unknown commands in private chats): what the bot knows, how to ask."""
+    chat = update.effective_chat
+    if chat is None:
+        return
+    library = await context.state.qa.library()
+    doc = render.help_doc(client_lang(update), library, context.bot.username or "")
+    await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
+
+
+async def cmd_sources(update: Update, context: BotContext) -> None:
+    chat = update.effective_chat
+    if chat is None:
+        return
+    library = await context.state.qa.library()
+    await send_doc(context.bot, chat.id, render.sources_doc(client_lang(update), library), reply_to=reply_to(update))
+
+
+async def cmd_about(update: Update, context: BotContext) -> None:
+    chat = update.effective_chat
+    if chat is None:
+        return
+    library = await context.state.qa.library()
+    doc = render.about_doc(client_lang(update), library, app_version())
+    await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
+
+
+async def cmd_reload(update: Update, context: BotContext) -> None:
+    """/reload (admins): switch to a newly published index now instead of at the next check."""
+    chat = update.effective_chat
+    user = update.effective_user
+    if chat is None:
+        return
+    st = context.state
+    lang = client_lang(update)
+    user_id = user.id if user else None
+    if user_id not in st.config.telegram.admins:
+        log.info("refused /reload chat=%s user=%s (not an admin)", chat.id, user_id)
+        await send_doc(context.bot, chat.id, render.text_doc(lang, "admins_only"), reply_to=reply_to(update))
+        return
+    try:
+        changed = await st.qa.refresh()
+    except Exception:
+        log.exception("reload failed (requested by user=%s)", user_id)
+        doc = render.text_doc(lang, "reload_failed", version=st.qa.version)
+    else:
+        doc = render.text_doc(lang, "reload_done" if changed else "reload_same", version=st.qa.version)
+        log.info("reload by user=%s: %s", user_id, "switched" if changed else "unchanged")
+    await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))

@@ -1,0 +1,250 @@
+"""User-facing strings in Chinese and English, and how a user's language is chosen.
+
+Quotes are always the Chinese originals; only the text around them (labels, help, "no
+answer") follows the user. The question's script decides when it is clear (a Chinese
+question gets Chinese labels even from an English-language client); otherwise the
+client's `language_code` decides, and English is the fallback for everything non-Chinese.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+DEFAULT_LANG = "en"
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "answer_header": "From the articles (quoted in the original Chinese):",
+        "more_header": "More passages ({start}–{end}):",
+        "no_answer": "The articles do not cover this.",
+        "weak_header": "Closest passage (weak match — it may not answer your question):",
+        "nothing_found": "I found nothing in the articles for that. Try other words, or /help.",
+        "no_more": "No more passages for this question.",
+        "truncated": "(Your question was shortened to its first {limit} characters.)",
+        "help": (
+            "I answer questions from {articles} news article(s) about China's 2021 crackdown on "
+            "crypto mining, exchanges and OTC trading ({dates}).\n\n"
+            "Ask a question in plain words and I reply with the passages that answer it, quoted "
+            "in Chinese with the answering sentence in bold and a citation.\n\n"
+            "In groups: mention me, reply to one of my messages, or use /ask <question>. "
+            "In any chat: type @{username} and a question.\n\n"
+            "Examples:\n{examples}\n\n"
+            "/sources — the indexed articles\n/about — index version and model"
+        ),
+        "help_short": ("Hi! Ask me about the 2021 crypto crackdown in China, e.g.:\n{examples}\n/help for more."),
+        "sources_header": "Indexed articles ({count}):",
+        "sources_more": "…and {count} more.",
+        "passages": "{count} passages",
+        "about": (
+            "Bot version: {app}\nIndex version: {version}\nModel: {model}\n"
+            "Articles: {articles}\nPassages: {passages}\nBuilt: {built_at}\nVector index: {faiss}"
+        ),
+        "context_header": "Context:",
+        "source_header": "Source:",
+        "no_link": "(no link available)",
+        "btn_more": "More",
+        "btn_context": "Context",
+        "btn_source": "Source",
+        "stale_button": "This button is from an older version of the index. Please ask again.",
+        "invalid_button": "This button is no longer valid. Please ask again.",
+        "refused": "Sorry, this bot is private.",
+        "throttled": "You are asking very fast. Please wait a few seconds before the next question.",
+        "error": "Sorry, something went wrong while answering. Please try again in a moment.",
+        "reload_done": "Switched to index version {version}.",
+        "reload_same": "Already on the newest index ({version}).",
+        "reload_failed": "Reload failed; still serving {version}. See the log.",
+        "admins_only": "Only the bot's admins can do that.",
+        "ask_usage": "Usage: /ask <question>",
+        "inline_weak": "Weak match",
+        "inline_help": "How to ask",
+        "inline_nothing": "Nothing found",
+    },
+    "zh": {
+        "answer_header": "文章原文摘录：",
+        "more_header": "更多段落（{start}–{end}）：",
+        "no_answer": "这些文章没有涉及这个问题。",
+        "weak_header": "最接近的段落（弱匹配，未必回答了你的问题）：",
+        "nothing_found": "文章中没有找到相关内容。换个说法试试，或发送 /help。",
+        "no_more": "这个问题没有更多段落了。",
+        "truncated": "（问题过长，只使用了前 {limit} 个字符。）",
+        "help": (
+            "我根据 {articles} 篇关于 2021 年中国整治虚拟货币挖矿、交易所和 OTC 交易的新闻回答问题"
+            "（{dates}）。\n\n"
+            "直接提问即可：我会引用回答问题的原文段落，答案句加粗，并附上出处。\n\n"
+            "在群组中：@我、回复我的消息，或使用 /ask 问题。在任何聊天中：输入 @{username} 加问题。\n\n"
+            "示例：\n{examples}\n\n"
+            "/sources — 已收录的文章\n/about — 索引版本和模型"
+        ),
+        "help_short": ("你好！可以问我 2021 年中国整治虚拟货币的问题，例如：\n{examples}\n发送 /help 了解更多。"),
+        "sources_header": "已收录的文章（{count} 篇）：",
+        "sources_more": "……另有 {count} 篇。",
+        "passages": "{count} 个段落",
+        "about": (
+            "程序版本：{app}\n索引版本：{version}\n模型：{model}\n"
+            "文章：{articles}\n段落：{passages}\n构建时间：{built_at}\n向量索引：{faiss}"
+        ),
+        "context_header": "上下文：",
+        "source_header": "来源：",
+        "no_link": "（无链接）",
+        "btn_more": "更多",
+        "btn_context": "上下文",
+        "btn_source": "来源",
+        "stale_button": "索引已更新，这个按钮已过期。请重新提问。",
+        "invalid_button": "这个按钮已失效。请重新提问。",
+        "refused": "抱歉，这个机器人不对外开放。",
+        "throttled": "提问太快了，请稍等几秒再问。",
+        "error": "抱歉，回答时出了点问题，请稍后再试。",
+        "reload_done": "已切换到索引版本 {version}。",
+        "reload_same": "已经是最新索引（{version}）。",
+        "reload_failed": "重新加载失败，仍在使用 {version}。详见日志。",
+        "admins_only": "只有管理员可以执行这个操作。",
+        "ask_usage": "用法：/ask 问题",
+        "inline_weak": "弱匹配",
+        "inline_help": "如何提问",
+        "inline_nothing": "没有找到",
+    },
+}
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "zh": (
+        "断卡行动打掉了多少个犯罪团伙？",
+        "青海省禁止向挖矿项目提供什么？",
+        "哪些交易所的关键词被屏蔽了？",
+    ),
+    "en": (
+        "Which exchanges were blocked on Baidu and Weibo?",
+        "What did Qinghai order for crypto mining projects?",
+        "断卡行动打掉了多少个犯罪团伙？",
+    ),
+}
+
+
+def t(lang: str, key: str, **values: object) -> str:
+    """The string `key` in `lang` (English when unknown), formatted with `values`."""
+    table = STRINGS.get(lang, STRINGS[DEFAULT_LANG])
+    text = table.get(key) or STRINGS[DEFAULT_LANG][key]
+    return text.format(**values) if values else text
+
+
+def normalise_lang(language_code: str | None) -> str | None:
+    """`zh-hans`, `zh-TW` → zh; any other code → en; None stays None."""
+    if not language_code:
+        return None
+    return "zh" if language_code.lower().startswith("zh") else "en"
+
+
+def detect_lang(text: str, language_code: str | None = None) -> str:
+    """The language to talk to the user in: by script when clear, else by client language."""
+    han = len(_HAN.findall(text))
+    letters = sum(1 for ch in text if ch.isalpha()) - han
+    if han and not letters:
+        return "zh"
+    if letters and not han:
+        return "en"
+    client = normalise_lang(language_code)
+    if client is not None:
+        return client
+    if han:
+        # Mixed script without a client hint: Latin words carry more per character.
+        words = len(re.findall(r"[^\W\d_]+", _HAN.sub(" ", text)))
+        return "zh" if han >= 2 * words else "en"
+    return DEFAULT_LANG
+
+
+_CHITCHAT = {
+    # English
+    "hi",
+    "hello",
+    "hey",
+    "hiya",
+    "howdy",
+    "yo",
+    "sup",
+    "hallo",
+    "good morning",
+    "good afternoon",
+    "good evening",
+    "good night",
+    "morning",
+    "thanks",
+    "thank you",
+    "thanks a lot",
+    "thank you very much",
+    "thx",
+    "ty",
+    "ok",
+    "okay",
+    "cool",
+    "nice",
+    "great",
+    "bye",
+    "goodbye",
+    "see you",
+    "how are you",
+    "how are you doing",
+    "whats up",
+    "what s up",
+    "who are you",
+    "what are you",
+    "what can you do",
+    "help",
+    "test",
+    "testing",
+    "ping",
+    "start",
+    "hi bot",
+    "hello bot",
+    "hey bot",
+    # Chinese
+    "你好",
+    "您好",
+    "嗨",
+    "哈喽",
+    "哈啰",
+    "哈罗",
+    "喂",
+    "在吗",
+    "在么",
+    "在不在",
+    "谢谢",
+    "多谢",
+    "谢了",
+    "感谢",
+    "好的",
+    "好",
+    "嗯",
+    "嗯嗯",
+    "哦",
+    "再见",
+    "拜拜",
+    "早",
+    "早上好",
+    "中午好",
+    "下午好",
+    "晚上好",
+    "晚安",
+    "你是谁",
+    "你能做什么",
+    "你会什么",
+    "测试",
+    "大家好",
+}
+_PARTICLES = re.compile(r"[啊呀呢吧哈嘛哦喔啦]+$")
+_FILLER_WORDS = {"there", "bot", "everyone", "all", "guys", "again", "so", "much"}
+
+
+def is_chitchat(text: str) -> bool:
+    """Greetings, thanks and other small talk that deserve the help text, not a quote.
+
+    Also true for messages with no words at all (emoji, punctuation, stickers-as-text).
+    """
+    folded = unicodedata.normalize("NFKC", text).lower()
+    if not any(ch.isalpha() for ch in folded):
+        return True
+    words = re.sub(r"[\W_]+", " ", folded).split()
+    core = " ".join(w for w in words if w not in _FILLER_WORDS) or " ".join(words)
+    core = _PARTICLES.sub("", core.replace(" ", "")) if _HAN.search(core) else core
+    return core in _CHITCHAT

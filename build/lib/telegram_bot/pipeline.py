@@ -1,0 +1,243 @@
+"""The answer pipeline shared by Telegram and the console: question in, `Reply` out.
+
+Every decision about *what* to say lives here (truncation, small talk, answered or weak
+match, paging); `telegram_bot.render` only decides *how* it looks. Retrieval is blocking,
+so it runs in worker threads; questions that arrive together are embedded in one batch
+(`Retriever.answer_many`), which keeps a burst of questions from many chats fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from index.build import BuildReport, build_index
+from index.publish import current_version
+from retrieval import Answer, Hit, PassageRow, Retriever
+from settings import Config
+from telegram_bot.i18n import is_chitchat
+
+log = logging.getLogger("telegram_bot.pipeline")
+
+
+class Kind(StrEnum):
+    ANSWER = "answer"  # the articles answer it: up to `max_passages` quotes
+    WEAK = "weak"  # not covered: say so, show at most the closest passage
+    NOTHING = "nothing"  # no passage at all
+    NO_MORE = "no_more"  # "More" pressed past the last result
+    HELP = "help"  # small talk or an empty question: the short help text
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to tell the user; rendering decides only how it looks."""
+
+    kind: Kind
+    lang: str
+    question: str = ""
+    hits: tuple[Hit, ...] = ()
+    offset: int = 0
+    has_more: bool = False
+    truncated: bool = False
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Library:
+    """What /help, /sources and /about show, read once per index version."""
+
+    version: str
+    articles: tuple[dict[str, Any], ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dates(self) -> str:
+        dates = sorted(str(a.get("date") or "") for a in self.articles if a.get("date"))
+        if not dates:
+            return "?"
+        return dates[0] if dates[0] == dates[-1] else f"{dates[0]} – {dates[-1]}"
+
+
+def version_tag(version: str) -> str:
+    """8 hex characters naming an index version in callback data (64-byte limit)."""
+    return hashlib.sha1(version.encode("utf-8")).hexdigest()[:8]
+
+
+class AnswerBatcher:
+    """Answers questions in batches: while a batch is being embedded, newcomers queue up
+    and go together in the next one. An idle service answers a lone question at once."""
+
+    def __init__(
+        self,
+        answer_many: Callable[[Sequence[str], int], list[Answer]],
+        *,
+        workers: int = 2,
+        max_batch: int = 32,
+    ) -> None:
+        self._answer_many = answer_many
+        self._workers = workers
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, int, asyncio.Future[Answer]]] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(self, question: str, k: int) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._pending.append((question, k, future))
+        if self._running < self._workers:
+            self._running += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                k = self._pending[0][1]
+                batch = [item for item in self._pending if item[1] == k][: self._max_batch]
+                taken = {id(item) for item in batch}
+                self._pending = [item for item in self._pending if id(item) not in taken]
+                batch = [item for item in batch if not item[2].done()]  # callers that gave up
+                if not batch:
+                    continue
+                try:
+                    answers = await asyncio.to_thread(self._answer_many, [q for q, _, _ in batch], k)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][2], exc)
+                        continue
+                    # One bad question must not fail the others: answer them one by one.
+                    for question, _, future in batch:
+                        try:
+                            [answer] = await asyncio.to_thread(self._answer_many, [question], k)
+                        except Exception as single:
+                            _settle(future, single)
+                        else:
+                            _settle(future, answer)
+                else:
+                    for (_, _, future), answer in zip(batch, answers, strict=True):
+                        _settle(future, answer)
+        finally:
+            self._running -= 1
+
+
+def _settle(future: asyncio.Future[Answer], outcome: Answer | BaseException) -> None:
+    """Deliver a result or an error, unless the caller already gave up."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class QAService:
+    """The loaded retriever plus everything the front ends ask of it, all non-blocking."""
+
+    def __init__(self, retriever: Retriever, config: Config) -> None:
+        self.retriever = retriever
+        self.config = config
+        self.page_size = max(1, config.telegram.max_passages)
+        self._batcher = AnswerBatcher(retriever.answer_many)
+        self._library: Library | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, config: Config, *, warm_up: bool = True) -> QAService:
+        """Open the live index and load the model (in a thread: it takes seconds)."""
+        retriever = await asyncio.to_thread(Retriever.open, config.index.dir, config)
+        if warm_up:
+            try:
+                await asyncio.to_thread(retriever.warm_up)
+            except BaseException:
+                retriever.close()
+                raise
+        return cls(retriever, config)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.retriever.close)
+
+    @property
+    def version(self) -> str:
+        return self.retriever.version
+
+    @property
+    def version_tag(self) -> str:
+        return version_tag(self.retriever.version)
+
+    # ---------- questions ----------
+    async def ask(self, text: str, lang: str, offset: int = 0) -> Reply:
+        """Answer one question; `offset` > 0 is the "More" page starting at that rank."""
+        question = " ".join(text.split())
+        limit = self.config.telegram.max_question_chars
+        truncated = limit > 0 and len(question) > limit
+        if truncated:
+            question = question[:limit]
+        if not question or is_chitchat(question):
+            return Reply(Kind.HELP, lang, question=question, truncated=truncated, version=self.version)
+        max_k = self.config.retrieval.max_k
+        offset = max(0, min(offset, max_k))
+        k = min(offset + self.page_size + 1, max_k)  # one extra tells whether "More" has anything
+        answer = await self._batcher.answer(question, k)
+        common = {"lang": lang, "question": question, "truncated": truncated, "version": answer.version}
+        if not answer.hits:
+            return Reply(Kind.NOTHING, **common)
+        if not answer.answered:
+            if offset:
+                return Reply(Kind.NO_MORE, offset=offset, **common)
+            return Reply(Kind.WEAK, hits=answer.hits[:1], **common)
+        page = answer.hits[offset : offset + self.page_size]
+        if not page:
+            return Reply(Kind.NO_MORE, offset=offset, **common)
+        end = offset + len(page)
+        has_more = len(answer.hits) > end and end < max_k
+        return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, **common)
+
+    # ---------- browsing ----------
+    async def context(self, passage_id: int) -> list[PassageRow]:
+        return await asyncio.to_thread(self.retriever.context, passage_id, 1, 1)
+
+    async def passage(self, passage_id: int) -> PassageRow | None:
+        rows = await asyncio.to_thread(self.retriever.passages, [passage_id])
+        return rows.get(passage_id)
+
+    async def library(self) -> Library:
+        """Articles and index metadata, cached until the index version changes."""
+        library = self._library
+        if library is None or library.version != self.retriever.version:
+            version = self.retriever.version
+            articles = await asyncio.to_thread(self.retriever.articles)
+            library = Library(version, tuple(articles), self.retriever.meta)
+            self._library = library
+        return library
+
+    async def refresh(self) -> bool:
+        """Switch to a newly published index version; questions in flight finish on the old one."""
+        async with self._refresh_lock:
+            changed = await asyncio.to_thread(self.retriever.refresh)
+        if changed:
+            log.info("switched to index version %s", self.retriever.version)
+        return changed
+
+
+def ensure_index(config: Config, progress: Callable[[int, int], None] | None = None) -> BuildReport | None:
+    """Build the index from the configured corpus when none is published yet (blocking).
+
+    Returns the build report, or None when an index already exists.
+    """
+    if current_version(config.index.dir) is not None:
+        return None
+    log.info("no index in %s: building it from %s", config.index.dir, config.corpus.dir)
+    report = build_index(
+        config,
+        progress=progress,
+        on_wait=lambda: log.info("another build is running; waiting for it to finish"),
+    )
+    log.info("index built: %s", report.summary())
+    return report

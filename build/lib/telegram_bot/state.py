@@ -1,0 +1,81 @@
+"""What every handler shares: the config, the admission gate and the services opened in
+`post_init`, reached as `context.state` through the typed `BotContext`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from telegram.ext import CallbackContext, ContextTypes, ExtBot
+
+from settings import Config
+from telegram_bot.buttons import QuestionStore
+from telegram_bot.gate import Gate
+from telegram_bot.pipeline import QAService
+from telegram_bot.watcher import watch_index
+
+log = logging.getLogger("telegram_bot")
+
+STATE_KEY = "crackdown_qa_state"
+
+
+class BotState:
+    """The config, the gate, and the services that exist between `open` and `close`."""
+
+    def __init__(self, config: Config, *, warm_up: bool = True) -> None:
+        self.config = config
+        self.gate = Gate(config.telegram)
+        self.warm_up = warm_up
+        self._qa: QAService | None = None
+        self._questions: QuestionStore | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def qa(self) -> QAService:
+        if self._qa is None:
+            raise RuntimeError("the QA service is not running")
+        return self._qa
+
+    @property
+    def questions(self) -> QuestionStore:
+        if self._questions is None:
+            raise RuntimeError("the question store is not open")
+        return self._questions
+
+    async def open(self) -> None:
+        """Load the index and model, open the question store, start watching for new versions."""
+        self._qa = await QAService.open(self.config, warm_up=self.warm_up)
+        tg = self.config.telegram
+        self._questions = await asyncio.to_thread(
+            QuestionStore.beside_index, self.config.index.dir, retention_days=tg.question_retention_days
+        )
+        self._watcher = asyncio.create_task(watch_index(self._qa, tg.reload_seconds))
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._qa is not None:
+            await self._qa.close()
+            self._qa = None
+        if self._questions is not None:
+            await asyncio.to_thread(self._questions.close)
+            self._questions = None
+
+
+class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
+    """PTB's context plus `.state`, so handlers are typed against our shared state."""
+
+    @property
+    def state(self) -> BotState:
+        value = self.bot_data.get(STATE_KEY)
+        if not isinstance(value, BotState):
+            raise RuntimeError("bot state missing: build the app with build_application()")
+        return value
+
+
+CONTEXT_TYPES = ContextTypes(context=BotContext)

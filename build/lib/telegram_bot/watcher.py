@@ -1,0 +1,28 @@
+"""Switch the running bot to newly published index versions without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram_bot.pipeline import QAService
+
+log = logging.getLogger("telegram_bot")
+
+
+async def watch_index(qa: QAService, interval: float) -> None:
+    """Check for a new version every `interval` seconds (0 = never); problems are logged once
+    per distinct error, not every few seconds, while the old version keeps serving."""
+    if interval <= 0:
+        return
+    last_error = ""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await qa.refresh()
+            last_error = ""
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != last_error:
+                log.error("cannot switch to the newly published index (still serving %s): %s", qa.version, message)
+            last_error = message
