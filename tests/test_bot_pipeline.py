@@ -133,6 +133,19 @@ def test_flood_gate_notices_once_then_recovers_per_user() -> None:
     assert [gate.check(1) for _ in range(3)][-1] is Verdict.NOTICE  # and a new burst is noticed again
 
 
+def test_a_steady_flood_gets_at_most_rate_plus_one_replies_in_any_window() -> None:
+    """Ten updates a second for a minute: in every window, `rate` admitted and one notice at most."""
+    now = [0.0]
+    gate = FloodGate(8, 10.0, clock=lambda: now[0])
+    replied: list[float] = []
+    for i in range(600):
+        now[0] = i * 0.1
+        if gate.check(1) is not Verdict.SILENT:
+            replied.append(now[0])
+    assert max(sum(1 for t in replied if start <= t < start + 10.0) for start in replied) <= 9
+    assert len(replied) >= 6 * 8  # and the user is served again as the window moves
+
+
 def test_allowlist_allows_listed_users_or_chats_and_refuses_others_once() -> None:
     allow = Allowlist([5, -100])
     assert allow.check(5, 99) is Verdict.ALLOW and allow.check(7, -100) is Verdict.ALLOW
