@@ -102,8 +102,11 @@ def build_application(
         .post_init(post_init)
         .post_shutdown(post_shutdown)
     )
-    if config.telegram.base_url:
-        builder = builder.base_url(config.telegram.base_url)
+    base_url = config.telegram.base_url
+    if base_url:
+        builder = builder.base_url(base_url)
+        if base_url.rstrip("/").endswith("/bot"):  # files (documents sent to /add) live beside it
+            builder = builder.base_file_url(base_url.rstrip("/")[: -len("/bot")] + "/file/bot")
     if request is not None:
         builder = builder.request(request).get_updates_request(get_updates_request or request)
     else:

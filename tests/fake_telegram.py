@@ -222,6 +222,7 @@ class FakeTelegram:
         self.cond = threading.Condition()
         self._message_id = 10_000
         self.closed = False
+        self.files: dict[str, bytes] = {}  # file_id -> content, served by getFile + the file URL
 
     # ----- scripting
     def inject(self, method: str, **fault: Any) -> None:
@@ -361,6 +362,25 @@ class FakeTelegram:
             raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
         return True
 
+    def api_getFile(self, params: dict[str, Any]) -> Any:
+        file_id = str(params.get("file_id") or "")
+        if file_id not in self.files:
+            raise ApiError(400, "Bad Request: invalid file_id")
+        size = len(self.files[file_id])
+        if size > 20 * 1024 * 1024:
+            raise ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_size": size,
+            "file_path": f"documents/{file_id}",
+        }
+
+    def file_content(self, path: str) -> bytes | None:
+        """The bytes behind a `file_path` handed out by getFile (the file download URL)."""
+        prefix = "documents/"
+        return self.files.get(path[len(prefix) :]) if path.startswith(prefix) else None
+
     def api_answerInlineQuery(self, params: dict[str, Any]) -> Any:
         results = params.get("results") or []
         if len(results) > 50:
@@ -419,6 +439,9 @@ class RecordingRequest(BaseRequest):
         connect_timeout: Any = None,
         pool_timeout: Any = None,
     ) -> tuple[int, bytes]:
+        if "/file/bot" in url:
+            content = self.api.file_content(url.split("/file/bot", 1)[1].split("/", 1)[1])
+            return (200, content) if content is not None else (404, b"Not Found")
         api_method = url.rsplit("/", 1)[-1]
         params = decode_params(request_data.json_parameters if request_data else {})
         status, body, fault = respond(self.api, api_method, params, poll=False)
@@ -507,6 +530,10 @@ def _make_handler(api: FakeTelegram) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             path = urlsplit(self.path).path
+            if path.startswith(f"/file/bot{api.token}/"):
+                content = api.file_content(path[len(f"/file/bot{api.token}/") :])
+                self._send_bytes(200, content) if content is not None else self._send_bytes(404, b"Not Found")
+                return
             prefix = f"/bot{api.token}/"
             params = self._params()
             if not path.startswith(prefix):
@@ -524,10 +551,12 @@ def _make_handler(api: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             self._send(status, body)
 
         def _send(self, status: int, body: Any) -> None:
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            self._send_bytes(status, json.dumps(body, ensure_ascii=False).encode("utf-8"), "application/json")
+
+        def _send_bytes(self, status: int, payload: bytes, kind: str = "application/octet-stream") -> None:
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -630,6 +659,36 @@ class Payloads:
                 "data": data,
             },
         }
+
+    def document(
+        self,
+        file_id: str,
+        file_name: str,
+        *,
+        caption: str = "",
+        chat_id: int = 1001,
+        user_id: int | None = None,
+        lang: str | None = "zh-hans",
+        mime_type: str = "text/html",
+        size: int = 0,
+    ) -> dict[str, Any]:
+        """A document message (a file sent to the bot), with an optional caption like `/add`."""
+        update = self.message("", chat_id=chat_id, user_id=user_id, lang=lang)
+        message = update["message"]
+        del message["text"]
+        message["document"] = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": file_name,
+            "mime_type": mime_type,
+            "file_size": size,
+        }
+        if caption:
+            message["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                message["caption_entities"] = [{"type": "bot_command", "offset": 0, "length": utf16_len(command)}]
+        return update
 
     def inline(self, query: str, *, user_id: int, lang: str | None = "en") -> dict[str, Any]:
         update_id, _ = self._next()
