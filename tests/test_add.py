@@ -105,7 +105,10 @@ class NewsSite:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout case)
 
             def _stream_huge(self) -> None:
                 """A 50 MB page without Content-Length: only reading it reveals its size."""
