@@ -53,12 +53,18 @@ class HtmlArticle:
 
 
 def decode_html(data: bytes, declared: str | None = None) -> str:
-    """Decode a page: the charset the server declared, else the page's `<meta charset>`,
-    else UTF-8 or GB18030 as for text files (`corpus.reader.decode`)."""
+    """Decode a page: valid UTF-8 is UTF-8 (servers often default to a wrong ISO-8859-1
+    label, and other encodings of Chinese text are practically never valid UTF-8), else the
+    charset the server declared, else the page's `<meta charset>`, else as for text files
+    (`corpus.reader.decode`: GB18030, or a clear reason)."""
     if data.startswith(codecs.BOM_UTF8):
         return data.decode("utf-8-sig", errors="replace")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
     meta = _META_CHARSET.search(data[:4096])
     for name in (declared, meta.group(1).decode("ascii") if meta else None):
         if not name:

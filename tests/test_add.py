@@ -5,6 +5,7 @@ files whose sections and paragraphs survive into citations."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ import pytest
 from conftest import make_config
 
 from corpus import read_article, scan_corpus, split_article
+from corpus.html import decode_html
 from corpus.reader import format_article, split_front_matter
 from index.add import AddReport, add_sources, url_file_name
 from index.build import build_index
@@ -36,6 +38,24 @@ SICHUAN_TITLE = "四川发文清理关停虚拟货币“挖矿”项目"
 SICHUAN_URL = "http://news.example.cn/finance/2021/06/19/sichuan-mining.html"  # its canonical link
 PAGE_NOISE = ("首页", "广告", "网友评论", "早就该管管了", "热门排行", "showAd", "相关阅读", "Copyright", "登录")
 HUGE = 50 * 1024 * 1024
+ATOM = f"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title>示例新闻网 - 社会</title>
+  <id>urn:example:society</id>
+  <updated>2021-06-23T09:15:00+08:00</updated>
+  <entry>
+    <title>多地警方通报：出租出借银行卡参与虚拟货币“跑分”被查</title>
+    <link rel="alternate" href="{{base}}{OTC}"/>
+    <id>urn:example:otc</id>
+    <updated>2021-06-23T09:15:00+08:00</updated>
+  </entry>
+  <entry>
+    <title>没有链接的条目</title>
+    <id>urn:example:nolink</id>
+    <updated>2021-06-23T09:15:00+08:00</updated>
+  </entry>
+</feed>
+"""
 
 
 class NewsSite:
@@ -57,6 +77,9 @@ class NewsSite:
             "/report.pdf": ("application/pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
             "/photo.png": ("image/png", b"\x89PNG\r\n\x1a\n" + bytes(64)),
             "/download.bin": ("application/octet-stream", bytes(range(256)) * 4),
+            # A UTF-8 page behind a server's default Latin-1 label, and an Atom feed labelled as HTML.
+            "/mislabelled.html": ("text/html; charset=ISO-8859-1", (SITE / "sichuan-mining.html").read_bytes()),
+            "/atom.xml": ("text/html", ATOM.replace("{base}", self.base).encode("utf-8")),
         }
         self.redirects = {
             "/moved": OTC,
@@ -105,10 +128,8 @@ class NewsSite:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (the timeout case)
 
             def _stream_huge(self) -> None:
                 """A 50 MB page without Content-Length: only reading it reveals its size."""
@@ -117,12 +138,10 @@ class NewsSite:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 chunk = ("<p>" + "新闻正文。" * 2000 + "</p>\n").encode("utf-8")
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stopped at its cap
                     self.wfile.write(b"<html><body>")
                     for _ in range(HUGE // len(chunk)):
                         self.wfile.write(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up at its cap, as it should
 
         return Handler
 
@@ -244,6 +263,28 @@ def test_feed_adds_each_entry_and_repeats_change_nothing(site, config):
     direct = again.results[-1]  # another URL, the same article text
     assert direct.detail == f"same text as {by_source[site.url(SICHUAN) + '?from=rss'].path}"
     assert corpus_files(config) == written
+
+
+def test_atom_feed_labelled_as_html_and_a_utf8_page_labelled_latin1(site, config):
+    report = add_sources(config, [site.url("/atom.xml"), site.url("/mislabelled.html")], build=False)
+    assert [(r.source, r.status) for r in report.results] == [
+        (site.url(OTC), "added"),  # the entry without a link is left out
+        (site.url("/mislabelled.html"), "added"),
+    ]
+    assert front_matter(config, report.results[1].path)[0]["title"] == SICHUAN_TITLE
+
+
+@pytest.mark.parametrize(
+    ("encoding", "declared", "meta"),
+    [("utf-8", "iso-8859-1", ""), ("gb18030", None, "gb2312"), ("gb18030", "gbk", ""), ("big5", None, "big5")],
+)
+def test_page_decoding(encoding, declared, meta):
+    text = (
+        "<html><head>"
+        + (f'<meta charset="{meta}">' if meta else "")
+        + "</head><body><p>央行約談銀行。</p></body></html>"
+    )
+    assert decode_html(text.encode(encoding), declared) == text
 
 
 def test_changed_page_replaces_its_file(site, config):
