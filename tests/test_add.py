@@ -22,7 +22,7 @@ import pytest
 from conftest import make_config
 
 from corpus import read_article, scan_corpus, split_article
-from corpus.html import decode_html
+from corpus.html import decode_html, extract_article
 from corpus.reader import format_article, split_front_matter
 from index.add import AddReport, add_sources, url_file_name
 from index.build import build_index
@@ -285,6 +285,20 @@ def test_page_decoding(encoding, declared, meta):
         + "</head><body><p>央行約談銀行。</p></body></html>"
     )
     assert decode_html(text.encode(encoding), declared) == text
+
+
+def test_extraction_never_touches_the_network(monkeypatch):
+    """We fetch with httpx; trafilatura and htmldate only ever see the downloaded page."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("a connection was opened during extraction")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    undated = "<html><body><div id='main'>" + "<p>浙江提醒居民不要参与虚拟货币交易炒作活动。</p>" * 4
+    undated += "<div class='footer'>发布时间：2021-06-25</div></div></body></html>"
+    pages = [(SITE / "sichuan-mining.html").read_bytes(), (SITE / "otc-cards.html").read_bytes(), undated.encode()]
+    found = [extract_article(decode_html(page), "http://news.example.cn/a/1.html") for page in pages]
+    assert [page.date for page in found] == ["2021-06-19", "2021-06-23", "2021-06-25"]
 
 
 def test_changed_page_replaces_its_file(site, config):
