@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ _EDITOR_CREDIT = re.compile(r"[（(【\[]?\s*(?:责任编辑|编辑|责编)\s*[:
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 _INLINE_SKIP = frozenset({"graphic", "del"})
 # GB2312 and GBK pages decode as their superset; ISO-8859-1 is what browsers mean by it.
+# Every failure below becomes an ArticleError with its reason; the libraries' own log lines
+# ("discarding data", "lxml parsing failed") would only repeat it, out of order.
+for _name in ("trafilatura", "htmldate"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
 _CHARSET_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "iso-8859-1": "cp1252"}
 
 
@@ -81,6 +86,8 @@ def extract_article(html: str, url: str = "") -> HtmlArticle:
     """Find the article in `html` (fetched from `url`, if known); `ArticleError` if there is none."""
     import trafilatura  # ~0.3 s of imports, only when HTML is read
 
+    if not html.strip():
+        raise ArticleError("empty page")
     tree = trafilatura.load_html(html)
     if tree is None:
         raise ArticleError("not an HTML page")

@@ -42,6 +42,10 @@ def _progress_printer():
     return plain
 
 
+def _waiting() -> None:
+    print("another build is running; waiting for it to finish…", file=sys.stderr)
+
+
 def _build(args: argparse.Namespace) -> int:
     from index.build import BuildError, build_index
     from index.publish import BuildLockedError
@@ -52,7 +56,7 @@ def _build(args: argparse.Namespace) -> int:
             config,
             full=args.full,
             progress=_progress_printer(),
-            on_wait=lambda: print("another build is running; waiting for it to finish…", file=sys.stderr),
+            on_wait=_waiting,
         )
     except (BuildError, BuildLockedError) as exc:
         _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
@@ -74,6 +78,7 @@ def _add(args: argparse.Namespace) -> int:
             build=not args.no_build,
             progress=_progress_printer(),
             on_result=lambda result: print(result.line(), flush=True),
+            on_wait=_waiting,
         )
     except AddError as exc:
         print(f"error: {exc}", file=sys.stderr)

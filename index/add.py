@@ -100,10 +100,12 @@ class AddReport:
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
         if self.build_error:
             state = f"index not rebuilt: {self.build_error}"
-        elif self.build is None:
-            state = "index not rebuilt"
-        else:
+        elif self.build is not None:
             state = self.build.summary()
+        elif self.count("added") or self.count("updated"):
+            state = "index not rebuilt: run `python -m index build` to index the new files"
+        else:
+            state = "index not rebuilt"
         return f"sources: {counts}\n{state}"
 
 
@@ -126,10 +128,11 @@ def add_sources(
     build: bool = True,
     progress: Progress | None = None,
     on_result: Callable[[AddResult], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> AddReport:
     """Add article URLs, feed URLs, local files and directories to `config.corpus.dir`, then
     (with `build`) run the incremental index build. `on_result` sees each result as it is
-    known; `progress` is the build's embedding progress."""
+    known; `progress` and `on_wait` (another build holds the lock) are `build_index`'s."""
     corpus = _Corpus(Path(config.corpus.dir))
     results: list[AddResult] = []
     with _Fetcher(config.ingest) as fetcher:
@@ -141,7 +144,7 @@ def add_sources(
     if not build or not any(r.status != "skipped" for r in results):
         return AddReport(tuple(results))
     try:
-        report = build_index(config, progress=progress)
+        report = build_index(config, progress=progress, on_wait=on_wait)
     except (BuildError, BuildLockedError) as exc:
         return AddReport(tuple(results), build_error=str(exc))
     return AddReport(tuple(results), build=report)
@@ -243,6 +246,8 @@ def _feed_entries(download: _Download) -> tuple[list[tuple[str, dict[str, str]]]
         problem, feedparser.CharacterEncodingOverride | feedparser.NonXMLContentType
     ):
         raise _Skip(f"malformed feed: {_first_line(str(problem)) or type(problem).__name__}")
+    if not parsed.get("version"):
+        raise _Skip("XML, but not an RSS or Atom feed")
     if not parsed.entries:
         raise _Skip("the feed lists no entries")
     entries: list[tuple[str, dict[str, str]]] = []
@@ -363,6 +368,13 @@ class _Fetcher:
     def get(self, url: str) -> _Download:
         if not url.lower().startswith(("http://", "https://")):
             raise _Skip("only http and https URLs are fetched")
+        try:
+            parts = urlsplit(url)
+            valid = bool(parts.hostname) and parts.port != 0  # .port raises ValueError when malformed
+        except ValueError:
+            valid = False
+        if not valid:
+            raise _Skip("not a valid URL")
         try:
             return self._get(url)
         except httpx.TooManyRedirects:

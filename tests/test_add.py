@@ -77,6 +77,8 @@ class NewsSite:
             "/report.pdf": ("application/pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
             "/photo.png": ("image/png", b"\x89PNG\r\n\x1a\n" + bytes(64)),
             "/download.bin": ("application/octet-stream", bytes(range(256)) * 4),
+            "/empty.html": ("text/html", b""),
+            "/data.xml": ("application/xml", b'<?xml version="1.0"?><data><row>1</row></data>'),
             # A UTF-8 page behind a server's default Latin-1 label, and an Atom feed labelled as HTML.
             "/mislabelled.html": ("text/html; charset=ISO-8859-1", (SITE / "sichuan-mining.html").read_bytes()),
             "/atom.xml": ("text/html", ATOM.replace("{base}", self.base).encode("utf-8")),
@@ -249,6 +251,7 @@ def test_feed_adds_each_entry_and_repeats_change_nothing(site, config):
     seen: list[str] = []
     report = add_sources(config, [site.url(FEED)], build=False, on_result=lambda r: seen.append(r.line()))
     assert [r.status for r in report.results] == ["added"] * 3 and report.ok
+    assert report.summary().endswith("index not rebuilt: run `python -m index build` to index the new files")
     assert seen == [r.line() for r in report.results]  # reported as they happen
     by_source = {r.source: r for r in report.results}
     assert set(by_source) == {site.url(OTC), site.url(PBOC), site.url(SICHUAN) + "?from=rss"}
@@ -334,6 +337,8 @@ BAD = {
     "redirect-to-ftp": ("/to-ftp", "redirected to a URL that is not http or https"),
     "malformed-feed": ("/rss/broken.xml", "malformed feed: "),
     "no-article": ("/finance/", "no article text found on the page"),
+    "empty": ("/empty.html", "empty page"),
+    "xml-not-feed": ("/data.xml", "XML, but not an RSS or Atom feed"),
 }
 
 
@@ -350,12 +355,14 @@ def test_bad_source_is_one_skipped_line_and_writes_nothing(site, config, case):
 
 def test_unreachable_and_non_http_sources(config, tmp_path):
     refused = closed_port_url()
-    sources = [refused, "ftp://127.0.0.1/a.html", str(tmp_path / "nope.html"), "not a url"]
+    sources = [refused, "ftp://127.0.0.1/a.html", "https://", "http://[::1/", str(tmp_path / "nope.html"), "not a url"]
     report = add_sources(config, sources, build=False)
     details = [(r.status, r.detail) for r in report.results]
     assert details[0][0] == "skipped" and details[0][1].startswith("cannot connect: ")
     assert details[1:] == [
         ("skipped", "only http and https URLs are fetched"),
+        ("skipped", "not a valid URL"),
+        ("skipped", "not a valid URL"),
         ("skipped", "no such file or directory, and not an http(s) URL"),
         ("skipped", "no such file or directory, and not an http(s) URL"),
     ]
@@ -462,7 +469,7 @@ def test_front_matter_round_trips_awkward_values():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"} | {"COLUMNS": "200"}  # no wrapping
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=PROJECT_ROOT,
@@ -503,6 +510,10 @@ def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path):
     assert (top["title"], top["date"], top["url"]) == (SICHUAN_TITLE, "2021-06-19", SICHUAN_URL)
     assert top["citation"].startswith(f"《示例新闻网》2021-06-19 · {SICHUAN_TITLE} · ")
     assert "6月20日前完成" in top["text"]
+    readable = run_cli("retrieval", "--config", str(config_file), "四川要求哪天前完成对挖矿项目的甄别清理？")
+    lines = [line.strip() for line in readable.stdout.splitlines()]
+    cited = next(i for i, line in enumerate(lines) if line.startswith(f"— 《示例新闻网》2021-06-19 · {SICHUAN_TITLE}"))
+    assert SICHUAN_URL in lines[cited] + lines[cited + 1]  # the link follows the citation
 
 
 @pytest.mark.slow
