@@ -47,7 +47,7 @@ def iter_corpus_files(root: Path) -> Iterator[Path | Skipped]:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                yield Skipped(rel, f"unsupported file type {path.suffix or '(none)'}; use .md, .txt or .html")
+                yield Skipped(rel, unsupported_type(path))
                 continue
             try:
                 path.stat()
@@ -62,6 +62,10 @@ def iter_corpus_files(root: Path) -> Iterator[Path | Skipped]:
                 yield Skipped(rel, "not a regular file")
                 continue
             yield path
+
+
+def unsupported_type(path: Path) -> str:
+    return f"unsupported file type {path.suffix or '(none)'}; use .md, .txt or .html"
 
 
 def decode(data: bytes) -> str:

@@ -33,6 +33,7 @@ from corpus.reader import (
     iter_corpus_files,
     read_article,
     split_front_matter,
+    unsupported_type,
 )
 from index.build import BuildError, BuildReport, Progress, build_index
 from index.publish import BuildLockedError, write_atomic
@@ -170,7 +171,7 @@ def _add_source(source: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[Add
 def _add_file(path: Path, corpus: _Corpus) -> AddResult:
     """A local `.html`/`.md`/`.txt` file, read exactly as `index build` reads the corpus."""
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        return AddResult(str(path), "skipped", f"unsupported file type {path.suffix or '(none)'}")
+        return AddResult(str(path), "skipped", unsupported_type(path))
     resolved = path.resolve()
     if resolved.is_relative_to(corpus.root.resolve()):
         rel = resolved.relative_to(corpus.root.resolve()).as_posix()
@@ -221,11 +222,11 @@ def _add_page(url: str, download: _Download, corpus: _Corpus, fallback: dict[str
 
 def _page_meta(page: HtmlArticle, url: str, fallback: dict[str, str]) -> dict[str, str]:
     """The page's own metadata, completed by its feed entry's (title, date, author, feed name)."""
-    host = urlsplit(url).hostname or ""
     meta = {"title": page.title, "source": page.source, "author": page.author, "date": page.date, "url": page.url}
+    # trafilatura names a site without og:site_name by its host; a feed's title is better.
+    hosts = {re.sub(r"^(?:www|w\d+)\.", "", urlsplit(u).netloc.lower()) for u in (url, page.url)}
     for key, value in fallback.items():
-        # trafilatura names a site without og:site_name by its host; a feed's title is better.
-        if value and (not meta.get(key) or (key == "source" and meta[key] in {host, urlsplit(url).netloc})):
+        if value and (not meta.get(key) or (key == "source" and meta[key].lower() in hosts)):
             meta[key] = value
     meta["title"] = meta["title"] or _slug(Path(urlsplit(url).path).stem) or url
     return meta
