@@ -117,6 +117,8 @@ class NewsSite:
                     self._send(200, "text/html", b"<html><body><p>late</p></body></html>")
                 elif path == "/huge":
                     self._stream_huge()
+                elif path == "/trickle":
+                    self._trickle()
                 elif path == "/huge-declared":
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html")
@@ -145,6 +147,17 @@ class NewsSite:
                     for _ in range(HUGE // len(chunk)):
                         self.wfile.write(chunk)
 
+            def _trickle(self) -> None:
+                """A byte every 0.2 s: never silent for a whole timeout, never finished."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for _ in range(150):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+
         return Handler
 
     def close(self) -> None:
@@ -161,11 +174,11 @@ def site() -> Iterator[NewsSite]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    """An empty corpus, the fake embedder and a short timeout for the slow endpoint."""
+    """An empty corpus, the fake embedder and short time limits for the slow endpoints."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     base = make_config(corpus, tmp_path / "index")
-    return replace(base, ingest=replace(base.ingest, timeout=0.5))
+    return replace(base, ingest=replace(base.ingest, timeout=0.5, download_seconds=2.0))
 
 
 def closed_port_url() -> str:
@@ -328,6 +341,7 @@ def test_changed_page_replaces_its_file(site, config):
 BAD = {
     "missing": ("/no/such/page.html", "HTTP 404 Not Found"),
     "timeout": ("/slow", "timed out (no response within 0.5s)"),
+    "trickle": ("/trickle", "download took longer than 2s"),
     "pdf": ("/report.pdf", "not a web page or feed (application/pdf)"),
     "image": ("/photo.png", "not a web page or feed (image/png)"),
     "binary": ("/download.bin", "not a web page or feed (application/octet-stream)"),
