@@ -93,12 +93,27 @@ class TelegramConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """How `python -m index add` fetches pages and feeds."""
+
+    # Seconds to connect and to wait for each piece of a response; a whole download may
+    # take at most download_seconds (a server trickling bytes never trips the first).
+    timeout: float = 15.0
+    download_seconds: float = 60.0
+    # Bodies larger than this are abandoned mid-download (checked after decompression).
+    max_bytes: int = 5_000_000
+    max_redirects: int = 5
+    user_agent: str = "crackdown-qa/0.1 (news QA bot; fetches articles on an operator's request)"
+
+
+@dataclass(frozen=True)
 class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     path: Path | None = None
 
     @property
@@ -113,6 +128,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "retrieval": RetrievalConfig,
     "telegram": TelegramConfig,
+    "ingest": IngestConfig,
 }
 
 
@@ -169,6 +185,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("[model] batch_size must be at least 1")
     if not config.model.name.strip():
         raise ConfigError("[model] name must not be empty")
+    if not (config.ingest.timeout > 0 and config.ingest.download_seconds > 0 and config.ingest.max_bytes > 0):
+        raise ConfigError("[ingest] timeout, download_seconds and max_bytes must be greater than 0")
+    if not config.ingest.user_agent.strip():
+        raise ConfigError("[ingest] user_agent must not be empty")
 
 
 def load_config(path: Path | str | None = None) -> Config:

@@ -34,8 +34,9 @@ class Passage:
 
     `paragraph` is 1-based as a reader counts paragraphs (headings excluded);
     `paragraph_end` differs when tiny fragments were merged. `start`/`end` are character
-    offsets into the decoded file; `text` is the repaired text (line breaks inside a
-    broken paragraph removed), so it may be shorter than `end - start`.
+    offsets into the decoded file (for an `.html` file, into the markdown made of its
+    article); `text` is the repaired text (line breaks inside a broken paragraph removed),
+    so it may be shorter than `end - start`.
     """
 
     article_id: str

@@ -19,7 +19,8 @@ import yaml
 
 from corpus.model import Article, Skipped
 
-SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt"})
+HTML_SUFFIXES = frozenset({".html", ".htm"})
+SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt"}) | HTML_SUFFIXES
 MAX_FILE_BYTES = 50 * 1024 * 1024
 METADATA_KEYS = ("title", "source", "author", "date", "url", "lang")
 
@@ -46,7 +47,7 @@ def iter_corpus_files(root: Path) -> Iterator[Path | Skipped]:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                yield Skipped(rel, f"unsupported file type {path.suffix or '(none)'}; use .md or .txt")
+                yield Skipped(rel, unsupported_type(path))
                 continue
             try:
                 path.stat()
@@ -61,6 +62,10 @@ def iter_corpus_files(root: Path) -> Iterator[Path | Skipped]:
                 yield Skipped(rel, "not a regular file")
                 continue
             yield path
+
+
+def unsupported_type(path: Path) -> str:
+    return f"unsupported file type {path.suffix or '(none)'}; use .md, .txt or .html"
 
 
 def decode(data: bytes) -> str:
@@ -157,6 +162,13 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:
     return meta, text[body_start:], body_start
 
 
+def format_article(body: str, meta: Mapping[str, str]) -> str:
+    """A corpus `.md` file: front matter with the non-empty `METADATA_KEYS` of `meta`, then `body`."""
+    fields = {key: str(meta[key]) for key in METADATA_KEYS if meta.get(key)}
+    head = yaml.safe_dump(fields, allow_unicode=True, sort_keys=False, width=1_000_000) if fields else ""
+    return f"---\n{head}---\n{body}"
+
+
 def leading_heading(body: str) -> str | None:
     """The text of a heading that opens the body (before any paragraph), if there is one."""
     for line in body.split("\n"):
@@ -190,8 +202,16 @@ def read_article(path: Path, root: Path) -> Article:
 
 
 def _parse_article(path: Path, root: Path, data: bytes, content_hash: str) -> Article:
-    text = decode(data)
-    meta, body, offset = split_front_matter(text)
+    if path.suffix.lower() in HTML_SUFFIXES:
+        # A saved web page: its article text as markdown (offsets then point into that) and
+        # the metadata of its tags. Imported here: corpus.html builds on this module.
+        from corpus.html import decode_html, extract_article
+
+        page = extract_article(decode_html(data))
+        meta = {"title": page.title, "source": page.source, "author": page.author, "date": page.date, "url": page.url}
+        body, offset = page.body, 0
+    else:
+        meta, body, offset = split_front_matter(decode(data))
     if not body.strip():
         raise ArticleError("no text after front matter")
     rel = path.relative_to(root)

@@ -1,4 +1,4 @@
-"""`python -m index build|check|info`: a thin CLI over `index.build`.
+"""`python -m index build|add|check|info`: a thin CLI over `index.build` and `index.add`.
 
 User errors (bad config, missing corpus, a build already running) are one line on stderr
 and a non-zero exit, never a traceback.
@@ -42,6 +42,10 @@ def _progress_printer():
     return plain
 
 
+def _waiting() -> None:
+    print("another build is running; waiting for it to finish…", file=sys.stderr)
+
+
 def _build(args: argparse.Namespace) -> int:
     from index.build import BuildError, build_index
     from index.publish import BuildLockedError
@@ -52,7 +56,7 @@ def _build(args: argparse.Namespace) -> int:
             config,
             full=args.full,
             progress=_progress_printer(),
-            on_wait=lambda: print("another build is running; waiting for it to finish…", file=sys.stderr),
+            on_wait=_waiting,
         )
     except (BuildError, BuildLockedError) as exc:
         _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
@@ -61,6 +65,30 @@ def _build(args: argparse.Namespace) -> int:
     _print_skipped(report.skipped)
     print(report.summary())
     return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from index.add import AddError, add_sources
+
+    config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
+    try:
+        report = add_sources(
+            config,
+            args.sources,
+            build=not args.no_build,
+            progress=_progress_printer(),
+            on_result=lambda result: print(result.line(), flush=True),
+            on_wait=_waiting,
+        )
+    except AddError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report.build is not None:
+        _print_skipped(report.build.skipped)
+    print(report.summary())
+    if report.build_error:
+        return 2
+    return 0 if report.ok else 1
 
 
 def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
@@ -111,21 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("build", "build or update the index from the corpus (incremental by content hash)"),
+        ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
         ("check", "verify the live index: SQLite integrity, FTS, BM25 postings and FAISS ids"),
         ("info", "print the live index's metadata and articles as JSON"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--index", type=Path, help="index directory (default from config)")
         cmd.add_argument("--config", type=Path, help="config file (default: config.toml)")
-        if name == "build":
+        if name in {"build", "add"}:
             cmd.add_argument("--corpus", type=Path, help="corpus directory (default from config)")
+        if name == "build":
             cmd.add_argument("--full", action="store_true", help="re-read and re-embed every article")
+        if name == "add":
+            cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="article or feed URL, file or directory")
+            cmd.add_argument("--no-build", action="store_true", help="only write the corpus files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from index.publish import IndexMissingError
 
     try:
-        return {"build": _build, "check": _check, "info": _info}[args.command](args)
+        return {"build": _build, "add": _add, "check": _check, "info": _info}[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

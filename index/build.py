@@ -134,7 +134,7 @@ def build_index(
         scan = scan_corpus(corpus_dir, old_hashes)
         skipped = scan.skipped
         if not scan.articles and not scan.unchanged:
-            raise BuildError(f"no readable .md or .txt articles in {corpus_dir}", tuple(skipped))
+            raise BuildError(f"no readable .md, .txt or .html articles in {corpus_dir}", tuple(skipped))
         changed = scan.articles
         present = {a.id for a in changed} | set(scan.unchanged)
         removed = [aid for aid in old_hashes if aid not in present]

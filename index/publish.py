@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,15 +147,30 @@ def publish(index_dir: Path, name: str, staging: Path) -> Version:
     final = index_dir / VERSIONS / name
     os.replace(staging, final)
     _fsync_dir(final.parent)
-    tmp_pointer = index_dir / f"{POINTER}.{os.getpid()}.tmp"
     payload = {"version": name, "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    with open(tmp_pointer, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp_pointer, index_dir / POINTER)
-    _fsync_dir(index_dir)
+    write_atomic(index_dir / POINTER, json.dumps(payload))
     return Version(name, final)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) so that readers see the old file or the new one, never
+    a part: a hidden temporary file in the same directory, fsynced, then `os.replace`.
+
+    Hidden, so a corpus scan running meanwhile ignores it; unique, so threads may write at once.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def clean_old_versions(index_dir: Path, keep: int) -> list[str]:
@@ -176,7 +192,7 @@ def clean_old_versions(index_dir: Path, keep: int) -> list[str]:
         if path.name.endswith(".tmp") or (path.is_dir() and path.name not in keep_names):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
-    for stray in Path(index_dir).glob(f"{POINTER}.*.tmp"):
+    for stray in Path(index_dir).glob(f".{POINTER}.*.tmp"):
         stray.unlink(missing_ok=True)
     return removed
 

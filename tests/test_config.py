@@ -38,6 +38,7 @@ def test_committed_config_loads_with_documented_defaults(monkeypatch):
     assert isinstance(config.telegram.allowlist, tuple)
     # auto: exact search below 50k passages, IVF above (bench/README.md)
     assert (config.index.faiss, config.index.hnsw_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
+    assert config.ingest == Config().ingest  # config.toml states the built-in defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.retrieval.k = 10  # type: ignore[misc]
 
@@ -119,6 +120,12 @@ BROKEN = {
     "hnsw_m": ('[index]\nfaiss = "hnsw"\nhnsw_m = 1\n', "[index] hnsw_m must be at least 2"),
     "batch_zero": ("[model]\nbatch_size = 0\n", "[model] batch_size must be at least 1"),
     "blank_model": ('[model]\nname = "  "\n', "[model] name must not be empty"),
+    "zero_cap": (
+        "[ingest]\nmax_bytes = 0\n",
+        "[ingest] timeout, download_seconds and max_bytes must be greater than 0",
+    ),
+    "zero_timeout": ("[ingest]\ntimeout = 0\n", "[ingest] timeout, download_seconds and max_bytes must be greater"),
+    "blank_agent": ('[ingest]\nuser_agent = ""\n', "[ingest] user_agent must not be empty"),
 }
 
 

@@ -389,5 +389,5 @@ def test_load_corpus_reports_bad_files_and_keeps_good_ones(tmp_path):
     assert [a.id for a in articles] == ["good.md"]
     assert {s.path: s.reason for s in skipped} == {
         "empty.txt": "empty file",
-        "notes.docx": "unsupported file type .docx; use .md or .txt",
+        "notes.docx": "unsupported file type .docx; use .md, .txt or .html",
     }

@@ -313,7 +313,7 @@ def _killed_builds(env: Env, retriever: Retriever) -> None:
     live = assert_index_healthy(env)
     assert indexed_ids(live) == env.corpus_ids()
     assert staging_dirs(env) == []
-    assert not list(env.index.glob(f"{publish.POINTER}.*.tmp"))
+    assert not list(env.index.glob(f".{publish.POINTER}.*.tmp"))
     assert len([p for p in (env.index / publish.VERSIONS).iterdir()]) <= env.config.index.keep_versions
     assert retriever.refresh() and retriever.version == live.name
     assert {a["id"] for a in retriever.articles()} == env.corpus_ids()

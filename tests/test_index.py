@@ -135,7 +135,7 @@ def test_build_errors_are_reported_not_crashed(tmp_path, hash_config):
         build_index(make_config(bad, tmp_path / "idx"))
     assert {s.path: s.reason for s in info.value.skipped} == {
         "empty.md": "empty file",
-        "x.pdf": "unsupported file type .pdf; use .md or .txt",
+        "x.pdf": "unsupported file type .pdf; use .md, .txt or .html",
     }
     assert publish.current_version(tmp_path / "idx") is None
 
@@ -360,7 +360,7 @@ def test_next_build_removes_staging_leftovers(built_hash_index):
     stale = index_dir / publish.VERSIONS / "v20000101T000000000000Z-1.tmp"
     stale.mkdir()
     (stale / publish.DB_FILE).write_bytes(b"half a database")
-    stray_pointer = index_dir / f"{publish.POINTER}.999999.tmp"
+    stray_pointer = index_dir / f".{publish.POINTER}.k2x9q1.tmp"
     stray_pointer.write_text("{", encoding="utf-8")
     live = live_version(built_hash_index).name
 

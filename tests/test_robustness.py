@@ -203,9 +203,9 @@ def test_corpus_of_only_bad_files_names_them_and_fails_clearly(tmp_path):
     assert skipped_lines(result.stderr) == {
         "empty.md": "empty file",
         "latin1.txt": "not UTF-8 or GB18030/GBK text",
-        "scan.pdf": "unsupported file type .pdf; use .md or .txt",
+        "scan.pdf": "unsupported file type .pdf; use .md, .txt or .html",
     }
-    assert result.stderr.splitlines()[-1] == f"error: no readable .md or .txt articles in {corpus}"
+    assert result.stderr.splitlines()[-1] == f"error: no readable .md, .txt or .html articles in {corpus}"
     assert publish.current_version(tmp_path / "index") is None
 
 

@@ -1,0 +1,537 @@
+"""`index add` against a news site on loopback: realistic Chinese pages (navigation, ads,
+comments and scripts around the article; og:/article: tags or none; a GBK page; a table
+layout), an RSS feed of three of them, and every kind of bad source. Pages become `.md`
+files whose sections and paragraphs survive into citations."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+
+from corpus import read_article, scan_corpus, split_article
+from corpus.html import decode_html, extract_article
+from corpus.reader import format_article, split_front_matter
+from index.add import AddReport, add_sources, url_file_name
+from index.build import build_index
+from retrieval import Retriever
+from settings import PROJECT_ROOT, Config
+
+SITE = PROJECT_ROOT / "tests" / "data" / "newsite"
+SICHUAN = "/finance/2021/06/19/sichuan-mining.html"
+PBOC = "/finance/2021/06/21/pboc-talks.html"
+OTC = "/society/content_8812.html"  # no date in the URL: the byline has it
+FEED = "/rss/finance.xml"
+SICHUAN_TITLE = "四川发文清理关停虚拟货币“挖矿”项目"
+SICHUAN_URL = "http://news.example.cn/finance/2021/06/19/sichuan-mining.html"  # its canonical link
+PAGE_NOISE = ("首页", "广告", "网友评论", "早就该管管了", "热门排行", "showAd", "相关阅读", "Copyright", "登录")
+HUGE = 50 * 1024 * 1024
+ATOM = f"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title>示例新闻网 - 社会</title>
+  <id>urn:example:society</id>
+  <updated>2021-06-23T09:15:00+08:00</updated>
+  <entry>
+    <title>多地警方通报：出租出借银行卡参与虚拟货币“跑分”被查</title>
+    <link rel="alternate" href="{{base}}{OTC}"/>
+    <id>urn:example:otc</id>
+    <updated>2021-06-23T09:15:00+08:00</updated>
+  </entry>
+  <entry>
+    <title>没有链接的条目</title>
+    <id>urn:example:nolink</id>
+    <updated>2021-06-23T09:15:00+08:00</updated>
+  </entry>
+</feed>
+"""
+
+
+class NewsSite:
+    """A ThreadingHTTPServer on 127.0.0.1 serving tests/data/newsite and the bad cases."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        feed = (SITE / "feed.xml").read_text(encoding="utf-8").replace("{base}", self.base)
+        feed = feed.replace("/society/2021/06/23/otc-cards.html", OTC)
+        self.routes: dict[str, tuple[str, bytes]] = {
+            SICHUAN: ("text/html; charset=utf-8", (SITE / "sichuan-mining.html").read_bytes()),
+            PBOC: ("text/html", (SITE / "pboc-talks.html").read_bytes()),  # GBK, named only in <meta>
+            OTC: ("text/html; charset=UTF-8", (SITE / "otc-cards.html").read_bytes()),
+            "/finance/": ("text/html; charset=utf-8", (SITE / "channel-index.html").read_bytes()),
+            FEED: ("application/rss+xml; charset=utf-8", feed.encode("utf-8")),
+            "/rss/broken.xml": ("application/rss+xml", (SITE / "broken-feed.xml").read_bytes()),
+            "/report.pdf": ("application/pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
+            "/photo.png": ("image/png", b"\x89PNG\r\n\x1a\n" + bytes(64)),
+            "/download.bin": ("application/octet-stream", bytes(range(256)) * 4),
+            "/empty.html": ("text/html", b""),
+            "/data.xml": ("application/xml", b'<?xml version="1.0"?><data><row>1</row></data>'),
+            # A UTF-8 page behind a server's default Latin-1 label, and an Atom feed labelled as HTML.
+            "/mislabelled.html": ("text/html; charset=ISO-8859-1", (SITE / "sichuan-mining.html").read_bytes()),
+            "/atom.xml": ("text/html", ATOM.replace("{base}", self.base).encode("utf-8")),
+        }
+        self.redirects = {
+            "/moved": OTC,
+            "/loop/a": "/loop/b",
+            "/loop/b": "/loop/a",
+            "/to-ftp": "ftp://127.0.0.1/article.html",
+        }
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path in site.routes:
+                    content_type, body = site.routes[path]
+                    self._send(200, content_type, body)
+                elif path in site.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", site.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path == "/slow":
+                    time.sleep(3)  # longer than the tests' 0.5 s timeout
+                    self._send(200, "text/html", b"<html><body><p>late</p></body></html>")
+                elif path == "/huge":
+                    self._stream_huge()
+                elif path == "/trickle":
+                    self._trickle()
+                elif path == "/huge-declared":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(HUGE))
+                    self.end_headers()
+                else:
+                    self._send(404, "text/html", b"<html><body><h1>404 Not Found</h1></body></html>")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    self.wfile.write(body)
+
+            def _stream_huge(self) -> None:
+                """A 50 MB page without Content-Length: only reading it reveals its size."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = ("<p>" + "新闻正文。" * 2000 + "</p>\n").encode("utf-8")
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stopped at its cap
+                    self.wfile.write(b"<html><body>")
+                    for _ in range(HUGE // len(chunk)):
+                        self.wfile.write(chunk)
+
+            def _trickle(self) -> None:
+                """A byte every 0.2 s: never silent for a whole timeout, never finished."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for _ in range(150):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[NewsSite]:
+    news = NewsSite()
+    yield news
+    news.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """An empty corpus, the fake embedder and short time limits for the slow endpoints."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    base = make_config(corpus, tmp_path / "index")
+    return replace(base, ingest=replace(base.ingest, timeout=0.5, download_seconds=2.0))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/article.html"  # nobody listens: connection refused
+
+
+def corpus_files(config: Config) -> dict[str, bytes]:
+    """Every file under the corpus directory, hidden temporary files included."""
+    root = Path(config.corpus.dir)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def only(report: AddReport) -> dict[str, str]:
+    assert len(report.results) == 1, report.results
+    result = report.results[0]
+    return {"status": result.status, "detail": result.detail, "path": result.path, "title": result.title}
+
+
+def front_matter(config: Config, rel: str) -> tuple[dict[str, str], str]:
+    meta, body, _ = split_front_matter((Path(config.corpus.dir) / rel).read_text(encoding="utf-8"))
+    return meta, body
+
+
+# ---------------------------------------------------------------- one page
+
+
+def test_article_page_becomes_markdown_with_sections_and_metadata(site, config):
+    report = add_sources(config, [site.url(SICHUAN)], build=False)
+    result = only(report)
+    assert result["status"] == "added" and report.ok and report.build is None
+    assert result["path"] == url_file_name(site.url(SICHUAN))
+    assert result["path"].startswith(f"127.0.0.1_{site.base.rsplit(':', 1)[1]}/sichuan-mining-")
+    meta, body = front_matter(config, result["path"])
+    assert meta == {
+        "title": SICHUAN_TITLE,
+        "source": "示例新闻网",
+        "author": "李明远",
+        "date": "2021-06-19",
+        "url": SICHUAN_URL,
+    }
+    assert "## 26家疑似“挖矿”项目被点名" in body and "### 丰水期电价优势不再" in body
+    assert not any(noise in body for noise in PAGE_NOISE), body
+    assert "责任编辑" not in body  # the editor credit is not a paragraph of the article
+
+    article = read_article(Path(config.corpus.dir) / result["path"], Path(config.corpus.dir))
+    passages = split_article(article, config.corpus.max_chars, config.corpus.min_chars)
+    cited = {(p.section, p.paragraph): p.text for p in passages}
+    assert cited[("", 1)].startswith("据四川省发展和改革委员会消息")
+    assert cited[("26家疑似“挖矿”项目被点名", 3)].startswith("通知附有一份名单")
+    assert cited[("丰水期电价优势不再", 5)].startswith("一位长期在雅安经营矿场的人士")
+    assert cited[("比特币全网算力明显下降", 8)].startswith("分析人士认为")
+
+
+def test_gbk_table_layout_page_with_bold_subheadings(site, config):
+    result = only(add_sources(config, [site.url(PBOC)], build=False))
+    assert result["status"] == "added"
+    meta, body = front_matter(config, result["path"])
+    assert meta["title"] == "央行约谈部分银行和支付机构 要求不得为虚拟货币交易提供服务"
+    assert (meta["source"], meta["date"], meta["url"]) == ("示例新闻网", "2021-06-21", site.url(PBOC))
+    paragraphs = body.strip().split("\n\n")
+    assert paragraphs[0].startswith("6月21日，中国人民银行有关部门")  # the byline line is gone
+    assert "### 要求全面排查识别交易炒作资金账户" in paragraphs and "### 多家机构表态落实" in paragraphs
+    assert not any(noise in body for noise in ("我要评论", "24小时排行", "相关新闻", "银行早该管了", "理财产品"))
+
+
+def test_date_from_the_byline_when_markup_and_url_have_none(site, config):
+    result = only(add_sources(config, [site.url(OTC)], build=False))
+    meta, body = front_matter(config, result["path"])
+    # The recommendations link to pages of 06-21 and 06-22; the byline says 2021年06月23日.
+    assert meta["date"] == "2021-06-23"
+    assert meta["title"] == "多地警方通报：出租出借银行卡参与虚拟货币“跑分”被查"
+    assert body.startswith("记者从多地公安机关获悉") and "## 商户银行卡频遭冻结" in body
+    assert "用户8812" not in body and "暑期防溺水" not in body
+
+
+# ---------------------------------------------------------------- feeds and repeats
+
+
+def test_feed_adds_each_entry_and_repeats_change_nothing(site, config):
+    seen: list[str] = []
+    report = add_sources(config, [site.url(FEED)], build=False, on_result=lambda r: seen.append(r.line()))
+    assert [r.status for r in report.results] == ["added"] * 3 and report.ok
+    assert report.summary().endswith("index not rebuilt: run `python -m index build` to index the new files")
+    assert seen == [r.line() for r in report.results]  # reported as they happen
+    by_source = {r.source: r for r in report.results}
+    assert set(by_source) == {site.url(OTC), site.url(PBOC), site.url(SICHUAN) + "?from=rss"}
+    otc_meta, _ = front_matter(config, by_source[site.url(OTC)].path)
+    # No og:site_name on that page: the feed's title names the source, not the host.
+    assert (otc_meta["source"], otc_meta["date"]) == ("示例新闻网 - 财经", "2021-06-23")
+    written = corpus_files(config)
+    assert len(written) == 3
+
+    again = add_sources(config, [site.url(FEED), site.url(SICHUAN)], build=False)
+    assert [r.status for r in again.results] == ["unchanged"] * 4 and again.ok
+    direct = again.results[-1]  # another URL, the same article text
+    assert direct.detail == f"same text as {by_source[site.url(SICHUAN) + '?from=rss'].path}"
+    assert corpus_files(config) == written
+
+
+def test_atom_feed_labelled_as_html_and_a_utf8_page_labelled_latin1(site, config):
+    report = add_sources(config, [site.url("/atom.xml"), site.url("/mislabelled.html")], build=False)
+    assert [(r.source, r.status) for r in report.results] == [
+        (site.url(OTC), "added"),  # the entry without a link is left out
+        (site.url("/mislabelled.html"), "added"),
+    ]
+    assert front_matter(config, report.results[1].path)[0]["title"] == SICHUAN_TITLE
+
+
+@pytest.mark.parametrize(
+    ("encoding", "declared", "meta"),
+    [("utf-8", "iso-8859-1", ""), ("gb18030", None, "gb2312"), ("gb18030", "gbk", ""), ("big5", None, "big5")],
+)
+def test_page_decoding(encoding, declared, meta):
+    text = (
+        "<html><head>"
+        + (f'<meta charset="{meta}">' if meta else "")
+        + "</head><body><p>央行約談銀行。</p></body></html>"
+    )
+    assert decode_html(text.encode(encoding), declared) == text
+
+
+def test_extraction_never_touches_the_network(monkeypatch):
+    """We fetch with httpx; trafilatura and htmldate only ever see the downloaded page."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("a connection was opened during extraction")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    undated = "<html><body><div id='main'>" + "<p>浙江提醒居民不要参与虚拟货币交易炒作活动。</p>" * 4
+    undated += "<div class='footer'>发布时间：2021-06-25</div></div></body></html>"
+    pages = [(SITE / "sichuan-mining.html").read_bytes(), (SITE / "otc-cards.html").read_bytes(), undated.encode()]
+    found = [extract_article(decode_html(page), "http://news.example.cn/a/1.html") for page in pages]
+    assert [page.date for page in found] == ["2021-06-19", "2021-06-23", "2021-06-25"]
+
+
+def test_changed_page_replaces_its_file(site, config):
+    path = "/live/story.html"
+    original = (SITE / "otc-cards.html").read_bytes()
+    site.routes[path] = ("text/html; charset=utf-8", original)
+    try:
+        first = only(add_sources(config, [site.url(path)], build=False))
+        correction = "（更正：刘某收购的银行卡为二十二张。）"
+        changed = original.replace(b'</div>\n    <div class="share-bar">', f"<p>{correction}</p></div>".encode())
+        assert changed != original
+        site.routes[path] = ("text/html; charset=utf-8", changed)
+        second = only(add_sources(config, [site.url(path)], build=False))
+    finally:
+        del site.routes[path]
+    assert first["status"] == "added" and second["status"] == "updated"
+    assert second["path"] == first["path"]
+    assert list(corpus_files(config)) == [first["path"]]  # replaced in place, no temporary left
+    assert front_matter(config, first["path"])[1].rstrip().endswith(correction)
+
+
+# ---------------------------------------------------------------- bad sources
+
+BAD = {
+    "missing": ("/no/such/page.html", "HTTP 404 Not Found"),
+    "timeout": ("/slow", "timed out (no response within 0.5s)"),
+    "trickle": ("/trickle", "download took longer than 2s"),
+    "pdf": ("/report.pdf", "not a web page or feed (application/pdf)"),
+    "image": ("/photo.png", "not a web page or feed (image/png)"),
+    "binary": ("/download.bin", "not a web page or feed (application/octet-stream)"),
+    "huge": ("/huge", "too large (more than the 5.0 MB limit)"),
+    "huge-declared": ("/huge-declared", "too large (52.4 MB > 5.0 MB limit)"),
+    "redirect-loop": ("/loop/a", "too many redirects (more than 5)"),
+    "redirect-to-ftp": ("/to-ftp", "redirected to a URL that is not http or https"),
+    "malformed-feed": ("/rss/broken.xml", "malformed feed: "),
+    "no-article": ("/finance/", "no article text found on the page"),
+    "empty": ("/empty.html", "empty page"),
+    "xml-not-feed": ("/data.xml", "XML, but not an RSS or Atom feed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_source_is_one_skipped_line_and_writes_nothing(site, config, case):
+    path, reason = BAD[case]
+    report = add_sources(config, [site.url(path)])
+    result = only(report)
+    assert result["status"] == "skipped" and result["detail"].startswith(reason), result
+    assert report.results[0].line() == f"skipped {site.url(path)}: {result['detail']}"
+    assert not report.ok and report.build is None  # nothing to build
+    assert corpus_files(config) == {}
+
+
+def test_unreachable_and_non_http_sources(config, tmp_path):
+    refused = closed_port_url()
+    sources = [refused, "ftp://127.0.0.1/a.html", "https://", "http://[::1/", str(tmp_path / "nope.html"), "not a url"]
+    report = add_sources(config, sources, build=False)
+    details = [(r.status, r.detail) for r in report.results]
+    assert details[0][0] == "skipped" and details[0][1].startswith("cannot connect: ")
+    assert details[1:] == [
+        ("skipped", "only http and https URLs are fetched"),
+        ("skipped", "not a valid URL"),
+        ("skipped", "not a valid URL"),
+        ("skipped", "no such file or directory, and not an http(s) URL"),
+        ("skipped", "no such file or directory, and not an http(s) URL"),
+    ]
+    assert corpus_files(config) == {}
+
+
+def test_good_sources_are_added_and_built_despite_bad_ones(site, config):
+    sources = [site.url("/no/such/page.html"), site.url("/moved"), site.url("/report.pdf"), site.url(SICHUAN)]
+    report = add_sources(config, sources)
+    assert [r.status for r in report.results] == ["skipped", "added", "skipped", "added"]
+    assert not report.ok and report.build is not None and report.build.published
+    assert report.build.added == 2 and not report.build.skipped
+    assert report.summary().startswith("sources: 2 added, 0 updated, 0 unchanged, 2 skipped\narticles: 2 added")
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        hit = retriever.search("四川要求哪天前完成对挖矿项目的甄别清理？", k=1)[0]
+    finally:
+        retriever.close()
+    assert (hit.title, hit.date, hit.url, hit.source) == (SICHUAN_TITLE, "2021-06-19", SICHUAN_URL, "示例新闻网")
+    assert "6月20日前完成" in hit.text and hit.citation.startswith("《示例新闻网》2021-06-19 · " + SICHUAN_TITLE)
+
+
+def test_two_adds_in_worker_threads_at_once(site, config):
+    """The bot runs `add_sources` in worker threads: each call has its own client and files."""
+    reports: dict[str, AddReport] = {}
+
+    def run(name: str, url: str) -> None:
+        reports[name] = add_sources(config, [url], build=False)
+
+    threads = [threading.Thread(target=run, args=(n, site.url(p))) for n, p in (("a", SICHUAN), ("b", PBOC))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert {n: r.results[0].status for n, r in reports.items()} == {"a": "added", "b": "added"}
+    assert len(scan_corpus(Path(config.corpus.dir)).articles) == 2
+
+
+# ---------------------------------------------------------------- local files
+
+
+def test_local_files_and_directories(config, tmp_path):
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "sichuan.html").write_bytes((SITE / "sichuan-mining.html").read_bytes())
+    note = "---\ntitle: 'Note: 笔记'\ndate: 2021-06-30\n---\n## 小结\n\n六月各地陆续清理虚拟货币挖矿项目。\n"
+    (inbox / "sub" / "note.md").write_text(note, encoding="utf-8")
+    (inbox / "plain.txt").write_text("# 纯文本\n\n浙江提醒居民不要参与虚拟货币交易炒作。\n", encoding="utf-8")
+    (inbox / "scan.pdf").write_bytes(b"%PDF-1.4")
+    report = add_sources(config, [str(inbox)], build=False)
+    statuses = {Path(r.source).name: (r.status, r.detail) for r in report.results}
+    assert statuses == {
+        "plain.txt": ("added", ""),
+        "scan.pdf": ("skipped", "unsupported file type .pdf; use .md, .txt or .html"),
+        "sichuan.html": ("added", ""),
+        "note.md": ("added", ""),
+    }
+    by_name = {Path(r.source).name: r for r in report.results}
+    meta, body = front_matter(config, by_name["note.md"].path)
+    assert meta == {"title": "Note: 笔记", "date": "2021-06-30"} and body.startswith("## 小结")
+    assert front_matter(config, by_name["plain.txt"].path)[0] == {"title": "纯文本"}
+    html_meta, _ = front_matter(config, by_name["sichuan.html"].path)
+    assert html_meta["url"] == SICHUAN_URL and html_meta["date"] == "2021-06-19"
+
+    again = add_sources(config, [str(inbox / "sichuan.html"), str(Path(config.corpus.dir) / by_name["note.md"].path)])
+    assert [(r.status, r.detail) for r in again.results] == [
+        ("unchanged", "same text and metadata"),
+        ("unchanged", "already in the corpus directory"),
+    ]
+    assert again.ok and again.build is not None and again.build.added == 3
+
+
+def test_html_dropped_into_the_corpus_reads_like_an_added_page(site, config, tmp_path):
+    added = only(add_sources(config, [site.url(SICHUAN)], build=False))
+    other = make_config(tmp_path / "dropped", tmp_path / "index2")
+    (tmp_path / "dropped").mkdir()
+    (tmp_path / "dropped" / "page.htm").write_bytes((SITE / "sichuan-mining.html").read_bytes())
+    (tmp_path / "dropped" / "channel.html").write_bytes((SITE / "channel-index.html").read_bytes())
+    scan = scan_corpus(tmp_path / "dropped")
+    assert [(s.path, s.reason) for s in scan.skipped] == [
+        ("channel.html", "no article text found on the page (only links or fragments)")
+    ]
+    (dropped,) = scan.articles
+    written = read_article(Path(config.corpus.dir) / added["path"], Path(config.corpus.dir))
+    assert dropped.body == written.body
+    assert (dropped.title, dropped.date, dropped.source, dropped.url) == (
+        written.title,
+        written.date,
+        written.source,
+        written.url,
+    )
+    assert [p.section for p in split_article(dropped)] == [p.section for p in split_article(written)]
+    report = build_index(other)
+    assert report.added == 1 and [s.path for s in report.skipped] == ["channel.html"]
+
+
+def test_front_matter_round_trips_awkward_values():
+    meta = {"title": 'A: "quoted" — 标题 #1', "source": "- dash", "date": "2021-06-10", "url": "http://x/?a=1&b=2"}
+    parsed, body, _ = split_front_matter(format_article("正文。\n", meta))
+    assert parsed == meta and body == "正文。\n"
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"} | {"COLUMNS": "200"}  # no wrapping
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "existing.md").write_text("# 旧文章\n\n青海省禁止向挖矿项目提供电力。\n", encoding="utf-8")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[corpus]\ndir = "{corpus}"\n[index]\ndir = "{tmp_path / "index"}"\n[model]\nname = "test-hash"\n',
+        encoding="utf-8",
+    )
+    bad = site.url("/report.pdf")
+    result = run_cli("index", "add", "--config", str(config_file), site.url(FEED), bad)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines[:4]) == ["added", "added", "added", "skipped"]
+    assert f"skipped {bad}: not a web page or feed (application/pdf)" in lines
+    assert lines[4] == "sources: 3 added, 0 updated, 0 unchanged, 1 skipped"
+    assert lines[5].startswith("articles: 4 added, 0 updated, 0 removed, 0 unchanged, 0 skipped;")
+
+    again = run_cli("index", "add", "--config", str(config_file), site.url(SICHUAN))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].startswith(f"unchanged {site.url(SICHUAN)}: same text as 127.0.0.1_")
+
+    answer = run_cli("retrieval", "--config", str(config_file), "--json", "四川要求哪天前完成对挖矿项目的甄别清理？")
+    assert answer.returncode == 0, answer.stderr
+    top = json.loads(answer.stdout)["results"][0]
+    assert (top["title"], top["date"], top["url"]) == (SICHUAN_TITLE, "2021-06-19", SICHUAN_URL)
+    assert top["citation"].startswith(f"《示例新闻网》2021-06-19 · {SICHUAN_TITLE} · ")
+    assert "6月20日前完成" in top["text"]
+    readable = run_cli("retrieval", "--config", str(config_file), "四川要求哪天前完成对挖矿项目的甄别清理？")
+    lines = [line.strip() for line in readable.stdout.splitlines()]
+    cited = next(i for i, line in enumerate(lines) if line.startswith(f"— 《示例新闻网》2021-06-19 · {SICHUAN_TITLE}"))
+    assert SICHUAN_URL in lines[cited] + lines[cited + 1]  # the link follows the citation
+
+
+@pytest.mark.slow
+def test_cli_add_reports_a_missing_corpus_in_one_line(tmp_path):
+    result = run_cli("index", "add", "--corpus", str(tmp_path / "nope"), "--index", str(tmp_path / "i"), "x.html")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"error: corpus directory not found: {tmp_path / 'nope'}"
