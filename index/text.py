@@ -66,8 +66,9 @@ def to_simplified(text: str) -> str:
 
 
 SIMPLIFIED, TRADITIONAL = "hans", "hant"
-# Chinese characters (CJK unified ideographs, extension A, compatibility ideographs).
-HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Chinese characters (CJK unified ideographs, extensions A-F, compatibility ideographs): the one
+# definition every layer uses.
+HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 
 
 def script_of(texts: Iterable[str]) -> str:

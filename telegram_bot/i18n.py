@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from index.text import HAN
+
 DEFAULT_LANG = "en"
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
 
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
@@ -138,7 +139,7 @@ def normalise_lang(language_code: str | None) -> str | None:
 
 def detect_lang(text: str, language_code: str | None = None) -> str:
     """The language to talk to the user in: by script when clear, else by client language."""
-    han = len(_HAN.findall(text))
+    han = len(HAN.findall(text))
     letters = sum(1 for ch in text if ch.isalpha()) - han
     if han and not letters:
         return "zh"
@@ -149,7 +150,7 @@ def detect_lang(text: str, language_code: str | None = None) -> str:
         return client
     if han:
         # Mixed script without a client hint: Latin words carry more per character.
-        words = len(re.findall(r"[^\W\d_]+", _HAN.sub(" ", text)))
+        words = len(re.findall(r"[^\W\d_]+", HAN.sub(" ", text)))
         return "zh" if han >= 2 * words else "en"
     return DEFAULT_LANG
 
@@ -246,5 +247,5 @@ def is_chitchat(text: str) -> bool:
         return True
     words = re.sub(r"[\W_]+", " ", folded).split()
     core = " ".join(w for w in words if w not in _FILLER_WORDS) or " ".join(words)
-    core = _PARTICLES.sub("", core.replace(" ", "")) if _HAN.search(core) else core
+    core = _PARTICLES.sub("", core.replace(" ", "")) if HAN.search(core) else core
     return core in _CHITCHAT

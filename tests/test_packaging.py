@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_pip_install_gives_importable_layers_and_the_default_corpus(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves a build/ directory in the tree it installs from.
+    source = tmp_path / "source"
+    shutil.copytree(PROJECT_ROOT, source, ignore=shutil.ignore_patterns(".venv", "var", ".git", "build", "*.egg-info"))
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -28,7 +32,7 @@ def test_pip_install_gives_importable_layers_and_the_default_corpus(tmp_path: Pa
             target,
             ".",
         ],
-        cwd=PROJECT_ROOT,
+        cwd=source,
         check=True,
         capture_output=True,
     )

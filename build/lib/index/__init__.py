@@ -1,1 +1,0 @@
-"""Index layer: embed passages, store them in SQLite + FAISS, publish versions atomically."""

@@ -1,1 +1,0 @@
-"""The bot's handlers, one module per kind of update; `telegram_bot.app` registers them."""
