@@ -29,6 +29,7 @@ from settings import Config
 from telegram_bot.components.callbacks import on_button
 from telegram_bot.components.commands import cmd_about, cmd_help, cmd_reload, cmd_sources
 from telegram_bot.components.errors import on_error
+from telegram_bot.components.ingest import cmd_add
 from telegram_bot.components.inline import on_inline
 from telegram_bot.components.questions import cmd_ask, on_group_text, on_private_text
 from telegram_bot.gate import admit
@@ -121,6 +122,9 @@ def build_application(
     application.add_handler(CommandHandler("sources", cmd_sources, filters=message))
     application.add_handler(CommandHandler("about", cmd_about, filters=message))
     application.add_handler(CommandHandler("reload", cmd_reload, filters=message))
+    application.add_handler(CommandHandler("add", cmd_add, filters=message))
+    add_caption = filters.CaptionRegex(r"^/add(@\w+)?(\s|$)")
+    application.add_handler(MessageHandler(message & filters.Document.ALL & add_caption, cmd_add))
     text = message & filters.TEXT & ~filters.COMMAND
     application.add_handler(MessageHandler(text & filters.ChatType.PRIVATE, on_private_text))
     application.add_handler(MessageHandler(text & filters.ChatType.GROUPS, on_group_text))

@@ -28,6 +28,7 @@ class BotState:
         self.config = config
         self.gate = Gate(config.telegram)
         self.warm_up = warm_up
+        self.adding = asyncio.Lock()  # one /add at a time; the others wait their turn
         self._qa: QAService | None = None
         self._questions: QuestionStore | None = None
         self._watcher: asyncio.Task[None] | None = None

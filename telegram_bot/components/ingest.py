@@ -1,0 +1,186 @@
+"""/add (admins): an article URL, a feed URL, or an .html/.md/.txt document sent with the
+caption /add, into the corpus and the live index.
+
+The request is acknowledged at once; that message is then edited with progress (each article
+as it is fetched, the build's progress) and finally with what was added (title, date, passages)
+once the new index version is live in this bot. The work (`index.add.add_sources`) blocks, so
+it runs in a worker thread; one add runs at a time and the others wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from pathlib import Path
+
+from telegram import Message, Update
+from telegram.error import BadRequest
+
+from index.add import AddReport, AddResult, add_sources
+from telegram_bot import render
+from telegram_bot.i18n import t
+from telegram_bot.sending import client_lang, reply_to, send_doc
+from telegram_bot.state import BotContext
+
+log = logging.getLogger("telegram_bot")
+
+DOCUMENT_TYPES = (".html", ".htm", ".md", ".txt")
+# An upload keeps its own (sanitised) name, so sending a revised file again replaces its article.
+_UNSAFE_NAME = re.compile(r"[^\w.-]+")
+EDIT_EVERY = 1.5  # seconds between progress edits (Telegram limits edits too)
+
+
+class _Progress:
+    """What the status message shows; written from the worker thread, shown by the event loop."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._stage = t(lang, "add_fetching")
+
+    def result(self, result: AddResult) -> None:
+        with self._lock:
+            self._lines.append(_result_line(self.lang, result, None))
+
+    def building(self, done: int, total: int) -> None:
+        with self._lock:
+            self._stage = t(self.lang, "add_building", done=done, total=total)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join([*self._lines[-20:], self._stage])
+
+
+async def cmd_add(update: Update, context: BotContext) -> None:
+    message = update.effective_message
+    chat = update.effective_chat
+    user = update.effective_user
+    if message is None or chat is None:
+        return
+    st = context.state
+    lang = client_lang(update)
+    if user is None or user.id not in st.config.telegram.admins:
+        log.info("refused /add chat=%s user=%s (not an admin)", chat.id, user.id if user else None)
+        await send_doc(context.bot, chat.id, render.text_doc(lang, "admins_only"), reply_to=reply_to(update))
+        return
+    limit = st.config.ingest.max_bytes
+    source = _source_of(message, limit)
+    if source.startswith("!"):
+        doc = render.text_doc(lang, source[1:], limit=f"{limit:,}")
+        await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
+        return
+    waiting = st.adding.locked()
+    status = await send_doc(
+        context.bot,
+        chat.id,
+        render.text_doc(lang, "add_queued" if waiting else "add_started"),
+        reply_to=reply_to(update),
+    )
+    async with st.adding:
+        progress = _Progress(lang)
+        upload: Path | None = None
+        try:
+            if message.document is not None:
+                upload = await _download(message, context)
+                sources = [str(upload)]
+            else:
+                sources = [str(source)]
+            report = await _run_with_progress(status, context, progress, sources)
+            if report.build is not None and report.build.published:
+                await st.qa.refresh()
+        finally:
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+        await _edit(status, await _final_text(context, report, lang))
+        log.info(
+            "add by user=%s: %s",
+            user.id,
+            ", ".join(f"{report.count(s)} {s}" for s in ("added", "updated", "unchanged", "skipped")),
+        )
+
+
+def _source_of(message: Message, limit: int) -> str:
+    """The URL after /add, "" for a document, or "!<text key>" for what cannot be added."""
+    if message.document is not None:
+        name = message.document.file_name or ""
+        if not name.lower().endswith(DOCUMENT_TYPES):
+            return "!add_bad_type"
+        if (message.document.file_size or 0) > limit:
+            return "!add_too_large"
+        return ""
+    parts = (message.text or "").split()
+    if len(parts) != 2 or not parts[1].lower().startswith(("http://", "https://")):
+        return "!add_usage"
+    return parts[1]
+
+
+async def _download(message: Message, context: BotContext) -> Path:
+    """The sent document, saved under the index directory's uploads/ for the add to read."""
+    document = message.document
+    assert document is not None
+    folder = Path(context.state.config.index.dir) / "uploads"
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    name = _UNSAFE_NAME.sub("-", Path(document.file_name or "upload.html").name).lstrip(".-") or "upload.html"
+    target = folder / name
+    file = await context.bot.get_file(document.file_id)
+    await file.download_to_drive(target)
+    return target
+
+
+async def _run_with_progress(
+    status: Message, context: BotContext, progress: _Progress, sources: list[str]
+) -> AddReport:
+    """Run the add in a worker thread, editing the status message while it works."""
+    config = context.state.config
+    job = asyncio.create_task(
+        asyncio.to_thread(add_sources, config, sources, progress=progress.building, on_result=progress.result)
+    )
+    shown = ""
+    while not job.done():
+        await asyncio.wait({job}, timeout=EDIT_EVERY)
+        text = progress.text()
+        if text != shown and not job.done():
+            await _edit(status, text)
+            shown = text
+    return job.result()
+
+
+async def _final_text(context: BotContext, report: AddReport, lang: str) -> str:
+    articles = {}
+    if report.build is not None:
+        library = await context.state.qa.library()
+        articles = {str(a.get("path") or ""): a for a in library.articles}
+    lines = [_result_line(lang, r, articles.get(r.path)) for r in report.results]
+    if report.build_error:
+        lines.append(t(lang, "add_build_failed", error=report.build_error))
+    elif report.build is not None and report.build.published:
+        lines.append(t(lang, "add_live", version=report.build.version))
+    elif not report.results:
+        lines.append(t(lang, "add_nothing"))
+    return "\n".join(lines)
+
+
+def _result_line(lang: str, result: AddResult, article: dict | None) -> str:  # type: ignore[type-arg]
+    if result.status in ("added", "updated") and article is not None:
+        return t(
+            lang,
+            f"add_{result.status}",
+            title=article.get("title") or result.title,
+            date=article.get("date") or "?",
+            passages=article.get("passages") or 0,
+        )
+    if result.status in ("added", "updated"):
+        return t(lang, f"add_{result.status}_pending", title=result.title or result.path)
+    return t(lang, f"add_{result.status}", source=result.source, detail=result.detail)
+
+
+async def _edit(status: Message, text: str) -> None:
+    html = render.to_html(tuple(render.Line.of(line) for line in text.split("\n")))
+    try:
+        await status.edit_text(html)
+    except BadRequest as exc:
+        if "not modified" not in exc.message.lower():
+            raise

@@ -1,0 +1,144 @@
+"""/add from Telegram: the real Application over the recording fake Bot API, articles from the
+loopback news site or sent as documents, through to answers citing them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fake_telegram import Call, FakeTelegram, InProcessBot, Payloads, RecordingRequest, parse_html, write_config
+from news_site import SICHUAN, SICHUAN_TITLE, SICHUAN_URL, SITE, NewsSite
+
+from index.build import build_index
+from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot.app import build_application
+from telegram_bot.i18n import t
+
+TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
+ADMIN = 4242
+SICHUAN_QUESTION = "四川要求什么时候前完成虚拟货币挖矿项目的甄别清理？"
+os.environ.setdefault("PTB_TIMEDELTA", "1")
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[NewsSite]:
+    news = NewsSite()
+    yield news
+    news.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", corpus)
+    base = load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index"))
+    config = replace(
+        base,
+        telegram=replace(base.telegram, admins=(ADMIN,), reload_seconds=0.0),
+        ingest=replace(base.ingest, timeout=2.0, download_seconds=5.0),
+    )
+    build_index(config)
+    return config
+
+
+def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
+    api = FakeTelegram(TOKEN)
+
+    async def main() -> None:
+        async with InProcessBot(build_application(config, TOKEN, request=RecordingRequest(api)), api) as bot:
+            await scenario(bot, Payloads())
+
+    asyncio.run(main())
+    return api
+
+
+def texts(calls: list[Call], chat_id: int) -> list[str]:
+    """What the chat saw, in order: every message sent or edited, as plain text."""
+    return [
+        parse_html(c.params["text"]).text
+        for c in calls
+        if c.ok and c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == str(chat_id)
+    ]
+
+
+def test_admin_adds_a_page_by_url_and_the_bot_answers_from_it(site: NewsSite, config: Config) -> None:
+    answers: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await bot.feed(p.message(f"/add {site.url(SICHUAN)}", chat_id=ADMIN, lang="en"))
+        answers.extend(await bot.feed(p.message(SICHUAN_QUESTION, chat_id=ADMIN)))
+
+    api = run_bot(config, scenario)
+    seen = texts(api.calls, ADMIN)
+    assert seen[0] == t("en", "add_started")  # acknowledged at once
+    final = seen[-2]  # the last edit of the status message, before the answer
+    assert f"Added: {SICHUAN_TITLE} (2021-06-19)" in final and "passages" in final
+    assert "Now answering from index version" in final
+    edits = [c for c in api.calls if c.method == "editMessageText" and c.ok]
+    assert {c.params["message_id"] for c in edits} == {str(api.recorded("sendMessage")[0].result["message_id"])}
+    added = list(Path(config.corpus.dir).rglob("*.md"))
+    assert any(SICHUAN_URL in path.read_text(encoding="utf-8") for path in added)
+    [answer] = [c for c in answers if c.method == "sendMessage"]
+    html = answer.params["text"]
+    assert "6月20日前完成" in parse_html(html).text
+    assert "2021-06-19" in html and SICHUAN_URL in html  # cited with its date and link
+
+
+def test_a_document_with_the_caption_add_is_added(config: Config) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        bot.api.files["doc-1"] = (SITE / "sichuan-mining.html").read_bytes()
+        await bot.feed(p.document("doc-1", "sichuan.html", caption="/add", chat_id=ADMIN))
+
+    api = run_bot(config, scenario)
+    final = texts(api.calls, ADMIN)[-1]
+    assert f"已添加：{SICHUAN_TITLE}（2021-06-19）" in final and "现在使用索引版本" in final
+    assert not list((Path(config.index.dir) / "uploads").iterdir())  # the upload is not kept
+
+
+@pytest.mark.parametrize(
+    ("payload", "key"),
+    [
+        (lambda p: p.message("/add", chat_id=ADMIN), "add_usage"),
+        (lambda p: p.message("/add ftp://example.org/x", chat_id=ADMIN), "add_usage"),
+        (lambda p: p.document("doc-2", "report.pdf", caption="/add", chat_id=ADMIN), "add_bad_type"),
+        (lambda p: p.document("doc-3", "big.html", caption="/add", chat_id=ADMIN, size=10**9), "add_too_large"),
+    ],
+)
+def test_what_cannot_be_added_gets_one_clear_line(config: Config, payload, key: str) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await bot.feed(payload(p))
+
+    api = run_bot(config, scenario)
+    [line] = texts(api.calls, ADMIN)
+    assert line == t("zh", key, limit=f"{config.ingest.max_bytes:,}")
+    assert not api.recorded("getFile")
+
+
+def test_non_admins_are_refused_politely_and_nothing_is_fetched(site: NewsSite, config: Config) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await bot.feed(p.message(f"/add {site.url(SICHUAN)}", chat_id=77))
+
+    api = run_bot(config, scenario)
+    assert texts(api.calls, 77) == [t("zh", "admins_only")]
+    assert sorted(p.name for p in Path(config.corpus.dir).rglob("*.md")) == sorted(
+        p.name for p in (PROJECT_ROOT / "corpus" / "articles").glob("*.md")
+    )
+
+
+def test_adds_run_one_at_a_time_and_bad_sources_are_reported(site: NewsSite, config: Config) -> None:
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await asyncio.gather(
+            bot.feed(p.message(f"/add {site.url(SICHUAN)}", chat_id=ADMIN)),
+            bot.feed(p.message(f"/add {site.url('/missing.html')}", chat_id=ADMIN + 1, user_id=ADMIN)),
+        )
+
+    api = run_bot(config, scenario)
+    first, second = texts(api.calls, ADMIN), texts(api.calls, ADMIN + 1)
+    assert {first[0], second[0]} == {t("zh", "add_started"), t("zh", "add_queued")}
+    assert "已添加" in first[-1]
+    assert second[-1].startswith("已跳过：") and "404" in second[-1]
