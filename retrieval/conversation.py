@@ -25,14 +25,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from functools import lru_cache
 from typing import Any
 
-from index.text import HAN, STOP_WORDS, terms, to_simplified
+from index.text import HAN, terms, to_simplified
+from retrieval.model import Answer
 
 # Parameters chosen by cross-validation over bench/data/conversations.jsonl (bench/conversations.py).
 MAX_TOPIC_UNITS = 8  # longest "X" of "X呢" / "what about X" (Chinese characters + Latin words)
 MAX_FALLBACK_UNITS = 10  # longest question that is retried with context when alone it finds nothing
+MAX_TURNS = 4  # resolved questions kept per conversation
 
 _END = r"\s*[?？!！。.…~～]*\s*$"
 # "(那)X呢", "X怎么样", "至于X呢", "X也是吗" (simplified and traditional).
@@ -53,7 +56,9 @@ _QUESTION_WORD = re.compile(
     re.IGNORECASE,
 )
 # Chinese pronouns standing for the topic (not 其他/其中/其实…, which are ordinary words).
-_ZH_PRONOUN = re.compile(r"(?<![其吉])(?:他们|她们|它们|他們|她們|它們|[他她它](?![人国國乡鄉]))|其(?![他它中实實余餘次])")
+_ZH_PRONOUN = re.compile(
+    r"(?<![其吉])(?:他们|她们|它们|他們|她們|它們|[他她它](?![人国國乡鄉]))|其(?![他它中实實余餘次])"
+)
 # A leading demonstrative, with its measure word: "该通知", "这次行动", "那份文件".
 _ZH_DEMONSTRATIVE = re.compile(r"^(?:那么|那)?\s*(?:该|該|此|这|這|那)(?:[个個次项項份些家位种種里裡])?(?=\S)")
 # ("it" not as the dummy subject of "is it true/possible that…")
@@ -130,6 +135,48 @@ def rewrite(
     return Rewritten(question, False)
 
 
+def retry(previous: Sequence[str], question: str, first: Rewritten, answer: Answer, **params: int) -> Rewritten | None:
+    """After searching `first`: the rewrite to try when the question alone found no covered
+    answer, or None. Its answer replaces the first only if it is covered (`adopt`)."""
+    if first.used_context or answer.answered or not previous:
+        return None
+    second = rewrite(previous, question, alone_answered=False, **params)
+    return second if second.used_context else None
+
+
+def adopt(answer: Answer) -> bool:
+    """Whether a tentative rewrite's answer replaces the question's own: only a covered one."""
+    return answer.answered
+
+
+def answer_turns(
+    answer_many: Callable[[Sequence[str], int | None], list[Answer]],
+    items: Sequence[tuple[Sequence[str], str]],
+    k: int | None = None,
+    **params: int,
+) -> list[tuple[Answer, Rewritten]]:
+    """Answer (previous resolved questions, question) pairs in at most two `answer_many`
+    calls: every question (rewritten when it is a follow-up), then those that alone found
+    nothing, with context. Each answer's `question` is the one asked."""
+    rewrites = [rewrite(previous, question, **params) for previous, question in items]
+    answers = answer_many([r.text for r in rewrites], k)
+    second = {
+        i: r
+        for i, ((previous, question), first, answer) in enumerate(zip(items, rewrites, answers, strict=True))
+        if (r := retry(previous, question, first, answer, **params)) is not None
+    }
+    if second:
+        for (i, rewritten), answer in zip(
+            second.items(), answer_many([r.text for r in second.values()], k), strict=True
+        ):
+            if adopt(answer):
+                rewrites[i], answers[i] = rewritten, answer
+    return [
+        (dataclass_replace(answer, question=question), rewritten)
+        for (_, question), answer, rewritten in zip(items, answers, rewrites, strict=True)
+    ]
+
+
 def _elliptical_topic(question: str, limit: int) -> str | None:
     """X of "X呢" / "what about X", or None."""
     match = _ZH_ELLIPTICAL.match(question) if HAN.search(question) else None
@@ -138,7 +185,11 @@ def _elliptical_topic(question: str, limit: int) -> str | None:
     if match is None:
         return None
     topic = (match.group("x") if "x" in match.re.groupindex and match.group("x") else match.group("y") or "").strip()
-    topic = re.sub(r"^(?:(?:about|the|in|for|at|on)\s+|那么|那)", "", topic, flags=re.IGNORECASE).strip(" ,，").removesuffix("的")
+    topic = (
+        re.sub(r"^(?:(?:about|the|in|for|at|on)\s+|那么|那)", "", topic, flags=re.IGNORECASE)
+        .strip(" ,，")
+        .removesuffix("的")
+    )
     if not topic or _QUESTION_WORD.search(topic) or units(topic) > limit:
         return None
     return topic
@@ -294,7 +345,7 @@ class ConversationStore:
         self,
         idle_seconds: float = 600.0,
         max_conversations: int = 10_000,
-        max_turns: int = 4,
+        max_turns: int = MAX_TURNS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.idle_seconds = idle_seconds
