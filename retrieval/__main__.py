@@ -123,30 +123,26 @@ def _batch(retriever, k: int | None) -> int:  # type: ignore[no-untyped-def]
 
 def _conversations(retriever, k: int | None) -> int:  # type: ignore[no-untyped-def]
     """`--conversation`: one JSON line per question, answered with its conversation's earlier
-    questions. The conversations of a stdin batch are answered together turn by turn (at
-    most two model calls per turn, `answer_turns`); the last one continues into the next batch."""
-    from retrieval.conversation import MAX_TURNS, answer_turns
+    questions. The conversations of a stdin batch are answered together turn by turn
+    (`answer_conversations`); the last one continues into the next batch."""
+    from retrieval.conversation import MAX_TURNS, answer_conversations
 
     previous: list[str] = []
     for raw_lines in _stdin_batches(BATCH):
         questions = [raw.decode("utf-8", errors="replace").rstrip("\r\n") for raw in raw_lines]
-        groups: list[list[int]] = [[]]  # line numbers per conversation; the first continues `previous`
-        for i, question in enumerate(questions):
+        groups: list[list[str]] = [[]]  # questions per conversation; the first continues `previous`
+        for question in questions:
             if question.strip():
-                groups[-1].append(i)
+                groups[-1].append(question)
             else:
                 groups.append([])
         histories = [previous] + [[] for _ in groups[1:]]
-        lines: dict[int, str] = {}
-        for turn in range(max(len(group) for group in groups)):
-            live = [(c, group[turn]) for c, group in enumerate(groups) if turn < len(group)]
-            results = answer_turns(retriever.answer_many, [(histories[c], questions[i]) for c, i in live], k)
-            for (c, i), (answer, rewritten) in zip(live, results, strict=True):
-                histories[c] = [*histories[c], rewritten.text][-MAX_TURNS:]
-                lines[i] = json_line(answer.to_dict() | {"understood_as": rewritten.text})
-        previous = histories[-1]
-        sys.stdout.write("".join(lines[i] for i in sorted(lines)))
+        results = answer_conversations(retriever.answer_many, list(zip(histories, groups, strict=True)), k)
+        for conversation in results:
+            for answer, rewritten in conversation:
+                sys.stdout.write(json_line(answer.to_dict() | {"understood_as": rewritten.text}))
         sys.stdout.flush()
+        previous = [*histories[-1], *(rewritten.text for _, rewritten in results[-1])][-MAX_TURNS:]
     return 0
 
 

@@ -177,6 +177,25 @@ def answer_turns(
     ]
 
 
+def answer_conversations(
+    answer_many: Callable[[Sequence[str], int | None], list[Answer]],
+    conversations: Sequence[tuple[Sequence[str], Sequence[str]]],
+    k: int | None = None,
+    **params: int,
+) -> list[list[tuple[Answer, Rewritten]]]:
+    """Answer whole conversations, each (earlier resolved questions, its questions in order),
+    together turn by turn: the n-th questions of all of them in one `answer_turns` round."""
+    histories = [list(previous)[-MAX_TURNS:] for previous, _ in conversations]
+    results: list[list[tuple[Answer, Rewritten]]] = [[] for _ in conversations]
+    for turn in range(max((len(questions) for _, questions in conversations), default=0)):
+        live = [c for c, (_, questions) in enumerate(conversations) if turn < len(questions)]
+        answered = answer_turns(answer_many, [(histories[c], conversations[c][1][turn]) for c in live], k, **params)
+        for c, (answer, rewritten) in zip(live, answered, strict=True):
+            histories[c] = [*histories[c], rewritten.text][-MAX_TURNS:]
+            results[c].append((answer, rewritten))
+    return results
+
+
 def _elliptical_topic(question: str, limit: int) -> str | None:
     """X of "X呢" / "what about X", or None."""
     match = _ZH_ELLIPTICAL.match(question) if HAN.search(question) else None
