@@ -3,20 +3,19 @@
     .venv/bin/python bench/conversations.py [--json out.json] [--index DIR]
 
 bench/data/conversations.jsonl: 2-4 turn conversations about the default article (zh-Hans,
-zh-Hant, English), written before any measurement; every turn has gold strings (`all`/`any`,
-as seed-dev; `none`: off-topic, must not be answered) and later turns say whether they continue the previous one (`followup`) or switch
-topic. Figures: hit@3 of the last turns and of all later turns, with context
-(`retrieval.conversation.answer_conversations`) vs the same questions asked alone; the share of
-follow-ups rewritten; the share of topic switches left unchanged and ranked exactly as alone.
-The rule's two length limits are chosen by 5-fold cross-validation over conversations (the
-held-out folds' hit@3 is the honest figure); the defaults in `retrieval/conversation.py` are
-the choice on all conversations.
+zh-Hant, English), written before measuring them; every turn has gold strings (`all`/`any`, as
+seed-dev; `none`: off-topic, must not be answered), and later turns say whether they continue
+the previous one (`followup`) or switch topic. Figures: hit@3 of the last turns and of all
+later turns with context (`retrieval.conversation.answer_conversations`) vs the same questions
+asked alone; the share of follow-ups rewritten; the share of topic switches left unchanged and
+ranked exactly as alone. The rule's limits are chosen by 5-fold cross-validation over
+conversations (the held-out folds' hit@3 is the honest figure); the defaults in
+`retrieval/conversation.py` are the choice on all conversations.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 import sys
@@ -29,14 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quality import seed_hit
 
 from index.build import build_index
-from retrieval.conversation import MAX_FALLBACK_UNITS, MAX_TOPIC_UNITS, answer_conversations
+from retrieval.conversation import LIMITS, Limits, answer_conversations
 from retrieval.search import Retriever
 from settings import PROJECT_ROOT, load_config, with_overrides
 
 CONVERSATIONS = PROJECT_ROOT / "bench" / "data" / "conversations.jsonl"
 K = 3
-TOPIC_UNITS = (4, 6, 8, 12)
-FALLBACK_UNITS = (0, 6, 10, 16)  # 0: never retry a question that alone finds nothing
+GRID = [
+    Limits(topic, fallback, coverage)
+    for topic in (4, 6, 8, 12)
+    for fallback in (0, 6, 10, 16)  # 0: never retry a question that alone finds nothing
+    for coverage in (0.0, 0.5, 0.75)
+]
 FOLDS = 5
 
 
@@ -51,10 +54,10 @@ def hit(answer, turn: dict) -> bool:  # type: ignore[no-untyped-def]
     return any(seed_hit(h.text, turn) for h in answer.hits[:K])
 
 
-def simulate(retriever: Retriever, conversations: list[dict], **params: int) -> list[list[dict]]:
+def simulate(retriever: Retriever, conversations: list[dict], limits: Limits) -> list[list[dict]]:
     """Every turn with context: hit, whether the rule used context, and the passages' order."""
     results = answer_conversations(
-        retriever.answer_many, [((), [t["q"] for t in c["turns"]]) for c in conversations], K, **params
+        retriever.answer_many, [((), [t["q"] for t in c["turns"]]) for c in conversations], K, limits
     )
     return [
         [
@@ -71,7 +74,20 @@ def later_hits(runs: list[list[dict]], chosen: list[int]) -> float:
     return sum(t["hit"] for t in turns) / max(len(turns), 1)
 
 
-def cross_validate(runs_by_params: dict[tuple[int, int], list[list[dict]]], n: int) -> tuple[float, Counter]:
+def name(limits: Limits) -> str:
+    return f"topic={limits.topic_units},fallback={limits.fallback_units},coverage={limits.adopt_coverage}"
+
+
+def best(runs_by_params: dict[Limits, list[list[dict]]], chosen: list[int]) -> Limits:
+    """The limits with the best later-turn hit@3 on the chosen conversations; ties go to the
+    more conservative rule (shorter limits and a higher bar rewrite fewer questions)."""
+    return max(
+        runs_by_params,
+        key=lambda p: (later_hits(runs_by_params[p], chosen), -p.topic_units, -p.fallback_units, p.adopt_coverage),
+    )
+
+
+def cross_validate(runs_by_params: dict[Limits, list[list[dict]]], n: int) -> tuple[float, Counter]:
     """5-fold over conversations: parameters chosen on four folds, hit@3 measured on the fifth."""
     order = list(range(n))
     random.Random(7).shuffle(order)
@@ -80,10 +96,9 @@ def cross_validate(runs_by_params: dict[tuple[int, int], list[list[dict]]], n: i
     chosen: Counter = Counter()
     for fold in folds:
         train = [c for c in order if c not in fold]
-        # Ties go to the more conservative rule (shorter limits rewrite fewer questions).
-        best = max(sorted(runs_by_params), key=lambda p: (later_hits(runs_by_params[p], train), -p[0], -p[1]))
-        chosen[best] += 1
-        test_turns = [t for c in fold for t in runs_by_params[best][c][1:]]
+        limits = best(runs_by_params, train)
+        chosen[name(limits)] += 1
+        test_turns = [t for c in fold for t in runs_by_params[limits][c][1:]]
         hits += sum(t["hit"] for t in test_turns)
         turns += len(test_turns)
     return hits / turns, chosen
@@ -91,13 +106,9 @@ def cross_validate(runs_by_params: dict[tuple[int, int], list[list[dict]]], n: i
 
 def run(retriever: Retriever) -> dict:
     conversations = load()
-    grid = list(itertools.product(TOPIC_UNITS, FALLBACK_UNITS))
-    runs_by_params = {
-        (topic, fallback): simulate(retriever, conversations, max_topic_units=topic, max_fallback_units=fallback)
-        for topic, fallback in grid
-    }
+    runs_by_params = {limits: simulate(retriever, conversations, limits) for limits in GRID}
     cv_hit, chosen = cross_validate(runs_by_params, len(conversations))
-    runs = runs_by_params[(MAX_TOPIC_UNITS, MAX_FALLBACK_UNITS)]
+    runs = runs_by_params[LIMITS]
     later = [(c, i) for c, conv in enumerate(conversations) for i in range(1, len(conv["turns"]))]
     alone_answers = retriever.answer_many([conversations[c]["turns"][i]["q"] for c, i in later], K)
     alone = {
@@ -117,7 +128,7 @@ def run(retriever: Retriever) -> dict:
     switches = [(c, i) for c, i in later if not conversations[c]["turns"][i].get("followup")]
     report = {
         "conversations": len(conversations),
-        "params": {"max_topic_units": MAX_TOPIC_UNITS, "max_fallback_units": MAX_FALLBACK_UNITS},
+        "params": name(LIMITS),
         "last turns": rows(last),
         "later turns": rows(later),
         "follow-ups": rows(followups) | {"rewritten": sum(runs[c][i]["used"] for c, i in followups) / len(followups)},
@@ -128,14 +139,14 @@ def run(retriever: Retriever) -> dict:
         },
         "cv": {
             "later turns hit@3 (held-out folds)": cv_hit,
-            "chosen": {f"topic={t},fallback={f}": n for (t, f), n in chosen.items()},
+            "chosen": dict(chosen),
+            "chosen on all conversations": name(best(runs_by_params, list(range(len(conversations))))),
         },
     }
     for lang in sorted({c["lang"] for c in conversations}):
         report[f"last turns {lang}"] = rows([(c, i) for c, i in last if conversations[c]["lang"] == lang])
     report["grid later-turn hit@3"] = {
-        f"topic={t},fallback={f}": later_hits(r, list(range(len(conversations))))
-        for (t, f), r in runs_by_params.items()
+        name(limits): later_hits(runs, list(range(len(conversations)))) for limits, runs in runs_by_params.items()
     }
     return report
 
@@ -153,7 +164,7 @@ def print_report(report: dict) -> None:
             )
     cv = report["cv"]
     print(f"  5-fold CV, later turns hit@3 on held-out folds: {cv['later turns hit@3 (held-out folds)']:.3f}")
-    print(f"  parameters chosen per fold: {cv['chosen']}")
+    print(f"  parameters chosen per fold: {cv['chosen']}; on all: {cv['chosen on all conversations']}")
 
 
 def main() -> int:

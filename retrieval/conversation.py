@@ -32,10 +32,23 @@ from typing import Any
 from index.text import HAN, terms, to_simplified
 from retrieval.model import Answer
 
-# Parameters chosen by cross-validation over bench/data/conversations.jsonl (bench/conversations.py).
-MAX_TOPIC_UNITS = 8  # longest "X" of "X呢" / "what about X" (Chinese characters + Latin words)
-MAX_FALLBACK_UNITS = 10  # longest question that is retried with context when alone it finds nothing
 MAX_TURNS = 4  # resolved questions kept per conversation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The rule's parameters, chosen by 5-fold cross-validation over the conversations of
+    bench/data/conversations.jsonl (bench/conversations.py)."""
+
+    topic_units: int = 4  # longest "X" of "X呢" / "what about X" (Chinese characters + Latin words)
+    fallback_units: int = 6  # longest question retried with context when alone it finds nothing (0: never)
+    # The retried question's answer is kept only when this share of its (IDF-weighted) terms,
+    # its own words and the topic together, is in the passage: a cosine lifted by the topic's
+    # name alone is not an answer to "今天天气怎么样？".
+    adopt_coverage: float = 0.5
+
+
+LIMITS = Limits()
 
 _END = r"\s*[?？!！。.…~～]*\s*$"
 # "(那)X呢", "X怎么样", "至于X呢", "X也是吗" (simplified and traditional).
@@ -84,6 +97,7 @@ _EN_OPENERS = frozenset(
     "should and but so then ok okay the a an in on at for of about to".split()
 )
 _NOUN_JOINERS = frozenset("和 与 與 及".split())
+_PROPER_FLAGS = frozenset(("nr", "ns", "nt", "nz", "nrt", "nrfg", "eng", "j"))
 _NOUN_FLAGS = ("n", "vn", "j", "eng", "m", "nz", "nt", "ns", "nr", "nrt", "nrfg")
 
 
@@ -108,8 +122,7 @@ def rewrite(
     question: str,
     *,
     alone_answered: bool | None = None,
-    max_topic_units: int = MAX_TOPIC_UNITS,
-    max_fallback_units: int = MAX_FALLBACK_UNITS,
+    limits: Limits = LIMITS,
 ) -> Rewritten:
     """`question` as the question it continues, given the earlier resolved questions (oldest
     first); unchanged when it stands on its own or there is no previous question.
@@ -123,53 +136,56 @@ def rewrite(
     if not previous or not question:
         return Rewritten(question, False)
     last = previous[-1]
-    topic = _elliptical_topic(question, max_topic_units)
+    topic = _elliptical_topic(question, limits.topic_units)
     if topic is not None:
         return Rewritten(_replace_topic(last, topic), True, "elliptical")
     if _is_bare(question):
         return Rewritten(f"{last} {question}", True, "bare")
     if _ZH_DEMONSTRATIVE.match(question) or _ZH_PRONOUN.search(question) or _english_pronoun(question):
         return Rewritten(_resolve_pronoun(previous, question), True, "pronoun")
-    if alone_answered is False and units(question) <= max_fallback_units:
+    if alone_answered is False and units(question) <= limits.fallback_units and not _names_something(question):
         return Rewritten(_attach(previous, question), True, "not-covered", tentative=True)
     return Rewritten(question, False)
 
 
-def retry(previous: Sequence[str], question: str, first: Rewritten, answer: Answer, **params: int) -> Rewritten | None:
+def retry(
+    previous: Sequence[str], question: str, first: Rewritten, answer: Answer, limits: Limits = LIMITS
+) -> Rewritten | None:
     """After searching `first`: the rewrite to try when the question alone found no covered
     answer, or None. Its answer replaces the first only if it is covered (`adopt`)."""
     if first.used_context or answer.answered or not previous:
         return None
-    second = rewrite(previous, question, alone_answered=False, **params)
+    second = rewrite(previous, question, alone_answered=False, limits=limits)
     return second if second.used_context else None
 
 
-def adopt(answer: Answer) -> bool:
-    """Whether a tentative rewrite's answer replaces the question's own: only a covered one."""
-    return answer.answered
+def adopt(answer: Answer, limits: Limits = LIMITS) -> bool:
+    """Whether a tentative rewrite's answer replaces the question's own: only a covered one
+    that holds enough of the rewritten question's terms."""
+    return answer.answered and answer.coverage >= limits.adopt_coverage
 
 
 def answer_turns(
     answer_many: Callable[[Sequence[str], int | None], list[Answer]],
     items: Sequence[tuple[Sequence[str], str]],
     k: int | None = None,
-    **params: int,
+    limits: Limits = LIMITS,
 ) -> list[tuple[Answer, Rewritten]]:
     """Answer (previous resolved questions, question) pairs in at most two `answer_many`
     calls: every question (rewritten when it is a follow-up), then those that alone found
     nothing, with context. Each answer's `question` is the one asked."""
-    rewrites = [rewrite(previous, question, **params) for previous, question in items]
+    rewrites = [rewrite(previous, question, limits=limits) for previous, question in items]
     answers = answer_many([r.text for r in rewrites], k)
     second = {
         i: r
         for i, ((previous, question), first, answer) in enumerate(zip(items, rewrites, answers, strict=True))
-        if (r := retry(previous, question, first, answer, **params)) is not None
+        if (r := retry(previous, question, first, answer, limits)) is not None
     }
     if second:
         for (i, rewritten), answer in zip(
             second.items(), answer_many([r.text for r in second.values()], k), strict=True
         ):
-            if adopt(answer):
+            if adopt(answer, limits):
                 rewrites[i], answers[i] = rewritten, answer
     return [
         (dataclass_replace(answer, question=question), rewritten)
@@ -181,7 +197,7 @@ def answer_conversations(
     answer_many: Callable[[Sequence[str], int | None], list[Answer]],
     conversations: Sequence[tuple[Sequence[str], Sequence[str]]],
     k: int | None = None,
-    **params: int,
+    limits: Limits = LIMITS,
 ) -> list[list[tuple[Answer, Rewritten]]]:
     """Answer whole conversations, each (earlier resolved questions, its questions in order),
     together turn by turn: the n-th questions of all of them in one `answer_turns` round."""
@@ -189,7 +205,7 @@ def answer_conversations(
     results: list[list[tuple[Answer, Rewritten]]] = [[] for _ in conversations]
     for turn in range(max((len(questions) for _, questions in conversations), default=0)):
         live = [c for c, (_, questions) in enumerate(conversations) if turn < len(questions)]
-        answered = answer_turns(answer_many, [(histories[c], conversations[c][1][turn]) for c in live], k, **params)
+        answered = answer_turns(answer_many, [(histories[c], conversations[c][1][turn]) for c in live], k, limits)
         for c, (answer, rewritten) in zip(live, answered, strict=True):
             histories[c] = [*histories[c], rewritten.text][-MAX_TURNS:]
             results[c].append((answer, rewritten))
@@ -197,21 +213,33 @@ def answer_conversations(
 
 
 def _elliptical_topic(question: str, limit: int) -> str | None:
-    """X of "X呢" / "what about X", or None."""
+    """X of "X呢" / "what about X", or None. X is a bare noun phrase, a name: "内蒙古", "OKEx",
+    "八项措施", not "今天天气" or "交易所的跨境监管难度", which ask something of their own."""
     match = _ZH_ELLIPTICAL.match(question) if HAN.search(question) else None
     if match is None:
         match = _EN_ELLIPTICAL.match(question)
     if match is None:
         return None
-    topic = (match.group("x") if "x" in match.re.groupindex and match.group("x") else match.group("y") or "").strip()
-    topic = (
-        re.sub(r"^(?:(?:about|the|in|for|at|on)\s+|那么|那)", "", topic, flags=re.IGNORECASE)
-        .strip(" ,，")
-        .removesuffix("的")
-    )
+    topic = next((group for group in match.groups() if group), "").strip()
+    topic = re.sub(r"^(?:(?:about|the|in|for|at|on)\s+|那么|那)", "", topic, flags=re.IGNORECASE)
+    topic = topic.strip(" ,，").removesuffix("的")
     if not topic or _QUESTION_WORD.search(topic) or units(topic) > limit:
         return None
+    if HAN.search(topic) and not all(_noun_like(word, flag) for word, flag in _tagged(topic) if word.strip()):
+        return None
     return topic
+
+
+def _noun_like(word: str, flag: str) -> bool:
+    return flag.startswith(_NOUN_FLAGS) or (flag == "x" and word.isalnum())
+
+
+def _names_something(question: str) -> bool:
+    """Whether the question names its own topic (a place, person, organisation, Latin name):
+    then finding nothing alone means the articles lack it, not that it continues the last one."""
+    if HAN.search(question):
+        return any(flag in _PROPER_FLAGS for _, flag in _tagged(question))
+    return _subject_span(question) is not None
 
 
 def _is_bare(question: str) -> bool:
@@ -281,7 +309,7 @@ def _subject_span(question: str) -> tuple[int, int] | None:
         for word, flag in tokens:
             # Nouns, names, dates; adjectives and 和/与 only between them ("工业和信息化厅").
             joins = flag == "a" or (flag == "c" and word in _NOUN_JOINERS)
-            if not (flag.startswith(_NOUN_FLAGS) or joins or (flag == "x" and word.isalnum())):
+            if not (_noun_like(word, flag) or joins):
                 break
             position += len(word)
             if not joins:
@@ -290,7 +318,7 @@ def _subject_span(question: str) -> tuple[int, int] | None:
             return start, end
         position = 0
         for word, flag in tokens:
-            if flag in ("nr", "ns", "nt", "nz", "nrt", "eng", "j"):
+            if flag in _PROPER_FLAGS:
                 return position, position + len(word)
             position += len(word)
         return None
