@@ -232,6 +232,20 @@ class QAService:
         has_more = len(answer.hits) > end and end < max_k
         return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, **common)
 
+    def conversation_for(self, chat_id: int, user_id: int, replied_to: int | None = None) -> Hashable:
+        """The conversation a message continues: that of the bot answer it replies to (linked
+        by `answered_in`), else its sender's in this chat (a private chat: the user's)."""
+        if replied_to is not None:
+            key = self.conversations.conversation_of((chat_id, replied_to))
+            if key is not None:
+                return key
+        return (chat_id, user_id)
+
+    def answered_in(self, chat_id: int, message_id: int, conversation: Hashable) -> None:
+        """Record that the bot's message `message_id` answered in `conversation`, so a reply
+        to it continues that conversation."""
+        self.conversations.link((chat_id, message_id), conversation)
+
     # ---------- browsing ----------
     async def context(self, passage_id: int) -> list[PassageRow]:
         return await asyncio.to_thread(self.retriever.context, passage_id, 1, 1)

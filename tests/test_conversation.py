@@ -19,7 +19,9 @@ from fake_telegram import write_config
 from retrieval import Retriever
 from retrieval.conversation import ConversationStore, Limits, answer_conversations, answer_turns, rewrite
 from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot import render
 from telegram_bot.console import run_console
+from telegram_bot.pipeline import QAService
 
 QINGHAI = "青海省工信厅要求什么？"
 BINANCE = "币安怎么回应银行卡被冻结？"
@@ -220,6 +222,34 @@ def test_real_model_follow_ups_find_their_passages(real_config: Config) -> None:
         r.close()
     assert any("举报平台" in h.text for h in results[0][1][0].hits)
     assert any("碳中和" in h.text for h in results[1][1][0].hits)
+
+
+def test_service_keys_conversations_per_chat_user_and_replied_answer(built_hash_index: Config) -> None:
+    async def scenario() -> list[object]:
+        retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+        qa = QAService(retriever, built_hash_index)
+        try:
+            alice = qa.conversation_for(-100, 1)
+            first = await qa.ask(QINGHAI, "zh", conversation=alice)
+            qa.answered_in(-100, 501, alice)
+            follow = await qa.ask("内蒙古呢？", "zh", conversation=alice)
+            # Bob replies to the bot's answer to Alice: he continues her conversation.
+            bob_reply = await qa.ask("新疆呢？", "zh", conversation=qa.conversation_for(-100, 2, replied_to=501))
+            bob_alone = await qa.ask("新疆呢？", "zh", conversation=qa.conversation_for(-100, 2))
+            more = await qa.ask(follow.question, "zh", offset=3)
+            qa.conversations.clear(alice)  # /new
+            fresh = await qa.ask("内蒙古呢？", "zh", conversation=alice)
+            return [first, follow, bob_reply, bob_alone, more, fresh]
+        finally:
+            await qa.close()
+
+    first, follow, bob_reply, bob_alone, more, fresh = asyncio.run(scenario())
+    assert first.understood_as is None and first.question == QINGHAI
+    assert follow.understood_as == "内蒙古要求什么？" == follow.question  # "More" pages continue it
+    assert bob_reply.understood_as == "新疆要求什么？"
+    assert bob_alone.understood_as is None and fresh.understood_as is None
+    assert more.understood_as is None and more.offset == 3
+    assert "理解为：内蒙古要求什么？" in render.to_text(render.answer_doc(follow))
 
 
 # ---------------------------------------------------------------- CLI and console
