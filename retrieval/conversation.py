@@ -10,8 +10,9 @@ that stands on its own ranks exactly as if asked alone. How people write follow-
   "When did they…?" → the pronoun replaced by the previous topic (appended when there is none);
 - bare questions with no subject at all: "什么时候？", "谁说的？", "When?", "Who said that?" →
   asked together with the previous question;
-- a short question that alone finds no covered answer → tried with the previous topic, and
-  kept only if that finds one (`Rewritten.tentative`).
+- a short question naming nothing of its own that alone finds no covered answer ("第二条是什么？",
+  "Why so difficult?") → tried with the previous topic, kept only if that answer is covered
+  (`Rewritten.tentative`, `adopt`).
 
 `ConversationStore` keeps the recent resolved questions per caller-chosen key in memory.
 """
@@ -98,7 +99,7 @@ _EN_OPENERS = frozenset(
 )
 _NOUN_JOINERS = frozenset("和 与 與 及".split())
 _PROPER_FLAGS = frozenset(("nr", "ns", "nt", "nz", "nrt", "nrfg", "eng", "j"))
-_NOUN_FLAGS = ("n", "vn", "j", "eng", "m", "nz", "nt", "ns", "nr", "nrt", "nrfg")
+_NOUN_FLAGS = ("n", "vn", "j", "eng", "m")  # jieba tag prefixes: nouns and names (n*), numbers, dates
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,10 @@ def rewrite(
     first search) only for a question this returned unchanged, to try the "finds nothing"
     rule; cue-less questions otherwise never cost a second search.
     """
-    question = " ".join(question.split())
+    asked, question = question, " ".join(question.split())
     previous = [p for p in previous if p.strip()]
     if not previous or not question:
-        return Rewritten(question, False)
+        return Rewritten(asked, False)
     last = previous[-1]
     topic = _elliptical_topic(question, limits.topic_units)
     if topic is not None:
@@ -145,7 +146,7 @@ def rewrite(
         return Rewritten(_resolve_pronoun(previous, question), True, "pronoun")
     if alone_answered is False and units(question) <= limits.fallback_units and not _names_something(question):
         return Rewritten(_attach(previous, question), True, "not-covered", tentative=True)
-    return Rewritten(question, False)
+    return Rewritten(asked, False)
 
 
 def retry(
@@ -304,8 +305,7 @@ def _subject_span(question: str) -> tuple[int, int] | None:
     capitalised words ("Cai Kailong", "Inner Mongolia")."""
     if HAN.search(question):
         tokens = _tagged(question)
-        start = end = 0
-        position = 0
+        end = position = 0
         for word, flag in tokens:
             # Nouns, names, dates; adjectives and 和/与 only between them ("工业和信息化厅").
             joins = flag == "a" or (flag == "c" and word in _NOUN_JOINERS)
@@ -314,8 +314,8 @@ def _subject_span(question: str) -> tuple[int, int] | None:
             position += len(word)
             if not joins:
                 end = position
-        if end > start:
-            return start, end
+        if end:
+            return 0, end
         position = 0
         for word, flag in tokens:
             if flag in _PROPER_FLAGS:
