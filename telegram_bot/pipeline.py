@@ -203,9 +203,11 @@ class QAService:
         # (A question cut to max_question_chars stands on its own; `truncated` reports its length.)
         in_context = conversation is not None and not offset and not truncated
         previous = self.conversations.turns(conversation) if in_context else ()
-        searched = rewrite(previous, question)
+        # With context, the rule segments and tags words (jieba; its tagger loads on first use):
+        # off the event loop.
+        searched = await asyncio.to_thread(rewrite, previous, question) if previous else rewrite(previous, question)
         answer = await self._batcher.answer(searched.text, k)
-        second = retry(previous, question, searched, answer)
+        second = await asyncio.to_thread(retry, previous, question, searched, answer) if previous else None
         if second is not None:
             again = await self._batcher.answer(second.text, k)
             if adopt(again):
