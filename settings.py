@@ -107,6 +107,14 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ConversationConfig:
+    # Follow-up questions are read in the context of the chat's previous question for this
+    # long; the least recently used conversations beyond max_conversations are forgotten.
+    idle_minutes: float = 10.0
+    max_conversations: int = 10_000
+
+
+@dataclass(frozen=True)
 class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -114,6 +122,7 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
     path: Path | None = None
 
     @property
@@ -129,6 +138,7 @@ _SECTIONS = {
     "retrieval": RetrievalConfig,
     "telegram": TelegramConfig,
     "ingest": IngestConfig,
+    "conversation": ConversationConfig,
 }
 
 
@@ -183,6 +193,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("[index] hnsw_m must be at least 2 and hnsw_ef_search at least 1")
     if config.model.batch_size < 1:
         raise ConfigError("[model] batch_size must be at least 1")
+    if config.conversation.max_conversations < 1:
+        raise ConfigError("[conversation] max_conversations must be at least 1")
     if not config.model.name.strip():
         raise ConfigError("[model] name must not be empty")
     if not (config.ingest.timeout > 0 and config.ingest.download_seconds > 0 and config.ingest.max_bytes > 0):

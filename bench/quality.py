@@ -175,6 +175,11 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
             cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
             r.close()
         report["sets"]["cmrc-trial"] = cmrc_rows
+        import conversations  # bench/conversations.py: follow-ups in context vs alone (imports this module)
+
+        r = Retriever.open(seed_cfg.index.dir, seed_cfg)
+        report["conversations"] = conversations.run(r)
+        r.close()
     return report
 
 
@@ -186,6 +191,10 @@ def print_table(report: dict) -> None:
         print(f"{'mode':<10}" + "".join(f"{c:>18}" for c in cols))
         for mode, row in rows.items():
             print(f"{mode:<10}" + "".join(f"{row.get(c, float('nan')):>18.3f}" for c in cols))
+    if "conversations" in report:
+        import conversations
+
+        conversations.print_report(report["conversations"])
 
 
 def main() -> int:

@@ -2,8 +2,10 @@
 
 With a question argument: readable output (or `--json`). With none: batch mode, one
 question per stdin line and one JSON line per input line, the model loaded once; lines that
-are already waiting are answered together. User errors (missing index, broken config, model
-mismatch) are one line and exit 2.
+are already waiting are answered together. With `--conversation`, stdin holds conversations
+(a blank line starts the next one) and follow-up questions are answered as the question they
+continue (`retrieval.conversation`), each JSON line adding "understood_as". User errors
+(missing index, broken config, model mismatch) are one line and exit 2.
 """
 
 from __future__ import annotations
@@ -60,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=Path, help="index directory (default from config)")
     parser.add_argument("--config", type=Path, help="config file (default: config.toml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per question")
+    parser.add_argument(
+        "--conversation",
+        action="store_true",
+        help="stdin holds conversations, one question per line, a blank line between conversations: "
+        'follow-ups are answered in context, each JSON line adds "understood_as"',
+    )
     args = parser.parse_args(argv)
+    if args.conversation and args.question:
+        parser.error("--conversation reads its questions from stdin: give no question argument")
 
     from index.publish import IndexMissingError
     from retrieval.search import ModelMismatchError, Retriever
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 render(answer, Console())
             return 0
-        return _batch(retriever, args.k)
+        return _conversations(retriever, args.k) if args.conversation else _batch(retriever, args.k)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -108,6 +118,31 @@ def _batch(retriever, k: int | None) -> int:  # type: ignore[no-untyped-def]
         answers = retriever.answer_many(questions, k)
         sys.stdout.write("".join(json_line(answer.to_dict()) for answer in answers))
         sys.stdout.flush()
+    return 0
+
+
+def _conversations(retriever, k: int | None) -> int:  # type: ignore[no-untyped-def]
+    """`--conversation`: one JSON line per question, answered with its conversation's earlier
+    questions. The conversations of a stdin batch are answered together turn by turn
+    (`answer_conversations`); the last one continues into the next batch."""
+    from retrieval.conversation import MAX_TURNS, answer_conversations
+
+    previous: list[str] = []
+    for raw_lines in _stdin_batches(BATCH):
+        questions = [raw.decode("utf-8", errors="replace").rstrip("\r\n") for raw in raw_lines]
+        groups: list[list[str]] = [[]]  # questions per conversation; the first continues `previous`
+        for question in questions:
+            if question.strip():
+                groups[-1].append(question)
+            else:
+                groups.append([])
+        histories = [previous] + [[] for _ in groups[1:]]
+        results = answer_conversations(retriever.answer_many, list(zip(histories, groups, strict=True)), k)
+        for conversation in results:
+            for answer, rewritten in conversation:
+                sys.stdout.write(json_line(answer.to_dict() | {"understood_as": rewritten.text}))
+        sys.stdout.flush()
+        previous = [*histories[-1], *(rewritten.text for _, rewritten in results[-1])][-MAX_TURNS:]
     return 0
 
 

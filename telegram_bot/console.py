@@ -3,7 +3,9 @@
 Questions come from stdin one per line, interactively or piped; every reply goes through
 the same `QAService.ask` → `render.answer_doc` path as a Telegram message and is printed
 with `render.to_text`. The buttons become commands: /more, /context, /source; plus /help,
-/sources and /about. EOF (Ctrl-D), /quit, SIGINT or SIGTERM end it cleanly.
+/sources and /about. The console is one conversation: follow-up questions are read in its
+context (shown as "Understood as: …"), and /new starts a fresh one. EOF (Ctrl-D), /quit,
+SIGINT or SIGTERM end it cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from settings import Config
 from telegram_bot import app_version, render
 from telegram_bot.i18n import DEFAULT_LANG, detect_lang, normalise_lang
 from telegram_bot.pipeline import Kind, QAService, Reply
+
+CONVERSATION = "console"  # the console's one conversation key
 
 
 @dataclass
@@ -80,6 +84,9 @@ async def respond(qa: QAService, line: str, session: _Session, lang_hint: str) -
         return render.sources_doc(lang_hint, await qa.library(), limit=10**9)
     if command == "/about":
         return render.about_doc(lang_hint, await qa.library(), app_version())
+    if command == "/new":
+        qa.conversations.clear(CONVERSATION)
+        return render.text_doc(lang_hint, "new_conversation")
     last = session.last
     if command in ("/more", "/context", "/source"):
         if last is None or not last.hits:
@@ -96,7 +103,7 @@ async def respond(qa: QAService, line: str, session: _Session, lang_hint: str) -
         return render.source_doc(last.lang, row) if row is not None else render.text_doc(last.lang, "no_more")
     if command == "/ask":
         text = text[4:].strip()
-    reply = await qa.ask(text, detect_lang(text, lang_hint))
+    reply = await qa.ask(text, detect_lang(text, lang_hint), conversation=CONVERSATION)
     session.last = reply
     return render.answer_doc(reply)
 

@@ -78,6 +78,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_weak": "Weak match",
         "inline_help": "How to ask",
         "inline_nothing": "Nothing found",
+        "understood_as": "Understood as: {question}",
+        "new_conversation": "New conversation: the next question is read on its own.",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -138,6 +140,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_weak": "弱匹配",
         "inline_help": "如何提问",
         "inline_nothing": "没有找到",
+        "understood_as": "理解为：{question}",
+        "new_conversation": "已开始新的对话：下一个问题将单独理解。",
     },
 }
 

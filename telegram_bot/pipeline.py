@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from index.build import BuildReport, build_index
 from index.publish import current_version
 from retrieval import Answer, Hit, PassageRow, Retriever
+from retrieval.conversation import ConversationStore, adopt, retry, rewrite
 from settings import Config
 from telegram_bot.i18n import is_chitchat
 
@@ -35,7 +36,12 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class Reply:
-    """What to tell the user; rendering decides only how it looks."""
+    """What to tell the user; rendering decides only how it looks.
+
+    `question` is the question as searched, so "More" pages of a follow-up continue it;
+    `understood_as` is that question when it was read in the conversation's context (shown,
+    so the user can correct it), else None.
+    """
 
     kind: Kind
     lang: str
@@ -45,6 +51,7 @@ class Reply:
     has_more: bool = False
     truncated: bool = False
     version: str = ""
+    understood_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,10 @@ class QAService:
         self.config = config
         self.page_size = max(1, config.telegram.max_passages)
         self._batcher = AnswerBatcher(retriever.answer_many)
+        self.conversations = ConversationStore(
+            idle_seconds=config.conversation.idle_minutes * 60,
+            max_conversations=config.conversation.max_conversations,
+        )
         self._library: Library | None = None
         self._refresh_lock = asyncio.Lock()
 
@@ -172,8 +183,13 @@ class QAService:
         return version_tag(self.retriever.version)
 
     # ---------- questions ----------
-    async def ask(self, text: str, lang: str, offset: int = 0) -> Reply:
-        """Answer one question; `offset` > 0 is the "More" page starting at that rank."""
+    async def ask(self, text: str, lang: str, offset: int = 0, *, conversation: Hashable | None = None) -> Reply:
+        """Answer one question; `offset` > 0 is the "More" page starting at that rank.
+
+        With a `conversation` key (the caller's: e.g. (chat, user)), a follow-up is answered as
+        the question it continues (`retrieval.conversation`) and the question is recorded as
+        that conversation's latest; "More" pages (offset > 0) never touch the conversation.
+        """
         question = " ".join(text.split())
         limit = self.config.telegram.max_question_chars
         truncated = limit > 0 and len(question) > limit
@@ -184,8 +200,27 @@ class QAService:
         max_k = self.config.retrieval.max_k
         offset = max(0, min(offset, max_k))
         k = min(offset + self.page_size + 1, max_k)  # one extra tells whether "More" has anything
-        answer = await self._batcher.answer(question, k)
-        common = {"lang": lang, "question": question, "truncated": truncated, "version": answer.version}
+        # (A question cut to max_question_chars stands on its own; `truncated` reports its length.)
+        in_context = conversation is not None and not offset and not truncated
+        previous = self.conversations.turns(conversation) if in_context else ()
+        # With context, the rule segments and tags words (jieba; its tagger loads on first use):
+        # off the event loop.
+        searched = await asyncio.to_thread(rewrite, previous, question) if previous else rewrite(previous, question)
+        answer = await self._batcher.answer(searched.text, k)
+        second = await asyncio.to_thread(retry, previous, question, searched, answer) if previous else None
+        if second is not None:
+            again = await self._batcher.answer(second.text, k)
+            if adopt(again):
+                searched, answer = second, again
+        if conversation is not None and not offset:
+            self.conversations.add(conversation, searched.text)
+        common = {
+            "lang": lang,
+            "question": searched.text,
+            "truncated": truncated,
+            "version": answer.version,
+            "understood_as": searched.text if searched.used_context else None,
+        }
         if not answer.hits:
             return Reply(Kind.NOTHING, **common)
         if not answer.answered:
@@ -198,6 +233,20 @@ class QAService:
         end = offset + len(page)
         has_more = len(answer.hits) > end and end < max_k
         return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, **common)
+
+    def conversation_for(self, chat_id: int, user_id: int, replied_to: int | None = None) -> Hashable:
+        """The conversation a message continues: that of the bot answer it replies to (linked
+        by `answered_in`), else its sender's in this chat (a private chat: the user's)."""
+        if replied_to is not None:
+            key = self.conversations.conversation_of((chat_id, replied_to))
+            if key is not None:
+                return key
+        return (chat_id, user_id)
+
+    def answered_in(self, chat_id: int, message_id: int, conversation: Hashable) -> None:
+        """Record that the bot's message `message_id` answered in `conversation`, so a reply
+        to it continues that conversation."""
+        self.conversations.link((chat_id, message_id), conversation)
 
     # ---------- browsing ----------
     async def context(self, passage_id: int) -> list[PassageRow]:

@@ -386,6 +386,8 @@ def answer_doc(reply: Reply) -> Doc:
     """The message for a `Reply` (answers, weak matches, help, no-answer texts)."""
     lang = reply.lang
     blocks: list[Block] = []
+    if reply.understood_as and reply.kind is not Kind.HELP:
+        blocks.append(Line.of(t(lang, "understood_as", question=reply.understood_as)))
     if reply.kind is Kind.HELP:
         blocks.append(Line.of(t(lang, "help_short", examples=_examples(lang))))
     elif reply.kind is Kind.NOTHING:
