@@ -27,7 +27,7 @@ from telegram.request import BaseRequest
 
 from settings import Config
 from telegram_bot.components.callbacks import on_button
-from telegram_bot.components.commands import cmd_about, cmd_help, cmd_reload, cmd_sources
+from telegram_bot.components.commands import cmd_about, cmd_help, cmd_new, cmd_reload, cmd_sources
 from telegram_bot.components.errors import on_error
 from telegram_bot.components.ingest import cmd_add
 from telegram_bot.components.inline import on_inline
@@ -42,12 +42,14 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY]
 COMMANDS = {
     "en": [
         ("ask", "Ask a question (in groups)"),
+        ("new", "Start a new conversation"),
         ("help", "How to ask, example questions"),
         ("sources", "The indexed articles"),
         ("about", "Index version and model"),
     ],
     "zh": [
         ("ask", "提问（群组中使用）"),
+        ("new", "开始新的对话"),
         ("help", "使用说明和示例问题"),
         ("sources", "已收录的文章"),
         ("about", "索引版本和模型"),
@@ -122,6 +124,7 @@ def build_application(
     application.add_handler(CommandHandler("sources", cmd_sources, filters=message))
     application.add_handler(CommandHandler("about", cmd_about, filters=message))
     application.add_handler(CommandHandler("reload", cmd_reload, filters=message))
+    application.add_handler(CommandHandler("new", cmd_new, filters=message))
     application.add_handler(CommandHandler("add", cmd_add, filters=message))
     add_caption = filters.CaptionRegex(r"^/add(@\w+)?(\s|$)")
     application.add_handler(MessageHandler(message & filters.Document.ALL & add_caption, cmd_add))

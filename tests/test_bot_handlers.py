@@ -766,3 +766,59 @@ def test_inline_html_rejected_by_telegram_is_resent_as_plain_text(make_config: C
         content = plain_result["input_message_content"]
         assert "parse_mode" not in content and "<" not in content["message_text"]
         assert content["message_text"] == parse_html(html_result["input_message_content"]["message_text"]).text
+
+
+# ---------------------------------------------------------------- conversations
+FIRST = "青海省工信厅要求什么？"
+FOLLOW_UP = "内蒙古呢？"
+
+
+def test_a_follow_up_in_a_private_chat_is_read_in_context_and_says_how(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        await bot.feed(p.message(FIRST, chat_id=1201))
+        calls.extend(await bot.feed(p.message(FOLLOW_UP, chat_id=1201)))
+        calls.extend(await bot.feed(p.message("/new", chat_id=1201)))
+        calls.extend(await bot.feed(p.message(FOLLOW_UP, chat_id=1201)))
+
+    run_bot(make_config(), scenario)
+    follow_up, cleared, alone = (parse_html(c.params["text"]).text for c in sent(calls))
+    assert t("zh", "understood_as", question="") in follow_up and "内蒙古" in follow_up
+    assert "要求" in follow_up.split("\n")[0] or any(
+        "内蒙古" in line and "要求" in line for line in follow_up.split("\n")
+    )
+    assert cleared == t("zh", "new_conversation")
+    assert t("zh", "understood_as", question="") not in alone
+
+
+def test_a_question_that_stands_alone_is_answered_exactly_as_alone(make_config: Callable[..., Config]) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=1202)))
+        await bot.feed(p.message(FIRST, chat_id=1203))
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=1203)))
+
+    run_bot(make_config(), scenario)
+    alone, after_context = sent(calls)
+    assert after_context.params["text"] == alone.params["text"]
+
+
+def test_in_a_group_a_reply_to_an_answer_continues_that_answers_conversation(
+    make_config: Callable[..., Config],
+) -> None:
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        [answer] = sent(await bot.feed(p.mention(FIRST, chat_id=GROUP, user_id=81)))
+        ours = p.bot_message(answer.result["text"], chat_id=GROUP, message_id=answer.result["message_id"])
+        # Another member replies to the bot's answer: the conversation it belongs to goes on.
+        calls.extend(await bot.feed(p.message(FOLLOW_UP, chat_id=GROUP, user_id=82, reply_to=ours)))
+        # A third member asks the same words fresh (a mention, no reply): no context of theirs.
+        calls.extend(await bot.feed(p.mention(FOLLOW_UP, chat_id=GROUP, user_id=83)))
+
+    run_bot(make_config(), scenario)
+    continued, fresh = (parse_html(c.params["text"]).text for c in sent(calls))
+    assert t("zh", "understood_as", question="") in continued
+    assert t("zh", "understood_as", question="") not in fresh

@@ -62,3 +62,14 @@ async def cmd_reload(update: Update, context: BotContext) -> None:
         doc = render.text_doc(lang, "reload_done" if changed else "reload_same", version=st.qa.version)
         log.info("reload by user=%s: %s", user_id, "switched" if changed else "unchanged")
     await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
+
+
+async def cmd_new(update: Update, context: BotContext) -> None:
+    """/new: forget this user's conversation here, so the next question is read on its own."""
+    chat = update.effective_chat
+    user = update.effective_user
+    if chat is None:
+        return
+    context.state.qa.conversations.clear((chat.id, user.id if user else chat.id))
+    doc = render.text_doc(client_lang(update), "new_conversation")
+    await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))

@@ -25,19 +25,28 @@ async def answer_question(update: Update, context: BotContext, text: str) -> Non
         return
     st = context.state
     user = update.effective_user
+    message = update.effective_message
     lang = detect_lang(text, user.language_code if user else None)
-    reply = await st.qa.ask(text, lang)
+    # A reply to one of the bot's answers continues that answer's conversation (in a group,
+    # whoever replies); otherwise the sender's own conversation in this chat.
+    replied = message.reply_to_message if message is not None else None
+    conversation = st.qa.conversation_for(
+        chat.id, user.id if user else chat.id, replied_to=replied.message_id if replied is not None else None
+    )
+    reply = await st.qa.ask(text, lang, conversation=conversation)
     token = await asyncio.to_thread(st.questions.put, reply.question, lang) if reply.has_more else None
     markup = keyboard(reply, version_tag(reply.version), token)
-    await send_doc(context.bot, chat.id, render.answer_doc(reply), markup=markup, reply_to=reply_to(update))
+    sent = await send_doc(context.bot, chat.id, render.answer_doc(reply), markup=markup, reply_to=reply_to(update))
+    st.qa.answered_in(chat.id, sent.message_id, conversation)
     log.info(
-        "answered chat=%s user=%s kind=%s passages=%d chars=%d lang=%s",
+        "answered chat=%s user=%s kind=%s passages=%d chars=%d lang=%s context=%s",
         chat.id,
         user.id if user else None,
         reply.kind.value,
         len(reply.hits),
         len(text),
         lang,
+        reply.understood_as is not None,
     )
     log.debug("question chat=%s text=%r", chat.id, text)
 
