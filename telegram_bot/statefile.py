@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import sqlite_utils
 
@@ -67,8 +67,8 @@ class StateStore:
         self._purge()
 
     @classmethod
-    def beside_index(cls, index_dir: Path, **options: object) -> Self:
-        return cls(Path(index_dir) / FILE_NAME, **options)  # type: ignore[arg-type]
+    def beside_index(cls, index_dir: Path, **options: Any) -> Self:
+        return cls(Path(index_dir) / FILE_NAME, **options)
 
     def _open_file(self, path: Path) -> sqlite3.Connection | None:
         try:
