@@ -31,7 +31,6 @@ from telegram_bot.components.commands import cmd_about, cmd_help, cmd_reload, cm
 from telegram_bot.components.errors import on_error
 from telegram_bot.components.inline import on_inline
 from telegram_bot.components.questions import cmd_ask, on_group_text, on_private_text
-from telegram_bot.components.stats import cmd_stats
 from telegram_bot.gate import admit
 from telegram_bot.ratelimit import RetryingRateLimiter
 from telegram_bot.state import CONTEXT_TYPES, STATE_KEY, BotState
@@ -119,7 +118,6 @@ def build_application(
     application.add_handler(CommandHandler("sources", cmd_sources, filters=message))
     application.add_handler(CommandHandler("about", cmd_about, filters=message))
     application.add_handler(CommandHandler("reload", cmd_reload, filters=message))
-    application.add_handler(CommandHandler("stats", cmd_stats, filters=message))
     text = message & filters.TEXT & ~filters.COMMAND
     application.add_handler(MessageHandler(text & filters.ChatType.PRIVATE, on_private_text))
     application.add_handler(MessageHandler(text & filters.ChatType.GROUPS, on_group_text))

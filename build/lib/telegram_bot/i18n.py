@@ -61,17 +61,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_weak": "Weak match",
         "inline_help": "How to ask",
         "inline_nothing": "Nothing found",
-        "vote_thanks": "Thanks for the feedback!",
-        "stats_header": "Statistics, last {days} days (UTC)",
-        "stats_per_day": "Questions per day:",
-        "stats_none": "No questions in this period.",
-        "stats_answered": "Answered: {answered} of {questions} ({answered_share}) · not covered: {not_covered} "
-        "({not_covered_share})",
-        "stats_votes": "Votes: 👍 {up} · 👎 {down}",
-        "stats_latency": "Time to answer: p50 {p50} ms · p95 {p95} ms",
-        "stats_top": "Most frequent questions not covered or with 👎:",
-        "stats_top_item": "{rank}. {question} — {times}× (not covered {not_covered}, 👎 {down})",
-        "stats_private": "Statistics show other people's questions: send /stats in a private chat with me.",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -116,18 +105,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_weak": "弱匹配",
         "inline_help": "如何提问",
         "inline_nothing": "没有找到",
-        "vote_thanks": "谢谢反馈！",
-        "stats_header": "统计：最近 {days} 天（UTC）",
-        "stats_per_day": "每日提问：",
-        "stats_none": "这段时间没有提问。",
-        "stats_answered": (
-            "已回答：{answered}/{questions}（{answered_share}）· 未涉及：{not_covered}（{not_covered_share}）"
-        ),
-        "stats_votes": "评价：👍 {up} · 👎 {down}",
-        "stats_latency": "回答用时：p50 {p50} 毫秒 · p95 {p95} 毫秒",
-        "stats_top": "最常见的未涉及或被 👎 的问题：",
-        "stats_top_item": "{rank}. {question} — {times} 次（未涉及 {not_covered}，👎 {down}）",
-        "stats_private": "统计包含其他用户的问题：请在与我的私聊中发送 /stats。",
     },
 }
 
