@@ -3,6 +3,7 @@
     TELEGRAM_BOT_TOKEN=123:abc python bot.py     # Telegram, long polling
     python bot.py --console                      # same answers in the terminal (stdin)
     python bot.py --config other.toml --debug
+    python bot.py stats [--export FILE.jsonl]    # what /stats shows; export questions to curate
 
 The token is read from the environment only and redacted from every log line. When no
 index is published yet it is built from the configured corpus first. User errors (bad
@@ -83,6 +84,40 @@ def _run_console(config: Config) -> int:
         return 0
 
 
+def _run_stats(config: Config, export: Path | None) -> int:
+    """Print the /stats figures, or export the not-covered and 👎 questions, from the state
+    file beside the configured index (never created or changed here, beyond retention)."""
+    import sqlite3
+    import time
+
+    from telegram_bot import render
+    from telegram_bot.console import locale_lang
+    from telegram_bot.feedback import AnswerLog
+    from telegram_bot.statefile import StateFileError
+
+    days = config.telegram.question_retention_days
+    try:
+        answers = AnswerLog.beside_index(config.index.dir, retention_days=days, existing=True)
+    except StateFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if export is None:
+            print(render.to_text(render.stats_doc(locale_lang(), answers.stats(time.time()))))
+        else:
+            count = answers.export(export)
+            print(f"wrote {count} not-covered or 👎 question(s) to {export}")
+    except OSError as exc:
+        print(f"error: cannot write {export}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"error: cannot read {answers.path}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        answers.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bot.py",
@@ -92,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console", action="store_true", help="chat in the terminal instead of Telegram")
     parser.add_argument("--config", type=Path, help="config file (default: config.toml)")
     parser.add_argument("--debug", action="store_true", help="debug logging (includes message texts)")
+    commands = parser.add_subparsers(dest="command", metavar="{stats}")
+    stats = commands.add_parser(
+        "stats", help="questions, answered share, votes, time to answer (as /stats); --export for curation"
+    )
+    # SUPPRESS: `bot.py --config X stats` keeps X instead of the subcommand's default.
+    stats.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file (default: config.toml)")
+    stats.add_argument(
+        "--export", type=Path, metavar="FILE.jsonl", help="write the not-covered and 👎 questions as JSON lines"
+    )
     args = parser.parse_args(argv)
     # Opt in to PTB's future timedelta `retry_after`: no deprecation warning on every 429.
     os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -107,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(debug=args.debug, secrets=[token])
     signal.signal(signal.SIGTERM, _interrupt)
     console = args.console or not token
-    if console and not args.console:
+    if console and not args.console and args.command is None:
         log.info("TELEGRAM_BOT_TOKEN is not set: answering on the console (stdin) instead of Telegram")
 
     from index.build import BuildError
@@ -115,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     from telegram_bot.pipeline import ensure_index
 
     try:
+        if args.command == "stats":
+            return _run_stats(config, args.export)
         ensure_index(config, progress=_progress())
         return _run_console(config) if console else _run_bot(config, token)
     except (BuildError, BuildLockedError) as exc:

@@ -88,7 +88,8 @@ class TelegramConfig:
     # so what the gate admits never queues inside the rate limiter.
     group_rate: int = 20
     group_window: float = 60.0
-    # Days the questions behind "More" buttons are kept in bot-state.sqlite (0 = memory only).
+    # Days the questions behind "More" buttons and the answer log with its votes are kept in
+    # bot-state.sqlite (0 = memory only).
     question_retention_days: float = 7.0
 
 

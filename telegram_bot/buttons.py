@@ -5,13 +5,15 @@ Callback data is compact text well under Telegram's 64-byte limit::
     m:<vtag>:<token>:<offset>   More: the next page of the question stored under <token>
     c:<vtag>:<passage id>:<l>   Context: the passages around it (l = z|e, the reply's language)
     s:<vtag>:<passage id>:<l>   Source: the article it comes from
+    v:<answer id>:<key>:<u|d>:<l>   👍 / 👎: a vote on the answer logged under <answer id>
 
 `vtag` names the index version the ids belong to: passage ids are only meaningful within
 one version, so a button from before a rebuild is answered politely instead of showing
 the wrong paragraph. Anything that does not parse (an old bot's buttons, forged data) is
 treated the same way. The question text is too long for callback data, so "More" refers
 to a `QuestionStore` token: a bounded SQLite table beside the index, so the buttons still
-work after the bot restarts.
+work after the bot restarts. Votes name an `AnswerLog` row, which outlives index versions;
+its random `key` makes a vote on someone else's answer id unforgeable.
 """
 
 from __future__ import annotations
@@ -20,25 +22,26 @@ import logging
 import re
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from telegram_bot.i18n import t
 from telegram_bot.pipeline import Kind, Reply
+from telegram_bot.statefile import StateStore
 
 log = logging.getLogger(__name__)
 
-MORE, CONTEXT, SOURCE = "m", "c", "s"
+MORE, CONTEXT, SOURCE, VOTE = "m", "c", "s", "v"
 MAX_CALLBACK_BYTES = 64
+UP, DOWN = "👍", "👎"
 
 _MORE_RE = re.compile(r"m:([0-9a-f]{8}):([A-Za-z0-9_-]{1,16}):(\d{1,4})")
 _ROW_RE = re.compile(r"([cs]):([0-9a-f]{8}):(\d{1,19}):([ze])")
+_VOTE_RE = re.compile(r"v:(\d{1,19}):([A-Za-z0-9_-]{1,16}):([ud]):([ze])")
 _LANG_CODES = {"zh": "z", "en": "e"}
 _CODE_LANGS = {v: k for k, v in _LANG_CODES.items()}
 
@@ -46,15 +49,19 @@ _CODE_LANGS = {v: k for k, v in _LANG_CODES.items()}
 @dataclass(frozen=True)
 class ButtonData:
     action: str
-    vtag: str
+    vtag: str = ""
     passage_id: int = 0
-    token: str = ""
+    token: str = ""  # More: the stored question's token; votes: the answer's key
     offset: int = 0
     lang: str = "en"
+    answer_id: int = 0
+    up: bool = False
 
     def encode(self) -> str:
         if self.action == MORE:
             data = f"{MORE}:{self.vtag}:{self.token}:{self.offset}"
+        elif self.action == VOTE:
+            data = f"{VOTE}:{self.answer_id}:{self.token}:{'u' if self.up else 'd'}:{_LANG_CODES.get(self.lang, 'e')}"
         else:
             data = f"{self.action}:{self.vtag}:{self.passage_id}:{_LANG_CODES.get(self.lang, 'e')}"
         if len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
@@ -70,21 +77,19 @@ def decode(data: object) -> ButtonData | None:
         return ButtonData(MORE, match[1], token=match[2], offset=int(match[3]))
     if match := _ROW_RE.fullmatch(data):
         return ButtonData(match[1], match[2], passage_id=int(match[3]), lang=_CODE_LANGS[match[4]])
+    if match := _VOTE_RE.fullmatch(data):
+        return ButtonData(VOTE, answer_id=int(match[1]), token=match[2], up=match[3] == "u", lang=_CODE_LANGS[match[4]])
     return None
 
 
-class QuestionStore:
-    """Questions behind "More" buttons by short random token, in SQLite (sqlite-utils).
+class QuestionStore(StateStore):
+    """Questions behind "More" buttons by short random token, in the state file.
 
-    Kept in a file beside the index so the buttons outlive a restart, but only as long as the
-    buttons need them: questions older than `retention_days` are deleted (0 = memory only, never
-    on disk), and at most `size` are kept. Its methods block (SQLite): the bot calls them
-    through `asyncio.to_thread`. A file that is genuinely corrupt is moved aside (`.broken`)
-    and recreated; a file that is only unusable now (locked, read-only, disk full) is left
-    alone and the questions are kept in memory until a restart.
+    Kept beside the index so the buttons outlive a restart, but only as long as the buttons
+    need them: `retention_days` (see `telegram_bot.statefile`), and at most `size` questions.
     """
 
-    FILE_NAME = "bot-state.sqlite"
+    WHAT = "More-button questions"
 
     def __init__(
         self,
@@ -96,64 +101,18 @@ class QuestionStore:
         busy_timeout: float = 5.0,
     ) -> None:
         self.size = size
-        self.busy_timeout = busy_timeout
-        # In memory (retention 0) questions live until a restart, bounded by `size` alone.
-        self.retention = retention_days * 86_400 if retention_days > 0 else float("inf")
-        self.path: Path | None = None
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._puts = 0
-        connection = None
-        if path is not None and retention_days > 0:
-            connection = self._open_file(path)
-        self._db = sqlite_utils.Database(connection or self._connect(":memory:"))
-        self._purge()
+        self.purge_every = 1 if size < 256 else 256
+        super().__init__(path, retention_days=retention_days, clock=clock, busy_timeout=busy_timeout)
 
-    def _open_file(self, path: Path) -> sqlite3.Connection | None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                connection = self._connect(str(path))
-            except sqlite3.DatabaseError as exc:
-                if not _is_corrupt(exc):
-                    raise
-                # Damaged or foreign: set it aside and start afresh; losing old buttons is
-                # better than losing them all until someone notices.
-                aside = path.with_name(path.name + ".broken")
-                path.replace(aside)
-                log.warning("%s was not a usable database (%s); moved to %s", path, exc, aside)
-                connection = self._connect(str(path))
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("keeping More-button questions in memory: cannot use %s (%s)", path, exc)
-            return None
-        self.path = path
-        return connection
-
-    def _connect(self, target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout)
-        try:
-            if target != ":memory:":
-                check = conn.execute("PRAGMA quick_check").fetchone()
-                if check is None or check[0] != "ok":
-                    raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # losing the last button on power loss is fine
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(questions)")}
-            if columns and "created" not in columns:  # from a version that kept questions forever
-                conn.execute("drop table questions")
-            conn.execute(
-                "create table if not exists questions "
-                "(seq integer primary key autoincrement, token text unique not null, question text not null, "
-                "lang text not null, created real not null)"
-            )
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
-
-    @classmethod
-    def beside_index(cls, index_dir: Path, size: int = 50_000, *, retention_days: float = 7.0) -> QuestionStore:
-        return cls(Path(index_dir) / cls.FILE_NAME, size, retention_days=retention_days)
+    def _create(self, conn: sqlite3.Connection) -> None:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(questions)")}
+        if columns and "created" not in columns:  # from a version that kept questions forever
+            conn.execute("drop table questions")
+        conn.execute(
+            "create table if not exists questions "
+            "(seq integer primary key autoincrement, token text unique not null, question text not null, "
+            "lang text not null, created real not null)"
+        )
 
     def put(self, question: str, lang: str) -> str:
         token = secrets.token_urlsafe(6)
@@ -161,12 +120,7 @@ class QuestionStore:
             try:
                 row = {"token": token, "question": question, "lang": lang, "created": self._clock()}
                 self._db["questions"].insert(row)
-                self._puts += 1
-                if self._puts % 256 == 0 or self.size < 256:
-                    self._db.execute(
-                        "delete from questions where seq <= (select max(seq) from questions) - ?", [self.size]
-                    )
-                    self._purge_locked()
+                self._wrote_locked()
             except sqlite3.Error as exc:  # a full disk must not cost the answer, only its button
                 log.warning("could not store a More-button question: %s", exc)
         return token
@@ -175,37 +129,23 @@ class QuestionStore:
         with self._lock:
             try:
                 row = self._db.execute(
-                    "select question, lang from questions where token = ? and created >= ?",
-                    [token, self._clock() - self.retention],
+                    "select question, lang from questions where token = ? and created >= ?", [token, self._cutoff()]
                 ).fetchone()
             except sqlite3.Error as exc:
                 log.warning("could not read a More-button question: %s", exc)
                 return None
         return (row[0], row[1]) if row else None
 
-    def _purge(self) -> None:
-        with self._lock:
-            try:
-                self._purge_locked()
-            except sqlite3.Error as exc:
-                log.warning("could not delete expired More-button questions: %s", exc)
-
     def _purge_locked(self) -> None:
-        self._db.execute("delete from questions where created < ?", [self._clock() - self.retention])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.execute("delete from questions where seq <= (select max(seq) from questions) - ?", [self.size])
+        self._db.execute("delete from questions where created < ?", [self._cutoff()])
 
 
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    """Genuine corruption, as opposed to a file that is locked, read-only or on a full disk."""
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text or "corrupt" in text
-
-
-def keyboard(reply: Reply, vtag: str, token: str | None) -> InlineKeyboardMarkup | None:
-    """More / Context / Source under an answer (none under help or no-answer texts)."""
+def keyboard(
+    reply: Reply, vtag: str, token: str | None, votes: Sequence[InlineKeyboardButton] = ()
+) -> InlineKeyboardMarkup | None:
+    """More / Context / Source under an answer, and the `votes` row below them (none under
+    help or no-answer texts)."""
     if reply.kind not in (Kind.ANSWER, Kind.WEAK) or not reply.hits:
         return None
     top = reply.hits[0].passage_id
@@ -224,4 +164,22 @@ def keyboard(reply: Reply, vtag: str, token: str | None) -> InlineKeyboardMarkup
             t(reply.lang, "btn_source"), callback_data=ButtonData(SOURCE, vtag, top, lang=reply.lang).encode()
         )
     )
-    return InlineKeyboardMarkup([row])
+    return InlineKeyboardMarkup([row, list(votes)] if votes else [row])
+
+
+def vote_buttons(answer_id: int, key: str, lang: str) -> list[InlineKeyboardButton]:
+    """👍 / 👎 for the answer logged under `answer_id`."""
+    data = {up: ButtonData(VOTE, answer_id=answer_id, token=key, up=up, lang=lang).encode() for up in (True, False)}
+    return [InlineKeyboardButton(UP, callback_data=data[True]), InlineKeyboardButton(DOWN, callback_data=data[False])]
+
+
+def votes_of(markup: InlineKeyboardMarkup | None) -> list[InlineKeyboardButton]:
+    """The vote buttons already under a message, so an edit ("More") keeps them."""
+    if markup is None:
+        return []
+    return [
+        button
+        for row in markup.inline_keyboard
+        for button in row
+        if (data := decode(button.callback_data)) is not None and data.action == VOTE
+    ]

@@ -33,7 +33,7 @@ class _Session:
     last: Reply | None = None
 
 
-def _locale_lang() -> str:
+def locale_lang() -> str:
     """The terminal user's language from the usual locale variables (zh_CN.UTF-8 → zh)."""
     for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
         value = os.environ.get(name)
@@ -124,7 +124,7 @@ async def run_console(config: Config, *, stdin: BinaryIO | None = None, stdout: 
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_read_lines, args=(stdin, loop, queue), daemon=True, name="stdin").start()
     session = _Session()
-    lang = _locale_lang()
+    lang = locale_lang()
     try:
         if interactive:
             print(render.to_text(render.answer_doc(Reply(Kind.HELP, lang)), ansi=ansi), file=stdout)

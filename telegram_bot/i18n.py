@@ -30,7 +30,7 @@ STRINGS: dict[str, dict[str, str]] = {
             "crypto mining, exchanges and OTC trading ({dates}).\n\n"
             "Ask a question in plain words and I reply with the passages that answer it, quoted "
             "in Chinese with the answering sentence in bold and a citation.\n\n"
-            "Follow-up questions (\"What about Inner Mongolia?\", \"When?\") continue the previous "
+            'Follow-up questions ("What about Inner Mongolia?", "When?") continue the previous '
             "question for a while; /new starts afresh.\n\n"
             "In groups: mention me, reply to one of my messages, or use /ask <question>. "
             "In any chat: type @{username} and a question.\n\n"
@@ -82,6 +82,17 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_nothing": "Nothing found",
         "understood_as": "Understood as: {question}",
         "new_conversation": "New conversation: the next question is read on its own.",
+        "vote_thanks": "Thanks for the feedback!",
+        "stats_header": "Statistics, last {days} days (UTC)",
+        "stats_per_day": "Questions per day:",
+        "stats_none": "No questions in this period.",
+        "stats_answered": "Answered: {answered} of {questions} ({answered_share}) · not covered: {not_covered} "
+        "({not_covered_share})",
+        "stats_votes": "Votes: 👍 {up} · 👎 {down}",
+        "stats_latency": "Time to answer: p50 {p50} ms · p95 {p95} ms",
+        "stats_top": "Most frequent questions not covered or with 👎:",
+        "stats_top_item": "{rank}. {question} — {times}× (not covered {not_covered}, 👎 {down})",
+        "stats_private": "Statistics show other people's questions: send /stats in a private chat with me.",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -145,6 +156,18 @@ STRINGS: dict[str, dict[str, str]] = {
         "inline_nothing": "没有找到",
         "understood_as": "理解为：{question}",
         "new_conversation": "已开始新的对话：下一个问题将单独理解。",
+        "vote_thanks": "谢谢反馈！",
+        "stats_header": "统计：最近 {days} 天（UTC）",
+        "stats_per_day": "每日提问：",
+        "stats_none": "这段时间没有提问。",
+        "stats_answered": (
+            "已回答：{answered}/{questions}（{answered_share}）· 未涉及：{not_covered}（{not_covered_share}）"
+        ),
+        "stats_votes": "评价：👍 {up} · 👎 {down}",
+        "stats_latency": "回答用时：p50 {p50} 毫秒 · p95 {p95} 毫秒",
+        "stats_top": "最常见的未涉及或被 👎 的问题：",
+        "stats_top_item": "{rank}. {question} — {times} 次（未涉及 {not_covered}，👎 {down}）",
+        "stats_private": "统计包含其他用户的问题：请在与我的私聊中发送 /stats。",
     },
 }
 

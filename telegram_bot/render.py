@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
 from retrieval import format_citation
+from telegram_bot.feedback import Stats
 from telegram_bot.i18n import EXAMPLES, t
 from telegram_bot.pipeline import Kind, Library, Reply
 
@@ -521,6 +522,47 @@ def source_doc(lang: str, row: Any) -> Doc:
     url = safe_url(row.url)
     link = Line((Span(clip(url, 300), url=url),)) if url else Line.of(t(lang, "no_link"))
     return (Line.of(t(lang, "source_header"), bold=True), Line.of(title, bold=True), Line.of(meta), link)
+
+
+def stats_doc(lang: str, stats: Stats) -> Doc:
+    """/stats and `bot.py stats`: questions per day (with a bar), answered share, votes,
+    time to answer, and the questions to curate articles for."""
+    blocks: list[Block] = [Line.of(t(lang, "stats_header", days=len(stats.days)), bold=True)]
+    if not stats.questions:
+        return (*blocks, Line.of(t(lang, "stats_none")))
+    busiest = max(n for _, n in stats.days)
+    blocks.append(Line.of(t(lang, "stats_per_day")))
+    blocks.extend(Line.of(f"{day}  {n:>4}  {'▇' * -(-12 * n // busiest)}".rstrip()) for day, n in stats.days)
+    blocks.append(
+        Line.of(
+            t(
+                lang,
+                "stats_answered",
+                answered=stats.answered,
+                questions=stats.questions,
+                answered_share=f"{stats.answered / stats.questions:.0%}",
+                not_covered=stats.not_covered,
+                not_covered_share=f"{stats.not_covered / stats.questions:.0%}",
+            )
+        )
+    )
+    blocks.append(Line.of(t(lang, "stats_votes", up=stats.up, down=stats.down)))
+    p50, p95 = (f"{ms:.0f}" if ms is not None else "–" for ms in (stats.p50_ms, stats.p95_ms))
+    blocks.append(Line.of(t(lang, "stats_latency", p50=p50, p95=p95)))
+    if stats.top:
+        blocks.append(Line.of(t(lang, "stats_top"), bold=True))
+        for rank, item in enumerate(stats.top, 1):
+            text = t(
+                lang,
+                "stats_top_item",
+                rank=rank,
+                question=clip(item.question, 120),
+                times=item.times,
+                not_covered=item.not_covered,
+                down=item.down,
+            )
+            blocks.append(Line.of(text))
+    return tuple(blocks)
 
 
 def text_doc(lang: str, key: str, **values: object) -> Doc:

@@ -12,6 +12,7 @@ from telegram.ext import CallbackContext, ContextTypes, ExtBot
 
 from settings import Config
 from telegram_bot.buttons import QuestionStore
+from telegram_bot.feedback import AnswerLog
 from telegram_bot.gate import Gate
 from telegram_bot.pipeline import QAService
 from telegram_bot.watcher import watch_index
@@ -31,6 +32,7 @@ class BotState:
         self.adding = asyncio.Lock()  # one /add at a time; the others wait their turn
         self._qa: QAService | None = None
         self._questions: QuestionStore | None = None
+        self._answers: AnswerLog | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -45,12 +47,22 @@ class BotState:
             raise RuntimeError("the question store is not open")
         return self._questions
 
+    @property
+    def answers(self) -> AnswerLog:
+        if self._answers is None:
+            raise RuntimeError("the answer log is not open")
+        return self._answers
+
     async def open(self) -> None:
-        """Load the index and model, open the question store, start watching for new versions."""
+        """Load the index and model, open the question store and the answer log, start
+        watching for new versions."""
         self._qa = await QAService.open(self.config, warm_up=self.warm_up)
         tg = self.config.telegram
         self._questions = await asyncio.to_thread(
             QuestionStore.beside_index, self.config.index.dir, retention_days=tg.question_retention_days
+        )
+        self._answers = await asyncio.to_thread(
+            AnswerLog.beside_index, self.config.index.dir, retention_days=tg.question_retention_days
         )
         self._watcher = asyncio.create_task(watch_index(self._qa, tg.reload_seconds))
 
@@ -66,6 +78,9 @@ class BotState:
         if self._questions is not None:
             await asyncio.to_thread(self._questions.close)
             self._questions = None
+        if self._answers is not None:
+            await asyncio.to_thread(self._answers.close)
+            self._answers = None
 
 
 class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):

@@ -111,7 +111,7 @@ def test_private_chinese_question_gets_quoted_cited_answer_with_buttons(
     assert "《区块链日报》2021-06-10" in text and "¶28" in text
     assert "reply_parameters" not in answer.params  # private chats: no quoting
     labels = [b["text"] for b in buttons(answer)]
-    assert labels == ["更多", "上下文", "来源"]
+    assert labels == ["更多", "上下文", "来源", "👍", "👎"]
     assert all(len(b["callback_data"].encode()) <= 64 for b in buttons(answer))
 
 
@@ -152,7 +152,7 @@ def test_unanswered_question_says_so_and_shows_one_weak_match(make_config: Calla
     assert text.startswith("这些文章没有涉及这个问题。")
     assert "弱匹配" in text
     assert answer.params["text"].count("<blockquote>") == 1
-    assert [b["text"] for b in buttons(answer)] == ["上下文", "来源"]  # no "More" under a weak match
+    assert [b["text"] for b in buttons(answer)] == ["上下文", "来源", "👍", "👎"]  # no "More" under a weak match
 
 
 @pytest.mark.parametrize("greeting", ["你好", "hi", "Thanks!", "👍", "hello bot", "谢谢啊"])

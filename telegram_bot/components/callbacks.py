@@ -1,16 +1,16 @@
-"""More / Context / Source buttons. Old, stale or forged buttons get a polite popup; every
-press is answered so the client's spinner stops."""
+"""More / Context / Source and 👍 / 👎 buttons. Old, stale or forged buttons get a polite
+popup; every press is answered so the client's spinner stops."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from telegram import CallbackQuery, Update
+from telegram import CallbackQuery, Message, Update
 from telegram.error import BadRequest
 
 from telegram_bot import render
-from telegram_bot.buttons import CONTEXT, MORE, ButtonData, decode, keyboard
+from telegram_bot.buttons import CONTEXT, MORE, VOTE, ButtonData, decode, keyboard, votes_of
 from telegram_bot.i18n import DEFAULT_LANG, normalise_lang, t
 from telegram_bot.pipeline import Kind, version_tag
 from telegram_bot.sending import send_doc
@@ -31,6 +31,9 @@ async def on_button(update: Update, context: BotContext) -> None:
         return
     if data.action == MORE:
         await _more(press, context, data, client)
+        return
+    if data.action == VOTE:
+        await _vote(press, context, data)
         return
     qa = context.state.qa
     if data.vtag != qa.version_tag:
@@ -70,9 +73,10 @@ async def _more(press: CallbackQuery, context: BotContext, data: ButtonData, cli
         await press.answer(t(lang, "no_more"))
         return
     await press.answer()
-    markup = keyboard(reply, version_tag(reply.version), data.token)
-    doc = render.answer_doc(reply)
     message = press.message
+    votes = votes_of(message.reply_markup) if isinstance(message, Message) else []  # votes stay on the question
+    markup = keyboard(reply, version_tag(reply.version), data.token, votes)
+    doc = render.answer_doc(reply)
     try:
         if press.inline_message_id:
             await context.bot.edit_message_text(
@@ -89,3 +93,15 @@ async def _more(press: CallbackQuery, context: BotContext, data: ButtonData, cli
             return
         log.info("could not edit for More (%s) chat=%s; sending a new message", exc.message, message.chat.id)
         await send_doc(context.bot, message.chat.id, doc, markup=markup, reply_to=message.message_id)
+
+
+async def _vote(press: CallbackQuery, context: BotContext, data: ButtonData) -> None:
+    """👍 / 👎: one vote per user per answer; pressing again changes it."""
+    user_id = press.from_user.id
+    counted = await asyncio.to_thread(context.state.answers.vote, data.answer_id, data.token, user_id, data.up)
+    if not counted:
+        log.info("vote for an unknown answer user=%s", user_id)
+        await press.answer(t(data.lang, "invalid_button"))
+        return
+    log.info("vote user=%s answer=%s %s", user_id, data.answer_id, "up" if data.up else "down")
+    await press.answer(t(data.lang, "vote_thanks"))

@@ -7,7 +7,7 @@ import logging
 from telegram import Update
 
 from telegram_bot import app_version, render
-from telegram_bot.sending import client_lang, reply_to, send_doc
+from telegram_bot.sending import client_lang, ids, reply_to, send_doc
 from telegram_bot.state import BotContext
 
 log = logging.getLogger("telegram_bot")
@@ -40,19 +40,27 @@ async def cmd_about(update: Update, context: BotContext) -> None:
     await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
 
 
+async def admins_only(update: Update, context: BotContext, command: str) -> bool:
+    """True for `[telegram] admins`; anyone else gets one polite refusal."""
+    user_id, chat_id = ids(update)
+    if user_id in context.state.config.telegram.admins:
+        return True
+    log.info("refused %s chat=%s user=%s (not an admin)", command, chat_id, user_id)
+    if chat_id is not None:
+        doc = render.text_doc(client_lang(update), "admins_only")
+        await send_doc(context.bot, chat_id, doc, reply_to=reply_to(update))
+    return False
+
+
 async def cmd_reload(update: Update, context: BotContext) -> None:
     """/reload (admins): switch to a newly published index now instead of at the next check."""
     chat = update.effective_chat
     user = update.effective_user
-    if chat is None:
+    if chat is None or not await admins_only(update, context, "/reload"):
         return
     st = context.state
     lang = client_lang(update)
     user_id = user.id if user else None
-    if user_id not in st.config.telegram.admins:
-        log.info("refused /reload chat=%s user=%s (not an admin)", chat.id, user_id)
-        await send_doc(context.bot, chat.id, render.text_doc(lang, "admins_only"), reply_to=reply_to(update))
-        return
     try:
         changed = await st.qa.refresh()
     except Exception:

@@ -20,6 +20,7 @@ from telegram.error import BadRequest
 
 from index.add import AddReport, AddResult, add_sources
 from telegram_bot import render
+from telegram_bot.components.commands import admins_only
 from telegram_bot.i18n import t
 from telegram_bot.sending import client_lang, reply_to, send_doc
 from telegram_bot.state import BotContext
@@ -58,14 +59,10 @@ async def cmd_add(update: Update, context: BotContext) -> None:
     message = update.effective_message
     chat = update.effective_chat
     user = update.effective_user
-    if message is None or chat is None:
+    if message is None or chat is None or user is None or not await admins_only(update, context, "/add"):
         return
     st = context.state
     lang = client_lang(update)
-    if user is None or user.id not in st.config.telegram.admins:
-        log.info("refused /add chat=%s user=%s (not an admin)", chat.id, user.id if user else None)
-        await send_doc(context.bot, chat.id, render.text_doc(lang, "admins_only"), reply_to=reply_to(update))
-        return
     limit = st.config.ingest.max_bytes
     source = _source_of(message, limit)
     if source.startswith("!"):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from telegram import Update
 
 from telegram_bot import render
-from telegram_bot.buttons import keyboard
+from telegram_bot.buttons import keyboard, vote_buttons
+from telegram_bot.feedback import LOGGED, Answered
 from telegram_bot.i18n import detect_lang
 from telegram_bot.mentions import addressed_text
 from telegram_bot.pipeline import version_tag
@@ -19,7 +21,8 @@ log = logging.getLogger("telegram_bot")
 
 
 async def answer_question(update: Update, context: BotContext, text: str) -> None:
-    """The one path every admitted question takes: retrieve, render, send."""
+    """The one path every admitted question takes: retrieve, render, log, send."""
+    started = time.perf_counter()
     chat = update.effective_chat
     if chat is None:
         return
@@ -35,8 +38,14 @@ async def answer_question(update: Update, context: BotContext, text: str) -> Non
     )
     reply = await st.qa.ask(text, lang, conversation=conversation)
     token = await asyncio.to_thread(st.questions.put, reply.question, lang) if reply.has_more else None
-    markup = keyboard(reply, version_tag(reply.version), token)
-    sent = await send_doc(context.bot, chat.id, render.answer_doc(reply), markup=markup, reply_to=reply_to(update))
+    doc = render.answer_doc(reply)
+    logged = None
+    if reply.kind in LOGGED:
+        entry = Answered.of(reply, chat.type, round((time.perf_counter() - started) * 1000))
+        logged = await asyncio.to_thread(st.answers.record, entry)
+    votes = vote_buttons(*logged, reply.lang) if logged else []
+    markup = keyboard(reply, version_tag(reply.version), token, votes)
+    sent = await send_doc(context.bot, chat.id, doc, markup=markup, reply_to=reply_to(update))
     st.qa.answered_in(chat.id, sent.message_id, conversation)
     log.info(
         "answered chat=%s user=%s kind=%s passages=%d chars=%d lang=%s context=%s",
