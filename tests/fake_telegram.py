@@ -16,12 +16,13 @@ renderer, so tests can use it as the judge of "valid Telegram HTML".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,8 @@ from telegram import Update
 from telegram.error import TimedOut
 from telegram.ext import Application
 from telegram.request import BaseRequest, RequestData
+
+from settings import Config
 
 MESSAGE_LIMIT = 4096
 CALLBACK_DATA_LIMIT = 64
@@ -730,6 +733,28 @@ class InProcessBot:
         before = len(self.api.calls)
         await self.app.process_update(Update.de_json(payload, self.app.bot))
         return self.api.calls[before:]
+
+
+TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
+
+
+def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
+    """Start the bot in process, run `scenario`, shut down; the recording API for assertions."""
+    from telegram_bot.app import build_application
+
+    api = FakeTelegram(TOKEN)
+
+    async def main() -> None:
+        async with InProcessBot(build_application(config, TOKEN, request=RecordingRequest(api)), api) as bot:
+            await scenario(bot, Payloads())
+
+    asyncio.run(main())
+    return api
+
+
+def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
+    """The successful calls of `method` among `calls`."""
+    return [c for c in calls if c.method == method and c.ok]
 
 
 def write_config(path: Path, *, corpus: Path, index: Path, telegram: dict[str, Any] | None = None) -> Path:

@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import make_config
-from news_site import FEED, OTC, PAGE_NOISE, PBOC, SICHUAN, SICHUAN_TITLE, SICHUAN_URL, SITE, NewsSite
+from news_site import FEED, OTC, PAGE_NOISE, PBOC, SICHUAN, SICHUAN_TITLE, SICHUAN_URL, SITE
 
 from corpus import read_article, scan_corpus, split_article
 from corpus.html import decode_html, extract_article
@@ -26,13 +25,6 @@ from index.add import AddReport, add_sources, url_file_name
 from index.build import build_index
 from retrieval import Retriever
 from settings import PROJECT_ROOT, Config
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[NewsSite]:
-    news = NewsSite()
-    yield news
-    news.close()
 
 
 @pytest.fixture

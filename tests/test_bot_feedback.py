@@ -3,7 +3,6 @@ the real Application over the fake Bot API, real SQLite files, `bot.py` as a sub
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -11,25 +10,23 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import Call, FakeTelegram, InProcessBot, Payloads, RecordingRequest, parse_html, write_config
+from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent, write_config
 
 from index.build import build_index
 from index.publish import current_version
 from settings import PROJECT_ROOT, load_config
 from telegram_bot import render
-from telegram_bot.app import build_application
 from telegram_bot.feedback import Answered, AnswerLog
 from telegram_bot.i18n import t
 from telegram_bot.pipeline import Kind
 from telegram_bot.statefile import FILE_NAME
 
-TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 OFF_TOPIC_ZH = "推荐一部好看的电影"
 OFF_TOPIC_EN = "quantum chromodynamics lattice"
@@ -60,22 +57,6 @@ def config_file(built_index: tuple[Path, Path], tmp_path: Path) -> Callable[...,
         return write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index", telegram=telegram)
 
     return make
-
-
-def run_bot(config_path: Path, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
-    api = FakeTelegram(TOKEN)
-
-    async def main() -> None:
-        app = build_application(load_config(config_path), TOKEN, request=RecordingRequest(api))
-        async with InProcessBot(app, api) as bot:
-            await scenario(bot, Payloads())
-
-    asyncio.run(main())
-    return api
-
-
-def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
-    return [c for c in calls if c.method == method and c.ok]
 
 
 def keys(call: Call) -> dict[str, str]:
@@ -122,7 +103,7 @@ def test_votes_are_stored_with_the_answer_and_a_second_press_changes_them(config
             calls = await bot.feed(p.callback(data, message=message, user_id=user))
             popups.extend(c.params["text"] for c in sent(calls, "answerCallbackQuery"))
 
-    run_bot(config, scenario)
+    run_bot(load_config(config), scenario)
     assert popups == [t("zh", "vote_thanks")] * 4
     for answer in answers:
         assert list(keys(answer)) == ["更多", "上下文", "来源", "👍", "👎"]
@@ -156,7 +137,7 @@ def test_more_keeps_the_vote_buttons_of_the_question(config_file: Callable[..., 
         calls.append(answer)
         calls.extend(await bot.feed(p.callback(keys(answer)["更多"], message=shown(answer, p), user_id=1001)))
 
-    run_bot(config_file(), scenario)
+    run_bot(load_config(config_file()), scenario)
     answer, *rest = calls
     [edit] = sent(rest, "editMessageText")
     assert keys(edit)["👍"] == keys(answer)["👍"] and keys(edit)["👎"] == keys(answer)["👎"]
@@ -171,7 +152,7 @@ def test_weak_matches_get_votes_help_and_inline_results_do_not(config_file: Call
         calls.extend(await bot.feed(p.message("你好")))
         calls.extend(await bot.feed(p.inline(QUESTION, user_id=31)))
 
-    run_bot(config, scenario)
+    run_bot(load_config(config), scenario)
     weak, greeting = sent(calls)
     assert list(keys(weak)) == ["上下文", "来源", "👍", "👎"]
     assert not keys(greeting)
@@ -203,7 +184,7 @@ def test_forged_vote_data_gets_the_polite_popup_and_counts_nothing(
         popups.extend(c.params["text"] for c in sent(calls, "answerCallbackQuery"))
         assert not sent(calls)
 
-    run_bot(config, scenario)
+    run_bot(load_config(config), scenario)
     assert popups in ([t("zh", "invalid_button")], [t("en", "invalid_button")])
     assert state_rows(config, "select count(*) from votes") == [(0,)]
 
@@ -234,7 +215,7 @@ def test_stats_for_admins_in_private_refused_to_others(config_file: Callable[...
             replies = sent(await bot.feed(update))
             texts[who] = [parse_html(c.params["text"]).text for c in replies]
 
-    run_bot(config_file(), scenario)
+    run_bot(load_config(config_file()), scenario)
     assert texts["other"] == [t("en", "admins_only")]
     assert texts["group"] == [t("en", "stats_private")]
     [report] = texts["admin"]
@@ -274,7 +255,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.slow
 def test_bot_py_stats_and_export_read_what_a_bot_run_left(config_file: Callable[..., Path], tmp_path: Path) -> None:
     config = config_file()
-    run_bot(config, _ask_and_vote)
+    run_bot(load_config(config), _ask_and_vote)
 
     result = bot_stats("stats", "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -315,7 +296,7 @@ def test_bot_py_stats_errors_are_one_line(config_file: Callable[..., Path], tmp_
     assert state.read_bytes() == b"not a database at all" * 50  # the bot's file is not moved aside by a reader
 
     state.unlink()
-    run_bot(config, _ask_and_vote)
+    run_bot(load_config(config), _ask_and_vote)
     unwritable = tmp_path / "no-such-dir" / "out.jsonl"
     assert "cannot write" in one_line_error(bot_stats("stats", "--config", str(config), "--export", str(unwritable)))
 

@@ -8,30 +8,30 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_telegram import (
     BOT_USER,
+    TOKEN,
     Call,
     FakeTelegram,
     InProcessBot,
     Payloads,
-    RecordingRequest,
     parse_html,
+    run_bot,
+    sent,
     utf16_len,
     write_config,
 )
 
 from index.build import build_index
 from settings import PROJECT_ROOT, Config, load_config
-from telegram_bot.app import build_application
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState
 
-TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
 CORPUS = PROJECT_ROOT / "corpus" / "articles"
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 EN_QUESTION = "How many criminal gangs were taken down in the card-breaking operation?"
@@ -59,23 +59,6 @@ def make_config(index_dirs: tuple[Path, Path], tmp_path: Path) -> Callable[..., 
         return load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=index, telegram=telegram))
 
     return make
-
-
-def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
-    """Start the bot in process, run `scenario`, shut down; the recording API for assertions."""
-    api = FakeTelegram(TOKEN)
-
-    async def main() -> None:
-        app = build_application(config, TOKEN, request=RecordingRequest(api))
-        async with InProcessBot(app, api) as bot:
-            await scenario(bot, Payloads())
-
-    asyncio.run(main())
-    return api
-
-
-def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
-    return [c for c in calls if c.method == method and c.ok]
 
 
 def assert_valid_answer_html(call: Call) -> str:

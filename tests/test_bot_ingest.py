@@ -6,30 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import Call, FakeTelegram, InProcessBot, Payloads, RecordingRequest, parse_html, write_config
+from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, write_config
 from news_site import SICHUAN, SICHUAN_TITLE, SICHUAN_URL, SITE, NewsSite
 
 from index.build import build_index
 from settings import PROJECT_ROOT, Config, load_config
-from telegram_bot.app import build_application
 from telegram_bot.i18n import t
 
-TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
 ADMIN = 4242
 SICHUAN_QUESTION = "四川要求什么时候前完成虚拟货币挖矿项目的甄别清理？"
 os.environ.setdefault("PTB_TIMEDELTA", "1")
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[NewsSite]:
-    news = NewsSite()
-    yield news
-    news.close()
 
 
 @pytest.fixture
@@ -44,17 +34,6 @@ def config(tmp_path: Path) -> Config:
     )
     build_index(config)
     return config
-
-
-def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
-    api = FakeTelegram(TOKEN)
-
-    async def main() -> None:
-        async with InProcessBot(build_application(config, TOKEN, request=RecordingRequest(api)), api) as bot:
-            await scenario(bot, Payloads())
-
-    asyncio.run(main())
-    return api
 
 
 def texts(calls: list[Call], chat_id: int) -> list[str]:
