@@ -310,15 +310,19 @@ def bench_lazy_imports() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- queries at 6k
-def bench_cli(index: Path, *, n: int, repeats: int, warm: int = 10) -> dict[str, Any]:
+def bench_cli(
+    index: Path, *, n: int, repeats: int, warm: int = 10, k: int | None = None, min_chars: int = 0
+) -> dict[str, Any]:
     """`python -m retrieval` batch mode: spawn → first answer line, and the marginal time per
-    question (slope of answer-line times after `warm` lines)."""
-    qs = questions(n, seed=1)
+    question (slope of answer-line times after `warm` lines). `k` is passed as `--k`;
+    `min_chars` keeps only questions at least that long (the "long Chinese questions" mix)."""
+    qs = [q for q in questions(2000, seed=1) if len(q) >= min_chars][:n]
+    k_args = ["--k", str(k)] if k is not None else []
     firsts, marginals = [], []
     for _ in range(repeats):
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [PY, "-m", "retrieval", "--index", str(index)],
+            [PY, "-m", "retrieval", "--index", str(index), *k_args],
             cwd=ROOT,
             env=child_env(),
             stdin=subprocess.PIPE,
@@ -334,9 +338,14 @@ def bench_cli(index: Path, *, n: int, repeats: int, warm: int = 10) -> dict[str,
             raise RuntimeError(f"retrieval batch mode: exit {proc.returncode}, {len(stamps)}/{len(qs)} lines")
         firsts.append(stamps[0] - started)
         marginals.append((stamps[-1] - stamps[warm]) / (len(stamps) - 1 - warm))
-    log(f"  CLI first answer {median(firsts):.2f}s, marginal {1000 * median(marginals):.2f} ms/question")
+    log(
+        f"  CLI (k={k or 'default'}, questions >= {min_chars} chars) first answer {median(firsts):.2f}s, "
+        f"marginal {1000 * median(marginals):.2f} ms/question"
+    )
     return {
-        "questions": n,
+        "questions": len(qs),
+        "k": k,
+        "min_chars": min_chars,
         "first_answer_s": median(firsts),
         "first_answer_runs_s": [round(x, 3) for x in firsts],
         "marginal_ms": 1000 * median(marginals),

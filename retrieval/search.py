@@ -442,20 +442,10 @@ class Retriever:
         cfg = self.config.retrieval
         query_terms = self._query_terms(snap, question)
         foreign = not HAN.search(question)
-        lexical = snap.bm25(query_terms, cfg.candidates)
-        n_dense = min(cfg.candidates, snap.count)
-        sims, ids = snap.dense(qvec, n_dense)
-        dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
-        candidate_ids = list(dict.fromkeys([*dense, *lexical]))
-        # FAISS ids are this version's passages and come with their cosine: only lexical-only
-        # candidates need their embedding read (~0.5 ms per 100 at 1M passages).
-        embeddings = snap.embeddings([i for i in candidate_ids if i not in dense])
-        candidate_ids = [i for i in candidate_ids if i in dense or i in embeddings]
+        candidate_ids, dense_scores, lexical_scores = self._candidates(snap, query_terms, qvec)
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version.name), []
-        dense_scores = np.array([dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids])
-        lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
-        fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
+        fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion, rrf_k=cfg.rrf_k)
         order = np.argsort(-fused, kind="stable")[:k]
         dfs = snap.document_frequencies(query_terms)
         idf = self._idf(snap.count, dfs)
@@ -498,6 +488,26 @@ class Retriever:
             question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
         )
         return answer, undecided
+
+    def _candidates(
+        self, snap: _Snapshot, query_terms: Sequence[str], qvec: np.ndarray
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(passage ids, cosines, BM25 scores) of the best `candidates` passages of each side,
+        FAISS's first; BM25 is 0 where no term matched. What fusion ranks (and what
+        `bench/fit_fusion.py` fits it on)."""
+        cfg = self.config.retrieval
+        lexical = snap.bm25(query_terms, cfg.candidates)
+        n_dense = min(cfg.candidates, snap.count)
+        sims, ids = snap.dense(qvec, n_dense)
+        dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
+        candidate_ids = list(dict.fromkeys([*dense, *lexical]))
+        # FAISS ids are this version's passages and come with their cosine: only lexical-only
+        # candidates need their embedding read (~0.5 ms per 100 at 1M passages).
+        embeddings = snap.embeddings([i for i in candidate_ids if i not in dense])
+        candidate_ids = [i for i in candidate_ids if i in dense or i in embeddings]
+        dense_scores = np.array([dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids])
+        lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
+        return candidate_ids, dense_scores, lexical_scores
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
