@@ -33,13 +33,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import write_cmrc_corpus  # noqa: E402
+from quality import write_cmrc_corpus
 
-from index import store  # noqa: E402
-from index.build import build_index  # noqa: E402
-from retrieval.fusion import fuse  # noqa: E402
-from retrieval.search import Retriever  # noqa: E402
-from settings import load_config  # noqa: E402
+from index import store
+from index.build import build_index
+from retrieval.fusion import fuse
+from retrieval.search import Retriever
+from settings import load_config
 
 WEIGHTS = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.05))
 RRF_KS = (1, 5, 10, 20, 40, 60)
