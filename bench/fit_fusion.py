@@ -64,10 +64,11 @@ def gather(index_dir: Path, pairs: list[tuple[str, str]]) -> list[Question]:
     article_of = {r[0]: r[1] for r in snap.db.execute("select id, article_id from passages")}
     prepared = [retriever._prepare(snap, q) for q, _ in pairs]
     qvecs = retriever.embedder.encode_queries(prepared)
+    sims, nearest = snap.dense(qvecs, min(config.retrieval.candidates, snap.count))
     out = []
-    for (_, article), question, qvec in zip(pairs, prepared, qvecs, strict=True):
+    for row, ((_, article), question, qvec) in enumerate(zip(pairs, prepared, qvecs, strict=True)):
         query_terms = retriever._query_terms(snap, question)
-        ids, dense, lexical = retriever._candidates(snap, query_terms, qvec)
+        ids, dense, lexical = retriever._candidates(snap, query_terms, qvec, (sims[row], nearest[row]))
         if not ids:
             continue
         cosines = matrix @ qvec

@@ -391,7 +391,7 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
         _, dense_ids = snap.dense(qvec[0], min(config.retrieval.candidates, snap.count))
         t3 = time.perf_counter()
         dense = set(dense_ids[0].tolist())
-        snap.embeddings([i for i in lexical if i not in dense])
+        snap.cosines([i for i in lexical if i not in dense], qvec[0])
         snap.rows(dense_ids[0][:3].tolist())
         t4 = time.perf_counter()
         parts["embed"].append(t1 - t0)
