@@ -175,8 +175,8 @@ class _Snapshot:
         return out
 
     def dense(self, qvecs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search for one query vector or a batch of them (one call: ~0.3 ms of fixed
-        cost each saved): (similarities, ids), each of shape (queries, n).
+        """FAISS search for one query vector or a batch of them (`answer_many` makes one call
+        per batch, not one per question): (similarities, ids), each of shape (queries, n).
 
         FAISS would open an OpenMP team of every core even for one query; on a busy machine
         the team's barrier then waits for descheduled threads (6x slower measured here). One
@@ -406,9 +406,10 @@ class Retriever:
         return self.answer_many([question], k)[0]
 
     def answer_many(self, questions: Sequence[str], k: int | None = None) -> list[Answer]:
-        """Answer a batch: one model call embeds every question, and at most one more the
-        sentences of every hit that shares no term with its question (see `_best_sentences`);
-        a model call costs about as much for one text as for dozens."""
+        """Answer a batch: one model call embeds every question, one FAISS search finds the
+        nearest passages of all of them, and at most one more model call embeds the sentences
+        of every hit that shares no term with its question (see `_best_sentences`); a model
+        call costs about as much for one text as for dozens."""
         k = self.clamp_k(k)
         snapshot = self._snapshot
         cleaned = [self._prepare(snapshot, q) for q in questions]
