@@ -66,8 +66,9 @@ class RetrievalConfig:
     k: int = 3
     max_k: int = 50
     candidates: int = 100
-    fusion: str = "zscore"  # or "minmax"
-    dense_weight: float = 0.5
+    fusion: str = "zscore"  # or "minmax", "rrf" (retrieval.fusion.METHODS)
+    dense_weight: float = 0.55  # chosen by cross-validation: bench/fit_fusion.py
+    rrf_k: float = 60.0
     # Below this fused confidence a question is reported as not covered.
     min_dense: float = 0.2
     min_lexical_coverage: float = 0.5
@@ -178,8 +179,10 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
 def _validate(config: Config) -> None:
     if config.index.faiss not in FAISS_KINDS:
         raise ConfigError(f"[index] faiss must be auto, flat, ivf or hnsw, not {config.index.faiss!r}")
-    if config.retrieval.fusion not in {"zscore", "minmax"}:
-        raise ConfigError(f"[retrieval] fusion must be zscore or minmax, not {config.retrieval.fusion!r}")
+    if config.retrieval.fusion not in {"zscore", "minmax", "rrf"}:
+        raise ConfigError(f"[retrieval] fusion must be zscore, minmax or rrf, not {config.retrieval.fusion!r}")
+    if config.retrieval.rrf_k <= 0.0:
+        raise ConfigError("[retrieval] rrf_k must be positive")
     if not 0.0 <= config.retrieval.dense_weight <= 1.0:
         raise ConfigError("[retrieval] dense_weight must be between 0 and 1")
     if config.corpus.max_chars < 40 or config.corpus.min_chars >= config.corpus.max_chars:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import shutil
 import signal
@@ -65,6 +66,18 @@ def questions(n: int, seed: int = 0) -> list[str]:
     qs = [q for q in qs if q and "\n" not in q]
     random.Random(seed).shuffle(qs)
     return qs[:n]
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo, printed beside every timing (figures from
+    an Intel and an AMD machine are not comparable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -310,15 +323,23 @@ def bench_lazy_imports() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- queries at 6k
-def bench_cli(index: Path, *, n: int, repeats: int, warm: int = 10) -> dict[str, Any]:
+def bench_cli(
+    index: Path, *, n: int, repeats: int, warm: int = 10, k: int | None = None, min_chars: int = 0
+) -> dict[str, Any]:
     """`python -m retrieval` batch mode: spawn → first answer line, and the marginal time per
-    question (slope of answer-line times after `warm` lines)."""
-    qs = questions(n, seed=1)
-    firsts, marginals = [], []
-    for _ in range(repeats):
+    question (slope of answer-line times after `warm` lines). `k` is passed as `--k`;
+    `min_chars` keeps only questions at least that long (the "long Chinese questions" mix).
+
+    Also the marginal *CPU* time per question: the child's user + system time (wait4) with
+    all questions minus that with the first `warm` only, per extra question. On a shared
+    machine the wall-clock slope swings with the other tenants' load; CPU time much less."""
+    qs = [q for q in questions(2000, seed=1) if len(q) >= min_chars][:n]
+    k_args = ["--k", str(k)] if k is not None else []
+
+    def run(lines: list[str]) -> tuple[float, list[float], float]:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [PY, "-m", "retrieval", "--index", str(index)],
+            [PY, "-m", "retrieval", "--index", str(index), *k_args],
             cwd=ROOT,
             env=child_env(),
             stdin=subprocess.PIPE,
@@ -326,21 +347,37 @@ def bench_cli(index: Path, *, n: int, repeats: int, warm: int = 10) -> dict[str,
             stderr=subprocess.DEVNULL,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(("\n".join(qs) + "\n").encode("utf-8"))
+        proc.stdin.write(("\n".join(lines) + "\n").encode("utf-8"))
         proc.stdin.close()
         stamps = [time.perf_counter() for _ in iter(proc.stdout.readline, b"")]
-        proc.wait()
-        if proc.returncode != 0 or len(stamps) != len(qs):
-            raise RuntimeError(f"retrieval batch mode: exit {proc.returncode}, {len(stamps)}/{len(qs)} lines")
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or len(stamps) != len(lines):
+            raise RuntimeError(f"retrieval batch mode: exit {proc.returncode}, {len(stamps)}/{len(lines)} lines")
+        return started, stamps, usage.ru_utime + usage.ru_stime
+
+    firsts, marginals, cpu_marginals = [], [], []
+    for _ in range(repeats):
+        started, stamps, cpu_all = run(qs)
+        _, _, cpu_warm = run(qs[:warm])
         firsts.append(stamps[0] - started)
         marginals.append((stamps[-1] - stamps[warm]) / (len(stamps) - 1 - warm))
-    log(f"  CLI first answer {median(firsts):.2f}s, marginal {1000 * median(marginals):.2f} ms/question")
+        cpu_marginals.append((cpu_all - cpu_warm) / (len(qs) - warm))
+    log(
+        f"  CLI (k={k or 'default'}, questions >= {min_chars} chars) first answer {median(firsts):.2f}s, "
+        f"marginal {1000 * median(marginals):.2f} ms/question, CPU {1000 * median(cpu_marginals):.2f} ms/question"
+        f" [{cpu_model()}]"
+    )
     return {
-        "questions": n,
+        "questions": len(qs),
+        "k": k,
+        "min_chars": min_chars,
         "first_answer_s": median(firsts),
         "first_answer_runs_s": [round(x, 3) for x in firsts],
         "marginal_ms": 1000 * median(marginals),
         "marginal_runs_ms": [round(1000 * x, 3) for x in marginals],
+        "marginal_cpu_ms": 1000 * median(cpu_marginals),
+        "marginal_cpu_runs_ms": [round(1000 * x, 3) for x in cpu_marginals],
     }
 
 
@@ -382,7 +419,7 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
         _, dense_ids = snap.dense(qvec[0], min(config.retrieval.candidates, snap.count))
         t3 = time.perf_counter()
         dense = set(dense_ids[0].tolist())
-        snap.embeddings([i for i in lexical if i not in dense])
+        snap.cosines([i for i in lexical if i not in dense], qvec[0])
         snap.rows(dense_ids[0][:3].tolist())
         t4 = time.perf_counter()
         parts["embed"].append(t1 - t0)
@@ -391,6 +428,7 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
         parts["sql"].append(t4 - t3)  # candidates' embeddings + the top rows
     retriever.close()
     return {
+        "cpu": cpu_model(),
         "passages": snap.count,
         "faiss": snap.meta.get("faiss"),
         "questions": n,
@@ -468,7 +506,7 @@ def scale_index(
     from synth import _material
 
     from index import publish, store, vectors
-    from index.text import segment_for_index
+    from index.text import segment_for_index, sentence_spans
     from settings import load_config
 
     live_out = publish.current_version(out) if reuse else None
@@ -498,6 +536,9 @@ def scale_index(
     synthetic = synthetic_vectors(real, n - n_real)
     titles, sentences = _material()
     seg = [segment_for_index(s) for s in sentences]
+    # Highlighting's stored sentences: each stitched sentence's own, shifted (splitting 1M
+    # passages anew would take minutes; these texts are synthetic anyway).
+    spans = [sentence_spans(s) for s in sentences]
     rng = random.Random(5)
     started = time.perf_counter()
     per_article, batch = 12, 20_000
@@ -510,6 +551,10 @@ def scale_index(
                 arts.append((article, article, rng.choice(titles), "合成新闻", "", "2020-01-01", "", "zh", "-", 0))
             ordinal = i % per_article
             text = "".join(sentences[j] for j in picks)
+            stored, offset = [], 0
+            for j in picks:
+                stored += [[a + offset, b + offset, norm] for a, b, norm in spans[j]]
+                offset += len(sentences[j])
             rows.append(
                 (
                     article,
@@ -522,13 +567,14 @@ def scale_index(
                     len(text),
                     " ".join(seg[j] for j in picks),
                     synthetic[i].tobytes(),
+                    json.dumps(stored, ensure_ascii=False),
                 )
             )
         with conn:
             conn.executemany("insert into articles values (?,?,?,?,?,?,?,?,?,?)", arts)
             conn.executemany(
                 'insert into passages (article_id, ordinal, section, paragraph, paragraph_end, text, start, "end",'
-                " terms, embedding) values (?,?,?,?,?,?,?,?,?,?)",
+                " terms, embedding, sentences) values (?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
     sqlite_s = time.perf_counter() - started

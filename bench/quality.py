@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.build import build_index
+from retrieval.fusion import METHODS
 from retrieval.search import Retriever
 from settings import PROJECT_ROOT, Config, load_config
 
@@ -201,7 +202,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
     parser.add_argument("--weights", default="", help="extra dense weights to compare, e.g. 0.3,0.7")
-    parser.add_argument("--fusion", choices=["zscore", "minmax"])
+    parser.add_argument("--fusion", choices=METHODS)
     args = parser.parse_args()
     weights = tuple(float(w) for w in args.weights.split(",") if w)
     report = run(weights, args.fusion)

@@ -1,8 +1,10 @@
 """The SQLite side of an index version, through sqlite-utils.
 
 Tables: `meta` (model, dimension, build facts), `articles` (path, content hash, metadata),
-`passages` (text, position, segmented terms and the embedding, so FAISS can be rebuilt
-without re-embedding) and `passages_fts`, an FTS5 index over the segmented terms kept in
+`passages` (text, position, segmented terms, the embedding, so FAISS can be rebuilt
+without re-embedding, and the sentences highlighting chooses from as JSON
+`[[start, end, normalised text], …]`, `index.text.sentence_spans`, computed once here instead of
+for every hit of every question) and `passages_fts`, an FTS5 index over the segmented terms kept in
 sync by triggers. Passage row ids are the FAISS ids and never get reused (AUTOINCREMENT),
 so a stale id from an old version can only miss, never point at another passage.
 
@@ -25,8 +27,11 @@ import numpy as np
 import sqlite_utils
 
 from corpus.model import Article, Passage
+from index.text import sentence_spans
 
-SCHEMA_VERSION = 1
+# 2: `passages.sentences`. The next `index build` after an upgrade rebuilds an older index in
+# full (`index.build`); until then the retriever reads it and splits sentences per question.
+SCHEMA_VERSION = 2
 
 _PASSAGES_SQL = """
 CREATE TABLE IF NOT EXISTS passages (
@@ -40,7 +45,8 @@ CREATE TABLE IF NOT EXISTS passages (
     start INTEGER NOT NULL,
     "end" INTEGER NOT NULL,
     terms TEXT NOT NULL,
-    embedding BLOB NOT NULL
+    embedding BLOB NOT NULL,
+    sentences TEXT NOT NULL
 )
 """
 
@@ -218,6 +224,7 @@ def insert_article(
             "end": p.end,
             "terms": t,
             "embedding": np.asarray(v, dtype=np.float32).tobytes(),
+            "sentences": json.dumps(sentence_spans(p.text), ensure_ascii=False),
         }
         for p, t, v in zip(passages, terms, vectors, strict=True)
     )

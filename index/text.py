@@ -16,10 +16,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from corpus.splitter import split_sentences, strip_span
+
 _lock = threading.Lock()
 _WORDLIKE = re.compile(r"[\w\u4e00-\u9fff]", re.UNICODE)
 # Zero-width and other format characters that users paste in and that would split words.
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\u00ad]")
+_SPACES = re.compile(r"\s+")
 
 # Function words and question words: frequent in questions, useless as evidence.
 STOP_WORDS = frozenset(
@@ -57,8 +60,11 @@ def _jieba() -> Any:
 def clean(text: str) -> str:
     """Remove invisible characters and control characters; collapse whitespace."""
     text = _INVISIBLE.sub("", text)
-    text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
-    return re.sub(r"\s+", " ", text).strip()
+    # Printable text holds no control/format characters (category C): skip the per-character
+    # pass, the costly part of normalising a sentence.
+    if not text.isprintable():
+        text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    return _SPACES.sub(" ", text).strip()
 
 
 def to_simplified(text: str) -> str:
@@ -103,6 +109,15 @@ def in_script(question: str, script: str) -> str:
 def normalize(text: str) -> str:
     """NFKC (full-width → half-width), traditional → simplified, lower case."""
     return to_simplified(unicodedata.normalize("NFKC", clean(text))).lower()
+
+
+def sentence_spans(text: str) -> list[tuple[int, int, str]]:
+    """The sentences a passage's highlight is chosen from: (start, end, normalised text), the
+    spans trimmed of surrounding whitespace; the whole text when no sentence is left. They do
+    not depend on the question, so the index stores them (`index.store`)."""
+    spans = [strip_span(text, s, e) for s, e in split_sentences(text)]
+    spans = [(s, e) for s, e in spans if e > s] or [(0, len(text))]
+    return [(s, e, normalize(text[s:e])) for s, e in spans]
 
 
 def terms(text: str) -> list[str]:

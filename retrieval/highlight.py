@@ -67,13 +67,12 @@ def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
     return QuestionCues(weights, frozenset(focus), answer_type)
 
 
-def _type_bonus(sentence: str, cues: QuestionCues) -> float:
+def _type_bonus(sentence: str, lowered: str, cues: QuestionCues) -> float:
     if cues.answer_type is None:
         return 0.0
     matches = [m.start() for m in cues.answer_type.finditer(sentence)]
     if not matches:
         return 0.0
-    lowered = normalize(sentence)
     for term in cues.focus:
         start = lowered.find(term)
         while start >= 0:
@@ -90,17 +89,21 @@ def _contains(text: str, term: str) -> bool:
 
 
 def sentence_scores(
-    question: str, sentences: Sequence[str], query_terms: Sequence[str], idf: dict[str, float]
+    question: str,
+    sentences: Sequence[str],
+    query_terms: Sequence[str],
+    idf: dict[str, float],
+    normalized: Sequence[str],
 ) -> list[float]:
-    """Overlap (focus- and IDF-weighted, in [0, 1]) plus an answer-type bonus, per sentence."""
+    """Overlap (focus- and IDF-weighted, in [0, 1]) plus an answer-type bonus, per sentence.
+    `normalized` holds `index.text.normalize` of each sentence (the index stores it)."""
     cues = question_cues(question, tuple(query_terms))
     weight = {t: idf.get(t, 0.0) * cues.weights.get(t, 1.0) for t in query_terms}
     total = sum(weight.values()) or 1.0
     scores = []
-    for sentence in sentences:
+    for sentence, lowered in zip(sentences, normalized, strict=True):
         # Substring matching, not re-segmentation: jieba may cut the same word differently
         # in another context ("打掉" vs "共打/掉").
-        lowered = normalize(sentence)
         overlap = sum(w for t, w in weight.items() if _contains(lowered, t)) / total
-        scores.append(overlap + (_type_bonus(sentence, cues) if overlap > 0 else 0.0))
+        scores.append(overlap + (_type_bonus(sentence, lowered, cues) if overlap > 0 else 0.0))
     return scores

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from corpus.splitter import split_sentences, strip_span
 from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
-from index.text import HAN, clean, in_script, script_of, terms
+from index.text import HAN, clean, in_script, script_of, sentence_spans, terms
 from retrieval.bm25 import Postings
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
@@ -41,10 +40,12 @@ from settings import Config
 # of "?" placeholders (a new statement for every candidate count).
 _ROW_SQL = """
 select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p.text, p.terms,
-       p.embedding, a.title, a.source, a.date, a.url
+       p.embedding, a.title, a.source, a.date, a.url, p.sentences
 from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?))
 """
+# An index built before `passages.sentences` (schema 1): its sentences are split per question.
+_ROW_SQL_V1 = _ROW_SQL.replace("p.sentences", "null")
 # Fusion needs only the embeddings of the candidates; full rows are read for the top k. (No
 # join with articles: a build deletes a passage with its article, and `index check` verifies
 # it; the join cost a random B-tree lookup per candidate.)
@@ -92,6 +93,7 @@ class PassageRow:
     source: str
     date: str
     url: str
+    sentences: str | None = None  # JSON [[start, end, normalised text], …]; None: not stored
 
 
 class _Snapshot:
@@ -106,6 +108,7 @@ class _Snapshot:
         self.version = version
         self.db = store.open_db(version.db_path, readonly=True)
         self.meta = store.get_meta(self.db)
+        self.row_sql = _ROW_SQL if "sentences" in self.db["passages"].columns_dict else _ROW_SQL_V1
         self.faiss = vectors.read_faiss(version.faiss_path, ef_search)
         self.count = int(self.faiss.ntotal)
         self.lock = threading.Lock()
@@ -163,7 +166,7 @@ class _Snapshot:
         if not ids:
             return {}
         with self.lock:
-            rows = self.db.execute(_ROW_SQL, [_id_array(ids)]).fetchall()
+            rows = self.db.execute(self.row_sql, [_id_array(ids)]).fetchall()
         out = {}
         for r in rows:
             out[r[0]] = PassageRow(
@@ -171,8 +174,9 @@ class _Snapshot:
             )
         return out
 
-    def dense(self, qvec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search for one query vector: (similarities, ids), each of shape (1, n).
+    def dense(self, qvecs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search for one query vector or a batch of them (`answer_many` makes one call
+        per batch, not one per question): (similarities, ids), each of shape (queries, n).
 
         FAISS would open an OpenMP team of every core even for one query; on a busy machine
         the team's barrier then waits for descheduled threads (6x slower measured here). One
@@ -183,17 +187,21 @@ class _Snapshot:
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return self.faiss.search(qvec.reshape(1, -1).astype(np.float32), n)
+            return self.faiss.search(np.atleast_2d(qvecs).astype(np.float32), n)
         finally:
             faiss.omp_set_num_threads(previous)
 
-    def embeddings(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Passage id → embedding, for the ids that name a passage."""
+    def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
+        """Passage id → cosine with `qvec`, from the stored embeddings of the ids that name a
+        passage (one read, one matrix product)."""
         if not ids:
             return {}
         with self.lock:
             rows = self.db.execute(_EMBEDDING_SQL, [_id_array(ids)]).fetchall()
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows}
+        if not rows:
+            return {}
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return dict(zip([r[0] for r in rows], (matrix @ qvec).tolist(), strict=True))
 
     def bm25(self, query_terms: Sequence[str], limit: int) -> dict[int, float]:
         """Passage id → BM25 (higher is better) of the best `limit` passages matching any term.
@@ -398,9 +406,10 @@ class Retriever:
         return self.answer_many([question], k)[0]
 
     def answer_many(self, questions: Sequence[str], k: int | None = None) -> list[Answer]:
-        """Answer a batch: one model call embeds every question, and at most one more the
-        sentences of every hit that shares no term with its question (see `_best_sentences`);
-        a model call costs about as much for one text as for dozens."""
+        """Answer a batch: one model call embeds every question, one FAISS search finds the
+        nearest passages of all of them, and at most one more model call embeds the sentences
+        of every hit that shares no term with its question (see `_best_sentences`); a model
+        call costs about as much for one text as for dozens."""
         k = self.clamp_k(k)
         snapshot = self._snapshot
         cleaned = [self._prepare(snapshot, q) for q in questions]
@@ -409,9 +418,12 @@ class Retriever:
         if not todo or snapshot.count == 0:
             return answers
         query_vectors = self.embedder.encode_queries([cleaned[i] for i in todo])
+        sims, ids = snapshot.dense(query_vectors, min(self.config.retrieval.candidates, snapshot.count))
         pending: list[_PendingHighlight] = []
         for row, i in enumerate(todo):
-            answers[i], spans = self._answer_one(snapshot, questions[i], cleaned[i], query_vectors[row], k)
+            answers[i], spans = self._answer_one(
+                snapshot, questions[i], cleaned[i], query_vectors[row], (sims[row], ids[row]), k
+            )
             pending += [
                 _PendingHighlight(i, position, answers[i].hits[position].text, s, query_vectors[row])
                 for position, s in spans
@@ -435,27 +447,24 @@ class Retriever:
             answers[item.answer] = dataclass_replace(answer, hits=tuple(hits))
 
     def _answer_one(
-        self, snap: _Snapshot, original: str, question: str, qvec: np.ndarray, k: int
+        self,
+        snap: _Snapshot,
+        original: str,
+        question: str,
+        qvec: np.ndarray,
+        nearest: tuple[np.ndarray, np.ndarray],
+        k: int,
     ) -> tuple[Answer, list[tuple[int, list[tuple[int, int]]]]]:
         """The answer, and (hit position, sentence spans) of hits whose best sentence only
-        sentence embeddings can pick (`answer_many` embeds them for the whole batch)."""
+        sentence embeddings can pick (`answer_many` embeds them for the whole batch).
+        `nearest`: this question's row of the batch's FAISS search (similarities, ids)."""
         cfg = self.config.retrieval
         query_terms = self._query_terms(snap, question)
         foreign = not HAN.search(question)
-        lexical = snap.bm25(query_terms, cfg.candidates)
-        n_dense = min(cfg.candidates, snap.count)
-        sims, ids = snap.dense(qvec, n_dense)
-        dense = {int(i): float(s) for i, s in zip(ids[0], sims[0], strict=True) if i >= 0}
-        candidate_ids = list(dict.fromkeys([*dense, *lexical]))
-        # FAISS ids are this version's passages and come with their cosine: only lexical-only
-        # candidates need their embedding read (~0.5 ms per 100 at 1M passages).
-        embeddings = snap.embeddings([i for i in candidate_ids if i not in dense])
-        candidate_ids = [i for i in candidate_ids if i in dense or i in embeddings]
+        candidate_ids, dense_scores, lexical_scores = self._candidates(snap, query_terms, qvec, nearest)
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version.name), []
-        dense_scores = np.array([dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids])
-        lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
-        fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
+        fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion, rrf_k=cfg.rrf_k)
         order = np.argsort(-fused, kind="stable")[:k]
         dfs = snap.document_frequencies(query_terms)
         idf = self._idf(snap.count, dfs)
@@ -498,6 +507,24 @@ class Retriever:
             question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
         )
         return answer, undecided
+
+    def _candidates(
+        self, snap: _Snapshot, query_terms: Sequence[str], qvec: np.ndarray, nearest: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(passage ids, cosines, BM25 scores) of the best `candidates` passages of each side,
+        FAISS's (`nearest`: similarities, ids) first; BM25 is 0 where no term matched. What
+        fusion ranks (and what `bench/fit_fusion.py` fits it on)."""
+        lexical = snap.bm25(query_terms, self.config.retrieval.candidates)
+        sims, ids = nearest
+        dense = {i: s for i, s in zip(ids.tolist(), sims.tolist(), strict=True) if i >= 0}
+        candidate_ids = list(dict.fromkeys([*dense, *lexical]))
+        # FAISS ids are this version's passages and come with their cosine: only lexical-only
+        # candidates need their embedding read (~0.5 ms per 100 at 1M passages).
+        dense.update(snap.cosines([i for i in candidate_ids if i not in dense], qvec))
+        candidate_ids = [i for i in candidate_ids if i in dense]
+        dense_scores = np.array([dense[i] for i in candidate_ids])
+        lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
+        return candidate_ids, dense_scores, lexical_scores
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
@@ -561,14 +588,17 @@ class Retriever:
         Term overlap with answer cues decides when the question shares words with the passage
         (`retrieval.highlight`). Passages sharing no term with it (e.g. for an English
         question) are decided by sentence embeddings, which `answer_many` computes for the
-        whole batch in one model call; until then they hold the first sentence.
+        whole batch in one model call; until then they hold the first sentence. The sentences
+        and their normalised text come from the index (`index.text.sentence_spans`).
         """
         results: list[tuple[int, int]] = []
         undecided: list[tuple[int, list[tuple[int, int]]]] = []
         for i, row in enumerate(rows):
-            spans = [strip_span(row.text, s, e) for s, e in split_sentences(row.text)]
-            spans = [(s, e) for s, e in spans if e > s] or [(0, len(row.text))]
-            scores = sentence_scores(question, [row.text[s:e] for s, e in spans], query_terms, idf)
+            found = json.loads(row.sentences) if row.sentences is not None else sentence_spans(row.text)
+            spans = [(s, e) for s, e, _ in found]
+            scores = sentence_scores(
+                question, [row.text[s:e] for s, e in spans], query_terms, idf, [n for _, _, n in found]
+            )
             best = int(np.argmax(scores))
             results.append(spans[best])
             if len(spans) > 1 and scores[best] == 0.0:

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corpus import read_article, split_article
 from index import publish, store, vectors
 from index.build import BuildError, build_index
 from index.embedder import HashEmbedder
+from index.text import clean, normalize, sentence_spans
 from retrieval import ModelMismatchError, Retriever
 from settings import Config
 
@@ -613,3 +618,77 @@ def test_a_version_that_keeps_vanishing_is_one_missing_index_error(built_hash_in
 
     with pytest.raises(publish.IndexMissingError, match="changed while it was being opened"):
         publish.open_current(index_dir, always_raced)
+
+
+# ---------------------------------------------------------------- schema upgrades
+
+
+def downgrade_to_schema_1(db_path: Path) -> None:
+    """Make a version look built before `passages.sentences` existed (schema 1)."""
+    db = store.open_db(db_path)
+    try:
+        db.execute("alter table passages drop column sentences")
+        store.set_meta(db, {"schema": 1})
+        db.conn.commit()
+    finally:
+        db.close()
+
+
+def test_index_without_stored_sentences_answers_alike_and_is_rebuilt(built_hash_index, tmp_path):
+    """Highlights come from the sentences the build stored; an index from before them splits
+    sentences per question with the same result, and the next build rebuilds it in full."""
+    current = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    texts = [row.text for row in current.passages(range(1, 200)).values()]
+    # Questions of every kind: pieces of the passages, English (highlighted by embeddings),
+    # traditional characters, off-topic.
+    questions = [t[i : i + 14] + "？" for t in texts for i in range(0, len(t), 25)]
+    questions += [
+        "Did Huobi reply?",
+        "Which provinces stopped crypto mining?",
+        "斷卡行動打掉了多少個犯罪團夥？",
+        "你好",
+    ]
+    expected = current.answer_many(questions, k=5)
+    current.close()
+    assert len(questions) > 100 and any(a.hits for a in expected)
+
+    old_dir = tmp_path / "old-index"
+    shutil.copytree(built_hash_index.index.dir, old_dir)
+    downgrade_to_schema_1(publish.require_current(old_dir).db_path)
+    old_config = with_index(built_hash_index, dir=old_dir)
+    old = Retriever.open(old_dir, old_config)
+    try:
+        got = old.answer_many(questions, k=5)
+    finally:
+        old.close()
+    assert [replace(a, version="") for a in got] == [replace(a, version="") for a in expected]
+
+    report = build_index(old_config)
+    assert report.published and report.embedded == report.passages == len(texts)
+    db = store.open_db(publish.require_current(old_dir).db_path, readonly=True)
+    try:
+        assert store.get_meta(db)["schema"] == store.SCHEMA_VERSION
+        stored = [json.loads(r[0]) for r in db.execute("select sentences from passages")]
+    finally:
+        db.close()
+    assert all(spans and all(s < e for s, e, _ in spans) for spans in stored)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(codec="utf-8"), max_size=80))
+def test_clean_turns_every_control_or_format_character_into_space(text):
+    """`clean` skips its per-character pass for printable text; the result is the same."""
+    visible = re.sub(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\u00ad]", "", text)
+    spaced = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in visible)
+    assert clean(text) == re.sub(r"\s+", " ", spaced).strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from(list('断卡行动。！？；… \n\u3000abc12"”')), min_size=1, max_size=80))
+def test_stored_sentences_are_ordered_nonempty_spans_with_their_normal_form(text):
+    spans = sentence_spans(text)
+    assert spans
+    for (s, e, norm), following in zip(spans, [*spans[1:], None], strict=True):
+        assert 0 <= s < e <= len(text) or (s, e) == (0, len(text))
+        assert norm == normalize(text[s:e])
+        assert following is None or e <= following[0]

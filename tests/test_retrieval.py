@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from index.build import build_index
 from retrieval import Retriever
-from retrieval.fusion import fuse, normalise
+from retrieval.fusion import fuse, normalise, reciprocal_ranks
 
 # Questions about the shared article and a fact (verbatim) of the passage that answers them.
 FACTS = [
@@ -103,6 +103,26 @@ def test_fusion_with_a_flat_side_keeps_the_other_sides_order(side, method, weigh
     assert_same_ranking(fuse(side, flat, weight, method), side)
     assert_same_ranking(fuse(flat, side, weight, method), side)
     assert np.all(np.isfinite(fuse(side, flat, weight, method)))
+
+
+def test_reciprocal_rank_fusion():
+    dense = np.array([0.9, 0.1, 0.5, 0.3])
+    lexical = np.array([0.0, 12.0, 3.0, 0.0])  # candidates 0 and 3 matched no query term
+    k = 10.0
+    fused = fuse(dense, lexical, 0.6, "rrf", rrf_k=k)
+    # dense ranks 1, 4, 2, 3; BM25 ranks 1 and 2 for the matched ones, nothing for the others
+    expected = [0.6 / (k + 1), 0.6 / (k + 4) + 0.4 / (k + 1), 0.6 / (k + 2) + 0.4 / (k + 2), 0.6 / (k + 3)]
+    assert list(fused) == pytest.approx(expected)
+    assert list(reciprocal_ranks(np.array([2.0, 2.0, 5.0]), 1.0)) == pytest.approx([1 / 3, 1 / 3, 1 / 2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores, st.floats(0.0, 1.0), st.floats(0.5, 100.0))
+def test_rrf_with_a_flat_side_keeps_the_other_sides_order(side, weight, rrf_k):
+    positive = np.abs(side) + 1.0  # BM25-like: every candidate matched
+    flat = np.full(side.shape, 7.0)
+    assert_same_ranking(fuse(flat, positive, weight, "rrf", rrf_k=rrf_k), positive)
+    assert np.all(np.isfinite(fuse(side, flat, weight, "rrf", rrf_k=rrf_k)))
 
 
 # ---------------------------------------------------------------- the retriever
@@ -271,8 +291,9 @@ def test_concurrent_questions_match_sequential_ones(retriever):
     assert got == expected
 
 
-def test_minmax_fusion_also_answers(retriever):
-    config = replace(retriever.config, retrieval=replace(retriever.config.retrieval, fusion="minmax"))
+@pytest.mark.parametrize("fusion", ["minmax", "rrf"])
+def test_other_fusion_forms_also_answer(retriever, fusion):
+    config = replace(retriever.config, retrieval=replace(retriever.config.retrieval, fusion=fusion))
     other = Retriever.open(retriever.index_dir, config)
     try:
         for question, fact in FACTS[:3]:

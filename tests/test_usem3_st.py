@@ -171,6 +171,23 @@ def test_chunking_does_not_change_vectors(model: Any) -> None:
 
 
 @pytest.mark.slow
+def test_id_cache_keeps_the_vectors_and_its_bound() -> None:
+    """Ids met before reuse their distinct-id stage: the same vectors (within 1e-5) as
+    without the cache, cold or warm, one question at a time or batched; it stops at its size."""
+    from index.usem3_st import load_usem3_model
+
+    texts = SENTENCES + _cmrc_texts(60)
+    plain = load_usem3_model(threads=1, id_cache=0).encode(texts)
+    cached = load_usem3_model(threads=1, id_cache=500)
+    cold = cached.encode(texts)
+    warm = np.stack([cached.encode([t])[0] for t in texts])
+    for vectors in (cold, warm):
+        np.testing.assert_allclose(vectors, plain, atol=1e-5)
+        assert _cosines(vectors, plain).min() >= 1 - 1e-5
+    assert len(cached._cache_slot) == 500
+
+
+@pytest.mark.slow
 def test_save_and_load_round_trip(model: Any, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 

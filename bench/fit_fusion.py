@@ -1,0 +1,207 @@
+"""Choose the fusion form and its parameters by cross-validation over CMRC-2018, split by article.
+
+    .venv/bin/python bench/fit_fusion.py [--folds 5] [--repeats 5] [--json out.json]
+
+Every CMRC-2018 trial paragraph is an article of one index (as in `bench/quality.py`). For
+each question the real retrieval pipeline (`Retriever._candidates`) yields the candidates
+with their cosine and BM25 scores; every fusion form and parameter is then scored offline.
+Articles (not questions) are split into folds, so no paragraph lends its questions to both
+the choice and the test: for each fold the form + weight with the best hit@1 (ties: mean
+reciprocal rank) on the other folds is chosen and scored on the fold's own questions. The
+figure reported is the hit@1 of those choices on unseen questions, pooled, over `--repeats`
+different splits. Forms compared:
+
+- `zscore`, `minmax`: each side normalised over the candidate set, weighted sum;
+- `zscore-all`: each side standardised against its distribution over every passage of the
+  index (BM25 0 where no term matches) — measured here only, by brute force;
+- `rrf` with k in `RRF_KS`: weighted reciprocal-rank fusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import write_cmrc_corpus
+
+from index import store
+from index.build import build_index
+from retrieval.fusion import fuse
+from retrieval.search import Retriever
+from settings import load_config
+
+WEIGHTS = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.05))
+RRF_KS = (1, 5, 10, 20, 40, 60)
+
+
+@dataclass
+class Question:
+    article: str
+    dense: np.ndarray
+    lexical: np.ndarray
+    gold: np.ndarray  # bool per candidate: a passage of the question's own paragraph
+    dense_all: tuple[float, float]  # mean, std of the cosine over every passage
+    lexical_all: tuple[float, float]  # mean, std of BM25 over every passage (0 = no match)
+
+
+def gather(index_dir: Path, pairs: list[tuple[str, str]]) -> list[Question]:
+    """Candidates and whole-index score statistics of every question, through the retriever."""
+    config = load_config()
+    retriever = Retriever.open(index_dir, config)
+    snap = retriever._snapshot
+    matrix = np.concatenate([v for _, v in store.iter_embeddings(snap.db)])
+    article_of = {r[0]: r[1] for r in snap.db.execute("select id, article_id from passages")}
+    prepared = [retriever._prepare(snap, q) for q, _ in pairs]
+    qvecs = retriever.embedder.encode_queries(prepared)
+    sims, nearest = snap.dense(qvecs, min(config.retrieval.candidates, snap.count))
+    out = []
+    for row, ((_, article), question, qvec) in enumerate(zip(pairs, prepared, qvecs, strict=True)):
+        query_terms = retriever._query_terms(snap, question)
+        ids, dense, lexical = retriever._candidates(snap, query_terms, qvec, (sims[row], nearest[row]))
+        if not ids:
+            continue
+        cosines = matrix @ qvec
+        bm25 = np.zeros(snap.count)
+        scored = list(snap.bm25(query_terms, snap.count).values())
+        bm25[: len(scored)] = scored
+        gold = np.array([article_of[i] == article for i in ids])
+        out.append(
+            Question(
+                article,
+                dense,
+                lexical,
+                gold,
+                (float(cosines.mean()), float(cosines.std())),
+                (float(bm25.mean()), float(bm25.std())),
+            )
+        )
+    retriever.close()
+    return out
+
+
+def forms() -> list[tuple[str, float, float]]:
+    """(form, rrf k or 0, dense weight) for every configuration compared."""
+    out = [(form, 0.0, w) for form in ("zscore", "minmax", "zscore-all") for w in WEIGHTS]
+    out += [("rrf", float(k), w) for k in RRF_KS for w in WEIGHTS]
+    return out
+
+
+def fused(q: Question, form: str, rrf_k: float, weight: float) -> np.ndarray:
+    if form == "zscore-all":
+        (dm, ds), (lm, ls) = q.dense_all, q.lexical_all
+        dense = (q.dense - dm) / ds if ds > 1e-12 else np.zeros_like(q.dense)
+        lexical = (q.lexical - lm) / ls if ls > 1e-12 else np.zeros_like(q.lexical)
+        return weight * dense + (1 - weight) * lexical
+    return fuse(q.dense, q.lexical, weight, form, rrf_k=rrf_k)
+
+
+def gold_ranks(questions: list[Question], configs: list[tuple[str, float, float]]) -> np.ndarray:
+    """(configs, questions): 0-based rank of the first gold passage, or a large number."""
+    ranks = np.full((len(configs), len(questions)), 10_000, dtype=np.int64)
+    for j, q in enumerate(questions):
+        if not q.gold.any():
+            continue
+        for i, (form, k, w) in enumerate(configs):
+            order = np.argsort(-fused(q, form, k, w), kind="stable")
+            ranks[i, j] = int(np.flatnonzero(q.gold[order])[0])
+    return ranks
+
+
+def best(ranks: np.ndarray, columns: np.ndarray, rows: np.ndarray | None = None) -> int:
+    """The config (row index) with the best hit@1 over `columns`, ties broken by MRR."""
+    sub = ranks[:, columns] if rows is None else ranks[np.ix_(rows, columns)]
+    hit1 = (sub == 0).mean(axis=1)
+    mrr = (1.0 / (1 + sub)).mean(axis=1)
+    choice = int(np.lexsort((-mrr, -hit1))[0])
+    return choice if rows is None else int(rows[choice])
+
+
+def cross_validate(questions: list[Question], ranks: np.ndarray, configs, folds: int, repeats: int) -> dict:  # type: ignore[no-untyped-def]
+    articles = sorted({q.article for q in questions})
+    by_article = np.array([q.article for q in questions])
+    form_rows = {
+        f: np.array([i for i, c in enumerate(configs) if c[0] == f]) for f in dict.fromkeys(c[0] for c in configs)
+    }
+    selections: dict[str, list[float]] = {"any form": [], **{f: [] for f in form_rows}}
+    chosen: list[str] = []
+    for repeat in range(repeats):
+        shuffled = articles[:]
+        random.Random(repeat).shuffle(shuffled)
+        fold_of = {a: i % folds for i, a in enumerate(shuffled)}
+        fold = np.array([fold_of[a] for a in by_article])
+        hits: dict[str, int] = dict.fromkeys(selections, 0)
+        for f in range(folds):
+            train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            pick = best(ranks, train)
+            chosen.append(
+                "{}{} w={}".format(
+                    configs[pick][0], f" k={configs[pick][1]:g}" if configs[pick][0] == "rrf" else "", configs[pick][2]
+                )
+            )
+            hits["any form"] += int((ranks[pick, test] == 0).sum())
+            for form, rows in form_rows.items():
+                hits[form] += int((ranks[best(ranks, train, rows), test] == 0).sum())
+        for name in selections:
+            selections[name].append(hits[name] / len(questions))
+    return {
+        "cv_hit@1": {name: {"mean": statistics.mean(v), "runs": v} for name, v in selections.items()},
+        "chosen_per_fold": {c: chosen.count(c) for c in dict.fromkeys(chosen)},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    base = load_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "cmrc"
+        corpus.mkdir()
+        pairs = write_cmrc_corpus(corpus)
+        config = replace(
+            base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=Path(tmp) / "index")
+        )
+        build_index(config)
+        questions = gather(config.index.dir, pairs)
+    configs = forms()
+    ranks = gold_ranks(questions, configs)
+    report = cross_validate(questions, ranks, configs, args.folds, args.repeats)
+    everything = np.arange(len(questions))
+    report["questions"] = len(questions)
+    report["articles"] = len({q.article for q in questions})
+    report["in_sample"] = {}
+    for form in dict.fromkeys(c[0] for c in configs):
+        rows = np.array([i for i, c in enumerate(configs) if c[0] == form])
+        i = best(ranks, everything, rows)
+        report["in_sample"][form] = {
+            "rrf_k": configs[i][1],
+            "dense_weight": configs[i][2],
+            "hit@1": float((ranks[i] == 0).mean()),
+            "hit@3": float((ranks[i] < 3).mean()),
+        }
+    for name, w in (("lexical only", 0.0), ("dense only", 1.0), ("zscore w=0.5 (old default)", 0.5)):
+        i = configs.index(("zscore", 0.0, w))
+        report["in_sample"][name] = {"hit@1": float((ranks[i] == 0).mean()), "hit@3": float((ranks[i] < 3).mean())}
+    pick = best(ranks, everything)
+    report["choice"] = {"fusion": configs[pick][0], "rrf_k": configs[pick][1], "dense_weight": configs[pick][2]}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
