@@ -25,6 +25,7 @@ import numpy as np
 import sqlite_utils
 
 from corpus.model import Article, Passage
+from index import dedup
 
 SCHEMA_VERSION = 1
 
@@ -111,6 +112,9 @@ def create_schema(db: sqlite_utils.Database) -> None:
         db["passages"].enable_fts(["terms"], create_triggers=True, tokenize="unicode61")
     # Per-term document frequencies for IDF weights (question coverage, highlighting).
     db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts_vocab USING fts5vocab(passages_fts, 'row')")
+    # Near-duplicate passages across articles (`index.dedup`), maintained by `dedup.update_groups`.
+    for sql in dedup.GROUP_TABLES_SQL:
+        db.execute(sql)
 
 
 def write_bm25(db: sqlite_utils.Database) -> None:

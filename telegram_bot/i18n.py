@@ -19,6 +19,7 @@ DEFAULT_LANG = "en"
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "answer_header": "From the articles (quoted in the original Chinese):",
+        "also_in": "also in: ",
         "more_header": "More passages ({start}–{end}):",
         "no_answer": "The articles do not cover this.",
         "weak_header": "Closest passage (weak match — it may not answer your question):",
@@ -81,6 +82,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "zh": {
         "answer_header": "文章原文摘录：",
+        "also_in": "也见于：",
         "more_header": "更多段落（{start}–{end}）：",
         "no_answer": "这些文章没有涉及这个问题。",
         "weak_header": "最接近的段落（弱匹配，未必回答了你的问题）：",

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
 from retrieval import format_citation
+from retrieval.model import Also, format_also
 from telegram_bot.i18n import EXAMPLES, t
 from telegram_bot.pipeline import Kind, Library, Reply
 
@@ -395,14 +396,14 @@ def answer_doc(reply: Reply) -> Doc:
     elif reply.kind is Kind.WEAK:
         blocks.append(Line.of(t(lang, "no_answer"), bold=True))
         blocks.append(Line.of(t(lang, "weak_header")))
-        blocks.extend(_passages(reply.hits[:1]))
+        blocks.extend(_passages(reply.hits[:1], lang))
     else:
         if reply.offset:
             end = reply.offset + len(reply.hits)
             blocks.append(Line.of(t(lang, "more_header", start=reply.offset + 1, end=end)))
         else:
             blocks.append(Line.of(t(lang, "answer_header")))
-        blocks.extend(_passages(reply.hits))
+        blocks.extend(_passages(reply.hits, lang))
     if reply.truncated:
         blocks.append(Line.of(t(lang, "truncated", limit=len(reply.question))))
     return tuple(blocks)
@@ -412,16 +413,30 @@ def passage_doc(reply: Reply, index: int) -> Doc:
     """One passage of a reply on its own (an inline-mode result's message)."""
     hit = reply.hits[index]
     head = Line.of(t(reply.lang, "no_answer" if reply.kind is Kind.WEAK else "answer_header"))
-    return (head, *_passages([hit]))
+    return (head, *_passages([hit], reply.lang))
 
 
-def _passages(hits: Iterable[Any]) -> list[Block]:
+def _passages(hits: Iterable[Any], lang: str) -> list[Block]:
     blocks: list[Block] = []
     for i, hit in enumerate(hits):
         if i:
             blocks.append(Line())
-        blocks.append(Passage(Quote(hit.text, hit.highlight_start, hit.highlight_end), citation(hit)))
+        cite = citation(hit)
+        if hit.also:
+            cite = Line((*cite.spans, *also_spans(lang, hit.also)))
+        blocks.append(Passage(Quote(hit.text, hit.highlight_start, hit.highlight_end), cite))
     return blocks
+
+
+def also_spans(lang: str, also: Sequence[Also]) -> tuple[Span, ...]:
+    """ "also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" on a line of its own, each copy linked
+    to its article (`retrieval.format_also` is the same list as plain text)."""
+    spans = [Span("\n" + t(lang, "also_in"))]
+    for i, item in enumerate(also):
+        if i:
+            spans.append(Span(", "))
+        spans.append(Span(clip(format_also([item]), 60), url=item.url))
+    return tuple(spans)
 
 
 def _examples(lang: str) -> str:

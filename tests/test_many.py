@@ -1,0 +1,183 @@
+"""Many articles: republished copies grouped at build time and quoted once (earliest version,
+the others cited as "also in"), incrementally; over real temporary indexes (fake embedder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+
+from bench.many import generate as generate_corpus
+from bench.many import gold_pairs
+from index import publish, store
+from index.build import build_index
+from retrieval import Retriever
+from settings import PROJECT_ROOT, Config
+
+ORIGINAL = PROJECT_ROOT / "corpus" / "articles" / "blockchain-daily-2021-06-10-crackdown.md"
+QUESTION = "断卡行动打掉了多少个犯罪团伙？"
+FACT = "170余个"
+
+
+def article(meta: dict[str, str], body: str) -> str:
+    front = "".join(f"{key}: {value}\n" for key, value in meta.items())
+    return f"---\n{front}---\n\n{body}\n"
+
+
+def original_body() -> str:
+    return ORIGINAL.read_text(encoding="utf-8").split("---", 2)[2].strip()
+
+
+def edited_copy(body: str) -> str:
+    """A 转载 of the article: a byline in front, commas changed, a sentence added to the
+    paragraph with the answer, the last paragraph dropped."""
+    paragraphs = [p for p in body.split("\n\n") if p.strip()][:-1]
+    edited = []
+    for p in paragraphs:
+        if FACT in p:
+            p = p.replace("，", ",", 2) + "此事引发业内广泛关注。"
+        edited.append(p)
+    edited[0] = "（新浪财经 记者 王磊）" + edited[0]
+    return "\n\n".join(edited)
+
+
+def write_syndicated(corpus: Path) -> None:
+    """The article (区块链日报, 06-10), an edited copy (新浪财经, 06-11), an exact copy under
+    another URL (金色财经, 06-12, listed first by name) and an unrelated article."""
+    body = original_body()
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "z-daily.md").write_text(
+        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "区块链日报", "date": "2021-06-10",
+                 "url": "https://daily.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    (corpus / "sina.md").write_text(
+        article({"title": "新疆青海叫停挖矿", "source": "新浪财经", "date": "2021-06-11",
+                 "url": "https://sina.example.cn/b"}, edited_copy(body)), encoding="utf-8")  # fmt: skip
+    (corpus / "a-jinse.md").write_text(
+        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "金色财经", "date": "2021-06-12",
+                 "url": "https://jinse.example.cn/c"}, body), encoding="utf-8")  # fmt: skip
+    (corpus / "other.md").write_text(
+        article({"title": "天气", "source": "澎湃新闻", "date": "2021-06-01"},
+                "今年夏天江南地区的梅雨季比往年来得更早，气象部门提醒市民注意防范强降雨带来的城市内涝。"),
+        encoding="utf-8",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def syndicated(tmp_path: Path) -> Config:
+    write_syndicated(tmp_path / "corpus")
+    config = make_config(tmp_path / "corpus", tmp_path / "index")
+    build_index(config)
+    return config
+
+
+def groups(config: Config) -> dict[int, set[str]]:
+    """group id → the article ids of its members."""
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        rows = db.execute(
+            "select g.group_id, p.article_id from passage_groups g join passages p on p.id = g.passage_id"
+        ).fetchall()
+    finally:
+        db.close()
+    out: dict[int, set[str]] = {}
+    for group_id, article_id in rows:
+        out.setdefault(group_id, set()).add(article_id)
+    return out
+
+
+def test_copies_are_grouped_and_quoted_once_in_their_earliest_version(syndicated: Config) -> None:
+    found = groups(syndicated)
+    assert found and all(ids <= {"z-daily.md", "sina.md", "a-jinse.md"} for ids in found.values())
+    retriever = Retriever.open(syndicated.index.dir, syndicated)
+    try:
+        hits = retriever.search(QUESTION, k=3)
+    finally:
+        retriever.close()
+    top = hits[0]
+    assert FACT in top.text
+    assert top.article_id == "z-daily.md" and top.source == "区块链日报"  # the earliest, not the first file
+    also = {a.source: a for a in top.also}
+    assert set(also) == {"新浪财经", "金色财经"}
+    assert also["新浪财经"].date == "2021-06-11" and also["新浪财经"].url == "https://sina.example.cn/b"
+    assert FACT in retriever_text(syndicated, also["新浪财经"].passage_id)
+    # k counts distinct passages: no other hit repeats the top one's text from another outlet.
+    assert len(hits) == 3
+    assert all(FACT not in h.text for h in hits[1:])
+    assert len({h.passage_id for h in hits} | {a.passage_id for h in hits for a in h.also}) == 3 + sum(
+        len(h.also) for h in hits
+    )
+
+
+def retriever_text(config: Config, passage_id: int) -> str:
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        return retriever.passages([passage_id])[passage_id].text
+    finally:
+        retriever.close()
+
+
+def test_groups_are_updated_incrementally(syndicated: Config) -> None:
+    before = groups(syndicated)
+    corpus = Path(syndicated.corpus.dir)
+    (corpus / "a-jinse.md").unlink()
+    build_index(syndicated)
+    after_removal = groups(syndicated)
+    assert after_removal and all("a-jinse.md" not in ids for ids in after_removal.values())
+    left = [sorted(ids - {"a-jinse.md"}) for ids in before.values() if len(ids - {"a-jinse.md"}) > 1]
+    assert sorted(left) == sorted(sorted(ids) for ids in after_removal.values())
+    (corpus / "sina.md").unlink()
+    build_index(syndicated)
+    assert groups(syndicated) == {}  # one article left of the story: nothing to group
+    write_syndicated(corpus)
+    build_index(syndicated)
+    regrouped = groups(syndicated)
+    assert {frozenset(ids) for ids in regrouped.values()} >= {frozenset({"z-daily.md", "sina.md", "a-jinse.md"})}
+    # An unrelated change leaves the groups as they are.
+    (corpus / "other.md").write_text(article({"title": "天气2"}, "明天晴转多云，气温二十到二十八度，适宜出行。"))
+    build_index(syndicated)
+    assert groups(syndicated) == regrouped
+
+
+def test_generated_corpus_duplicates_found_with_precision_and_recall(tmp_path: Path) -> None:
+    corpus = generate_corpus(tmp_path / "corpus", seed=3)
+    config = make_config(tmp_path / "corpus", tmp_path / "index")
+    report = build_index(config)
+    assert not report.skipped
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        passages = db.execute("select id, article_id, ordinal, paragraph, paragraph_end from passages").fetchall()
+        members: dict[int, list[int]] = {}
+        for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
+            members.setdefault(group_id, []).append(pid)
+    finally:
+        db.close()
+    gold = gold_pairs(corpus, passages)
+    found = {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
+    assert len(gold) > 50
+    assert len(gold & found) / len(found) >= 0.9
+    assert len(gold & found) / len(gold) >= 0.9
+
+
+@pytest.mark.slow
+def test_cli_json_lists_the_other_copies(syndicated: Config, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[corpus]\ndir = "{syndicated.corpus.dir}"\n[index]\ndir = "{syndicated.index.dir}"\n'
+        '[model]\nname = "test-hash"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    command = [sys.executable, "-m", "retrieval", "--config", str(config_file)]
+    result = subprocess.run([*command, "--json", QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    top = json.loads(result.stdout)["results"][0]
+    assert top["source"] == "区块链日报"
+    assert [(a["source"], a["date"]) for a in top["also"]] == [("新浪财经", "2021-06-11"), ("金色财经", "2021-06-12")]
+    assert set(top["also"][0]) == {"source", "date", "title", "url", "article_id", "passage_id"}
+    readable = subprocess.run([*command, QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
+    assert "也见于 / also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" in readable.stdout.decode()
