@@ -3,6 +3,8 @@ the others cited as "also in"), incrementally; over real temporary indexes (fake
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import subprocess
@@ -11,13 +13,16 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config
+from fake_telegram import InProcessBot, Payloads, write_config
+from test_bot_handlers import assert_valid_answer_html, run_bot, sent
 
 from bench.many import generate as generate_corpus
 from bench.many import gold_pairs
 from index import publish, store
 from index.build import build_index
 from retrieval import Retriever
-from settings import PROJECT_ROOT, Config
+from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot.console import run_console
 
 ORIGINAL = PROJECT_ROOT / "corpus" / "articles" / "blockchain-daily-2021-06-10-crackdown.md"
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
@@ -181,3 +186,34 @@ def test_cli_json_lists_the_other_copies(syndicated: Config, tmp_path: Path) -> 
     assert set(top["also"][0]) == {"source", "date", "title", "url", "article_id", "passage_id"}
     readable = subprocess.run([*command, QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
     assert "也见于 / also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" in readable.stdout.decode()
+
+
+@pytest.fixture
+def syndicated_config_file(syndicated: Config, tmp_path: Path) -> Path:
+    return write_config(tmp_path / "bot.toml", corpus=Path(syndicated.corpus.dir), index=Path(syndicated.index.dir))
+
+
+def test_console_quotes_once_and_names_the_copies(syndicated_config_file: Path) -> None:
+    config = load_config(syndicated_config_file)
+    stdout = io.StringIO()
+    stdin = io.BytesIO(f"{QUESTION}\n/more\n".encode())
+    assert asyncio.run(run_console(config, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
+    out = stdout.getvalue()
+    assert out.count(FACT) == 1  # neither the copies nor "More" repeat it
+    assert "— 《区块链日报》2021-06-10 · " in out
+    assert "也见于：新浪财经 2021-06-11 <https://sina.example.cn/b>, 金色财经 2021-06-12 <https://jinse.example.cn/c>" in out
+
+
+def test_bot_answer_cites_the_copies_with_links(syndicated_config_file: Path) -> None:
+    calls = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION)))
+        calls.extend(await bot.feed(p.message("How many criminal gangs were taken down?")))
+
+    run_bot(load_config(syndicated_config_file), scenario)
+    zh, en = sent(calls)
+    text = assert_valid_answer_html(zh)
+    assert text.count(FACT) == 1 and "也见于：新浪财经 2021-06-11, 金色财经 2021-06-12" in text
+    assert '<a href="https://sina.example.cn/b">新浪财经 2021-06-11</a>' in zh.params["text"]
+    assert "also in: " in assert_valid_answer_html(en)
