@@ -288,3 +288,134 @@ def gold_pairs(corpus: Corpus, passages: list[tuple[int, str, int, int, int]]) -
     for pid, key in keys.items():
         by_key.setdefault(key, []).append(pid)
     return {(a, b) for ids in by_key.values() for a in ids for b in ids if a < b}
+
+
+# ---------------------------------------------------------------- measurement (`make bench`)
+def _date_weights(on: bool) -> None:
+    """Switch the date preferences of `retrieval.dates` on (their defaults) or off."""
+    from retrieval import dates
+
+    for name, value in _DATE_DEFAULTS.items():
+        setattr(dates, name, value if on else 0.0)
+
+
+_DATE_DEFAULTS: dict[str, float] = {}
+
+
+def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Path | None = None) -> dict:
+    """Duplicate precision/recall and hit@k of date and no-date questions, with the date
+    preferences on and off, averaged over generated corpora (one per seed)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from bench.quality import seed_hit, seed_questions
+    from index import publish, store
+    from index.build import build_index
+    from retrieval import Retriever, dates
+    from settings import load_config
+
+    _DATE_DEFAULTS.update(
+        {n: getattr(dates, n) for n in ("MENTION_BONUS", "PUBLISHED_BONUS", "RECENCY_BONUS")} | _DATE_DEFAULTS
+    )
+    base = load_config()
+    totals: dict[str, list[float]] = {}
+
+    def note(key: str, value: float) -> None:
+        totals.setdefault(key, []).append(value)
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        for seed in seeds:
+            root = Path(tmp) / f"seed-{seed}"
+            corpus = generate(root / "corpus", seed)
+            config = _config(base, root / "corpus", root / "index", model)
+            report = build_index(config)
+            db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+            try:
+                passages = db.execute(
+                    "select id, article_id, ordinal, paragraph, paragraph_end from passages"
+                ).fetchall()
+                members: dict[int, list[int]] = {}
+                for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
+                    members.setdefault(group_id, []).append(pid)
+            finally:
+                db.close()
+            gold = gold_pairs(corpus, passages)
+            found = {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
+            note("dedup_precision", len(gold & found) / max(len(found), 1))
+            note("dedup_recall", len(gold & found) / max(len(gold), 1))
+            note("passages", report.passages)
+            lineage = {
+                pid: corpus.lineage_of(aid, para)
+                for pid, aid, _, para, _ in passages
+                if aid.startswith(("orig", "copy"))
+            }
+            story = {pid: aid for pid, aid, *_ in passages if aid in corpus.story_ids}
+            retriever = Retriever.open(config.index.dir, config)
+            try:
+                for on in (True, False):
+                    _date_weights(on)
+                    mode = "dates" if on else "no_dates"
+                    answers = retriever.answer_many([q for q, _ in STORY_QUESTIONS], 5)
+                    for k in (1, 3):
+                        hits = [
+                            any(story.get(h.passage_id) == corpus.story_ids[step] for h in a.hits[:k])
+                            for a, (_, step) in zip(answers, STORY_QUESTIONS, strict=True)
+                        ]
+                        note(f"story_{mode}_hit@{k}", sum(hits) / len(hits))
+                    answers = retriever.answer_many([q for q, _, _ in corpus.questions], 5)
+                    for k in (1, 5):
+                        hits = [
+                            any(key in {lineage.get(h.passage_id)} | {lineage.get(a.passage_id) for a in h.also}
+                                for h in answer.hits[:k])
+                            for answer, (_, _, key) in zip(answers, corpus.questions, strict=True)
+                        ]  # fmt: skip
+                        note(f"cmrc_{mode}_hit@{k}", sum(hits) / len(hits))
+                    distinct = [len({h.text for h in a.hits}) / max(len(a.hits), 1) for a in answers]
+                    note(f"cmrc_{mode}_distinct_share", sum(distinct) / len(distinct))
+            finally:
+                retriever.close()
+                _date_weights(True)
+        # The single article: seed-dev with the date preferences on and off.
+        config = _config(base, ROOT / "corpus" / "articles", Path(tmp) / "single", model)
+        build_index(config)
+        questions = seed_questions()
+        retriever = Retriever.open(config.index.dir, config)
+        try:
+            for on in (True, False):
+                _date_weights(on)
+                answers = retriever.answer_many([q["q"] for q in questions], 3)
+                for k in (1, 3):
+                    hits = [
+                        any(seed_hit(h.text, q) for h in a.hits[:k]) for a, q in zip(answers, questions, strict=True)
+                    ]
+                    note(f"single_{'dates' if on else 'no_dates'}_hit@{k}", sum(hits) / len(hits))
+        finally:
+            retriever.close()
+            _date_weights(True)
+    result = {key: round(sum(v) / len(v), 4) for key, v in totals.items()}
+    result |= {"seeds": list(seeds), "model": model, "story_questions": len(STORY_QUESTIONS)}
+    return result
+
+
+def _config(base, corpus: Path, index: Path, model: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(
+        base,
+        corpus=replace(base.corpus, dir=corpus),
+        index=replace(base.index, dir=index),
+        model=replace(base.model, name=model),
+    )
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="duplicates and dates on generated multi-article corpora")
+    parser.add_argument("--model", default="usem3")
+    parser.add_argument("--seeds", default="2,3,4")
+    args = parser.parse_args()
+    print(json.dumps(evaluate(args.model, tuple(int(s) for s in args.seeds.split(","))), indent=2))
+    sys.exit(0)

@@ -29,7 +29,7 @@ from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
 from index.text import HAN, clean, in_script, script_of, terms
-from retrieval import collapse
+from retrieval import collapse, dates
 from retrieval.bm25 import Postings
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
@@ -457,6 +457,8 @@ class Retriever:
         dense_scores = np.array([dense[i] if i in dense else float(embeddings[i] @ qvec) for i in candidate_ids])
         lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion)
+        with snap.lock:  # dates and periods the question names, "latest"/"first" (`retrieval.dates`)
+            fused = dates.adjust(snap.db.conn, snap.version.name, question, candidate_ids, fused)
         # Republished copies collapse into one distinct result each (`retrieval.collapse`):
         # `order` holds the positions of the members that earned the ranks, `chosen` the
         # versions quoted (the earliest, unless a later copy holds more of the question).
