@@ -39,6 +39,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_short": ("Hi! Ask me about the 2021 crypto crackdown in China, e.g.:\n{examples}\n/help for more."),
         "sources_header": "Indexed articles ({count}):",
         "sources_more": "…and {count} more.",
+        "sources_outlets": "By outlet: {outlets}",
+        "sources_page": "Page {page} of {pages}, newest first:",
+        "btn_newer": "‹ Newer",
+        "btn_older": "Older ›",
         "passages": "{count} passages",
         "about": (
             "Bot version: {app}\nIndex version: {version}\nModel: {model}\n"
@@ -100,6 +104,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_short": ("你好！可以问我 2021 年中国整治虚拟货币的问题，例如：\n{examples}\n发送 /help 了解更多。"),
         "sources_header": "已收录的文章（{count} 篇）：",
         "sources_more": "……另有 {count} 篇。",
+        "sources_outlets": "各来源：{outlets}",
+        "sources_page": "第 {page}/{pages} 页，最新的在前：",
+        "btn_newer": "‹ 较新",
+        "btn_older": "较旧 ›",
         "passages": "{count} 个段落",
         "about": (
             "程序版本：{app}\n索引版本：{version}\n模型：{model}\n"

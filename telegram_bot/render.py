@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
+from index import catalog
 from retrieval import format_citation
 from retrieval.model import Also, format_also
 from telegram_bot.i18n import EXAMPLES, t
@@ -455,11 +456,25 @@ def help_doc(lang: str, library: Library, username: str) -> Doc:
     return (Line.of(text),)
 
 
-def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc:
-    """One line per indexed article; the list ends with "…and N more" when it is too long."""
+SOURCES_PAGE = 10  # articles per /sources page
+
+
+def sources_pages(library: Library) -> int:
+    return max(1, -(-len(library.articles) // SOURCES_PAGE))
+
+
+def sources_doc(lang: str, library: Library, page: int = 0, limit: int = TELEGRAM_LIMIT) -> Doc:
+    """One page of the indexed articles, newest first, under the number of articles per
+    outlet; lines that do not fit end with "…and N more"."""
+    pages = sources_pages(library)
+    page = max(0, min(page, pages - 1))
     head = Line.of(t(lang, "sources_header", count=len(library.articles)), bold=True)
+    counts = " · ".join(f"{clip(source, 30) or '?'} {n}" for source, n in catalog.outlets(library.articles))
+    fixed = [head, Line.of(t(lang, "sources_outlets", outlets=clip(counts, 600)))]
+    if pages > 1:
+        fixed.append(Line.of(t(lang, "sources_page", page=page + 1, pages=pages)))
     lines = []
-    for article in library.articles:
+    for article in library.articles[page * SOURCES_PAGE : (page + 1) * SOURCES_PAGE]:
         label = " ".join(
             p
             for p in (
@@ -479,7 +494,7 @@ def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc
                 )
             )
         )
-    budget = limit - _line_units(head) - 40
+    budget = limit - sum(_line_units(line) + 1 for line in fixed) - 40
     kept: list[Line] = []
     for line in lines:
         budget -= _line_units(line) + 1
@@ -488,7 +503,7 @@ def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc
         kept.append(line)
     if len(kept) < len(lines):
         kept.append(Line.of(t(lang, "sources_more", count=len(lines) - len(kept))))
-    return (head, *kept)
+    return (*fixed, *kept)
 
 
 def model_label(name: str) -> str:
