@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import make_config
 from fake_telegram import InProcessBot, Payloads, write_config
-from test_bot_handlers import assert_valid_answer_html, run_bot, sent
+from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
 
 from bench.many import generate as generate_corpus
 from bench.many import gold_pairs
@@ -218,3 +219,61 @@ def test_bot_answer_cites_the_copies_with_links(syndicated_config_file: Path) ->
     assert text.count(FACT) == 1 and "也见于：新浪财经 2021-06-11, 金色财经 2021-06-12" in text
     assert '<a href="https://sina.example.cn/b">新浪财经 2021-06-11</a>' in zh.params["text"]
     assert "also in: " in assert_valid_answer_html(en)
+
+
+@pytest.fixture(scope="module")
+def many_articles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config file over the generated multi-article corpus (dozens of articles, six outlets)."""
+    tmp = tmp_path_factory.mktemp("many")
+    generate_corpus(tmp / "corpus", seed=1)
+    config_file = write_config(tmp / "config.toml", corpus=tmp / "corpus", index=tmp / "index")
+    build_index(load_config(config_file))
+    return config_file
+
+
+def test_bot_sources_pages_newest_first_with_outlet_counts(many_articles: Path) -> None:
+    calls = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message("/sources")))
+        first = sent(calls)[-1]
+        [older] = buttons(first)
+        message = p.bot_message("x", chat_id=1001, message_id=first.result["message_id"])
+        calls.extend(await bot.feed(p.callback(older["callback_data"], message=message, user_id=1001)))
+        calls.extend(await bot.feed(p.message("/sources 99")))
+
+    run_bot(load_config(many_articles), scenario)
+    first, last = sent(calls)
+    [edit] = sent(calls, "editMessageText")
+    page1, page2, final = (assert_valid_answer_html(c) for c in (first, edit, last))
+    assert re.search(r"第 (\d+)/\1 页", final)  # the last page
+    assert "各来源：" in page1 and "第 1/" in page1 and "第 2/" in page2
+    dates = [line.split()[1] for line in page1.splitlines() if line.startswith("• ")]
+    assert len(dates) == 10 and dates == sorted(dates, reverse=True)
+    assert min(dates) >= max(line.split()[1] for line in page2.splitlines() if line.startswith("• "))
+    assert [b["text"] for b in buttons(edit)] == ["‹ 较新", "较旧 ›"]
+    assert [b["text"] for b in buttons(last)] == ["‹ 较新"]  # /sources 99: the last page
+
+
+def test_console_sources_and_index_info_give_the_same_summary(many_articles: Path) -> None:
+    config = load_config(many_articles)
+    stdout = io.StringIO()
+    assert asyncio.run(run_console(config, stdin=io.BytesIO(b"/sources\n/sources 2\n"), stdout=stdout)) == 0  # type: ignore[arg-type]
+    out = stdout.getvalue()
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    info = subprocess.run(
+        [sys.executable, "-m", "index", "info", "--config", str(many_articles)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert info.returncode == 0, info.stderr.decode()
+    data = json.loads(info.stdout)
+    summary = data["summary"]
+    assert summary["articles"] == len(data["articles"]) and summary["duplicate_groups"] > 0
+    assert [a["date"] for a in data["articles"]] == sorted((a["date"] for a in data["articles"]), reverse=True)
+    assert summary["newest"] == data["articles"][0]["date"]
+    counts = " · ".join(f"{source} {n}" for source, n in summary["outlets"].items())
+    assert f"By outlet: {counts}" in out or f"各来源：{counts}" in out
+    assert ("Page 2 of" in out or "第 2/" in out) and out.count("• ") == 20
