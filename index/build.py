@@ -178,6 +178,7 @@ def build_index(
                 store.continue_ids(db, live.db_path)
             embedded, dim = _write_articles(db, config, changed, removed, embedder, progress)
             dedup.update_groups(db)  # near-duplicate groups of the new and removed passages only
+            dedup.record_aliases(db, changed)
             store.write_bm25(db)
             if dim is None:
                 dim = int(store.get_meta(db).get("dim", 0)) or (embedder.dim if embedder else 0)

@@ -16,7 +16,9 @@ and lives in the index database (tables created by `index.store.create_schema`):
 - `passage_bands(band, hash, passage_id)`: its LSH band hashes, looked up with one join;
 - `passage_dups(a, b)`: verified duplicate pairs, a < b;
 - `passage_groups(passage_id, group_id)`: passages in a group of two or more; `group_id` is
-  the smallest member id.
+  the smallest member id;
+- `article_aliases(article_id, url, source, date)`: an article's other URLs (the same text
+  added again from elsewhere: `index add` records it in the file's front matter, `also`).
 
 `update_groups` runs after a build wrote its articles: passages that disappeared (their
 article removed or changed) lose their rows, new passages (no signature yet) are signed and
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import sqlite_utils
 
+from corpus.model import Article
 from index.text import normalize
 
 SHINGLE = 4  # characters per shingle: a Chinese word or two
@@ -58,6 +61,9 @@ GROUP_TABLES_SQL = (
     "CREATE INDEX IF NOT EXISTS passage_dups_b ON passage_dups (b)",
     "CREATE TABLE IF NOT EXISTS passage_groups (passage_id INTEGER PRIMARY KEY, group_id INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS passage_groups_group ON passage_groups (group_id)",
+    # The same article under other URLs (front matter `also`, recorded by `index add`).
+    "CREATE TABLE IF NOT EXISTS article_aliases (article_id TEXT NOT NULL, url TEXT NOT NULL, "
+    "source TEXT NOT NULL, date TEXT NOT NULL, PRIMARY KEY (article_id, url)) WITHOUT ROWID",
 )
 
 
@@ -153,6 +159,17 @@ def update_groups(db: sqlite_utils.Database, batch: int = 2_000) -> GroupUpdate:
             }
         groups = _regroup(conn, seeds)
     return GroupUpdate(signed=len(new_ids), removed=len(removed), pairs=pairs, groups_touched=groups)
+
+
+def record_aliases(db: sqlite_utils.Database, changed: Sequence[Article]) -> None:
+    """The other sources of the changed articles; those of removed articles go too."""
+    with db.conn:
+        db.conn.execute("delete from article_aliases where article_id not in (select id from articles)")
+        db.conn.executemany("delete from article_aliases where article_id = ?", [(a.id,) for a in changed])
+        db.conn.executemany(
+            "insert or replace into article_aliases (article_id, url, source, date) values (?, ?, ?, ?)",
+            [(a.id, o.url, o.source, o.date) for a in changed for o in a.also],
+        )
 
 
 def _json_ids(ids: Iterable[int]) -> str:

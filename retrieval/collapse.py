@@ -7,22 +7,56 @@ passages. The quoted version is the group's earliest: the article with the oldes
 undated article counts as newest), then the lowest passage id (the one indexed first) -
 unless the copy that earned the rank holds more of the question's terms (an edit added the
 sentence the question is about): then that copy is quoted and the earliest cited with the others.
+
+An article's other URLs (the same text added again from elsewhere, `article_aliases`) are
+cited the same way, so an article added twice is shown once with both sources.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retrieval.model import Also
 
-# The whole group of every ranked passage that has one, with what a citation needs.
+# The whole group of every ranked passage that has one, and the ranked passages whose article
+# has other URLs, with what a citation needs (group id 0: a passage without copies).
 _MEMBERS_SQL = """
 select g.group_id, p.id, p.article_id, a.source, a.date, a.title, a.url
 from passage_groups g join passages p on p.id = g.passage_id join articles a on a.id = p.article_id
-where g.group_id in (select group_id from passage_groups where passage_id in (select value from json_each(?)))
+where g.group_id in (select group_id from passage_groups where passage_id in (select value from json_each(?1)))
+union all
+select 0, p.id, p.article_id, a.source, a.date, a.title, a.url
+from passages p join articles a on a.id = p.article_id
+where p.id in (select value from json_each(?1))
+  and p.id not in (select passage_id from passage_groups)
+  and p.article_id in (select article_id from article_aliases)
 """
+_ALIASES_SQL = (
+    "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
+)
+
+
+@dataclass(frozen=True)
+class _Member:
+    passage_id: int
+    article_id: str
+    source: str
+    date: str
+    title: str
+    url: str
+    aliases: tuple[tuple[str, str, str], ...] = ()  # the article's other (source, date, url)
+
+    @property
+    def age_key(self) -> tuple[str, int]:
+        return (self.date or "\uffff", self.passage_id)
+
+    def citations(self) -> list[Also]:
+        """This copy and its article's other URLs, as `Also` entries."""
+        own = Also(self.source, self.date, self.title, self.url, self.article_id, self.passage_id)
+        return [own] + [Also(s, d, self.title, u, self.article_id, self.passage_id) for s, d, u in self.aliases]
 
 
 @dataclass(frozen=True)
@@ -49,41 +83,33 @@ class Pick:
             if len(wanted & set(terms[self.ranked_id].split())) > len(wanted & set(terms[quoted].split())):
                 quoted = self.ranked_id
         first = next(m for m in self.members if m.passage_id == quoted)
+        also = first.citations()[1:]
         articles = {first.article_id}
-        also = []
         for m in self.members:
             if m.article_id not in articles:
                 articles.add(m.article_id)
-                also.append(Also(m.source, m.date, m.title, m.url, m.article_id, m.passage_id))
+                also += m.citations()
         return quoted, tuple(also)
-
-
-@dataclass(frozen=True)
-class _Member:
-    passage_id: int
-    article_id: str
-    source: str
-    date: str
-    title: str
-    url: str
-
-    @property
-    def age_key(self) -> tuple[str, int]:
-        return (self.date or "\uffff", self.passage_id)
 
 
 def group_members(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[_Member]]:
     """Passage id → all members of its group (itself included), oldest first, for the ids of
-    `ids` that are in a group. An index built before groups existed has none."""
+    `ids` that are in a group or whose article has other URLs. An index built before groups
+    existed has none."""
     if not ids:
         return {}
     try:
         rows = conn.execute(_MEMBERS_SQL, ["[" + ",".join(str(int(i)) for i in ids) + "]"]).fetchall()
-    except sqlite3.OperationalError:  # no passage_groups table
+        articles = json.dumps(sorted({r[2] for r in rows}))
+        aliases: dict[str, list[tuple[str, str, str]]] = {}
+        for article_id, *alias in conn.execute(_ALIASES_SQL, [articles]) if rows else ():
+            aliases.setdefault(article_id, []).append(tuple(alias))
+    except sqlite3.OperationalError:  # no passage_groups / article_aliases tables
         return {}
     groups: dict[int, list[_Member]] = {}
-    for group_id, *fields in rows:
-        groups.setdefault(group_id, []).append(_Member(*fields))
+    for group_id, passage_id, article_id, *fields in rows:
+        member = _Member(passage_id, article_id, *fields, aliases=tuple(aliases.get(article_id, ())))
+        groups.setdefault(group_id or -passage_id, []).append(member)
     out: dict[int, list[_Member]] = {}
     for members in groups.values():
         members.sort(key=lambda m: m.age_key)

@@ -20,6 +20,7 @@ from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
 from bench.many import generate as generate_corpus
 from bench.many import gold_pairs
 from index import publish, store
+from index.add import add_sources
 from index.build import build_index
 from retrieval import Retriever
 from settings import PROJECT_ROOT, Config, load_config
@@ -277,3 +278,30 @@ def test_console_sources_and_index_info_give_the_same_summary(many_articles: Pat
     counts = " · ".join(f"{source} {n}" for source, n in summary["outlets"].items())
     assert f"By outlet: {counts}" in out or f"各来源：{counts}" in out
     assert ("Page 2 of" in out or "第 2/" in out) and out.count("• ") == 20
+
+
+def test_the_same_article_added_under_two_urls_is_shown_once_with_both_sources(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    config = make_config(corpus, tmp_path / "index")
+    body = original_body()
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text(article({"title": "叫停挖矿", "source": "区块链日报", "date": "2021-06-10",
+                              "url": "https://daily.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    second.write_text(article({"title": "叫停挖矿", "source": "新浪财经", "date": "2021-06-10",
+                               "url": "https://sina.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    report = add_sources(config, [str(first), str(second)])
+    added, recorded = report.results
+    assert (added.status, recorded.status) == ("added", "updated") and report.ok
+    assert recorded.detail == f"same text as {added.path}; recorded as another source of it"
+    assert [p.name for p in corpus.iterdir()] == [Path(added.path).name]  # one article, not two
+    again = add_sources(config, [str(second)], build=False)
+    assert [r.status for r in again.results] == ["unchanged"]  # already recorded
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        top = retriever.search(QUESTION, k=1)[0]
+    finally:
+        retriever.close()
+    assert (top.source, top.url) == ("区块链日报", "https://daily.example.cn/a")
+    [other] = top.also
+    assert (other.source, other.url, other.passage_id) == ("新浪财经", "https://sina.example.cn/a", top.passage_id)
