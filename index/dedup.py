@@ -3,7 +3,7 @@
 Chinese news is republished widely, often lightly edited: punctuation changed, a byline or a
 sentence added or removed, traditional characters. A passage's text is normalised (NFKC,
 simplified, lower case, only letters, digits and Chinese characters kept) and cut into
-character `SHINGLE`-grams; a datasketch MinHash of those shingles is split into `BANDS` bands
+character `SHINGLE`-grams; a MinHash signature of those shingles is split into `BANDS` bands
 of `ROWS` values (LSH), and passages sharing a band are candidates. A candidate pair is a
 duplicate when the exact shingle sets overlap enough (Jaccard, or containment for a passage
 that is the other plus a sentence) *and* the stored embeddings agree (cosine): two passages
@@ -28,6 +28,8 @@ matched, and only the groups they touch are recomputed.
 from __future__ import annotations
 
 import re
+import unicodedata
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +37,7 @@ import numpy as np
 import sqlite_utils
 
 from corpus.model import Article
-from index.text import normalize
+from index.text import to_simplified
 
 SHINGLE = 4  # characters per shingle: a Chinese word or two
 BANDS = 20
@@ -50,6 +52,11 @@ MIN_COSINE = 0.8
 
 _KEEP = re.compile(r"[^\w]+", re.UNICODE)
 _MASK63 = np.uint64((1 << 63) - 1)
+_MAX_HASH = np.uint64((1 << 32) - 1)
+# Multiply-shift hash functions (a odd): h(x) = (a·x + b mod 2^64) >> 32, no division needed.
+_PERMUTATIONS = np.random.default_rng(SEED).integers(0, 2**64 - 1, size=(2, NUM_PERM), dtype=np.uint64)
+_PERM_A, _PERM_B = _PERMUTATIONS[0] | np.uint64(1), _PERMUTATIONS[1]
+_SIGN_CHUNK = 256  # sets per numpy pass: ~300 shingles each x NUM_PERM x 8 bytes = ~37 MB
 _BAND_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
 
 GROUP_TABLES_SQL = (
@@ -79,22 +86,32 @@ class GroupUpdate:
 
 def shingles(text: str) -> set[str]:
     """Character `SHINGLE`-grams of the normalised text (the whole text when shorter)."""
-    chars = _KEEP.sub("", normalize(text))
+    # `index.text.normalize` without its `clean` (control characters go with the punctuation).
+    chars = _KEEP.sub("", to_simplified(unicodedata.normalize("NFKC", text)).lower())
     if len(chars) <= SHINGLE:
         return {chars} if chars else set()
     return {chars[i : i + SHINGLE] for i in range(len(chars) - SHINGLE + 1)}
 
 
 def signatures(shingle_sets: Sequence[set[str]]) -> np.ndarray:
-    """MinHash signatures (datasketch, fixed seed), one uint64 row of `NUM_PERM` per set."""
-    from datasketch import MinHash
-
-    out = np.empty((len(shingle_sets), NUM_PERM), dtype=np.uint64)
-    for row, items in enumerate(shingle_sets):
-        minhash = MinHash(num_perm=NUM_PERM, seed=SEED)
-        if items:
-            minhash.update_batch([s.encode("utf-8") for s in items])
-        out[row] = minhash.hashvalues
+    """MinHash signatures, one uint64 row of `NUM_PERM` per set: for each of `NUM_PERM` fixed
+    multiply-shift hash functions of a 32-bit hash (crc32) of the shingle, the minimum over the
+    set. Computed in numpy, a chunk of sets per pass: datasketch's MinHash would do the same
+    but importing it pulls in scipy, 1-3 s on every build."""
+    out = np.full((len(shingle_sets), NUM_PERM), _MAX_HASH, dtype=np.uint64)
+    for start in range(0, len(shingle_sets), _SIGN_CHUNK):  # one numpy pass per chunk of sets
+        chunk = shingle_sets[start : start + _SIGN_CHUNK]
+        sizes = np.array([len(items) for items in chunk])
+        if not sizes.sum():
+            continue
+        hashed = np.fromiter(
+            (zlib.crc32(s.encode("utf-8")) for items in chunk for s in items), dtype=np.uint64, count=int(sizes.sum())
+        )
+        with np.errstate(over="ignore"):
+            values = (hashed[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
+        filled = np.flatnonzero(sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])[filled]
+        out[start + filled] = np.minimum.reduceat(values, offsets, axis=0)
     return out
 
 
