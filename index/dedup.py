@@ -14,7 +14,7 @@ and lives in the index database (tables created by `index.store.create_schema`):
 
 - `passage_minhash(passage_id, sig)`: the signature of every processed passage;
 - `passage_bands(band, hash, passage_id)`: its LSH band hashes, looked up with one join;
-- `passage_dups(a, b)`: verified duplicate pairs, a < b;
+- `passage_dups(a, b, jaccard)`: verified duplicate pairs, a < b, with their shingle Jaccard;
 - `passage_groups(passage_id, group_id)`: passages in a group of two or more; `group_id` is
   the smallest member id;
 - `article_aliases(article_id, url, source, date)`: an article's other URLs (the same text
@@ -64,7 +64,7 @@ GROUP_TABLES_SQL = (
     "CREATE TABLE IF NOT EXISTS passage_bands (band INTEGER NOT NULL, hash INTEGER NOT NULL, "
     "passage_id INTEGER NOT NULL, PRIMARY KEY (band, hash, passage_id)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS passage_dups (a INTEGER NOT NULL, b INTEGER NOT NULL, "
-    "PRIMARY KEY (a, b)) WITHOUT ROWID",
+    "jaccard REAL NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS passage_dups_b ON passage_dups (b)",
     "CREATE TABLE IF NOT EXISTS passage_groups (passage_id INTEGER PRIMARY KEY, group_id INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS passage_groups_group ON passage_groups (group_id)",
@@ -123,16 +123,19 @@ def band_hashes(sigs: np.ndarray) -> np.ndarray:
     return (mixed & _MASK63).astype(np.int64)
 
 
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
 def similar(a: set[str], b: set[str]) -> bool:
     """The text test: overlapping enough as a whole, or the smaller one (of enough substance)
     almost entirely inside the larger."""
     if not a or not b:
         return False
-    common = len(a & b)
-    if common / len(a | b) >= MIN_JACCARD:
+    if jaccard(a, b) >= MIN_JACCARD:
         return True
     smaller = min(len(a), len(b))
-    return smaller >= MIN_CONTAINED_SHINGLES and common / smaller >= MIN_CONTAINMENT
+    return smaller >= MIN_CONTAINED_SHINGLES and len(a & b) / smaller >= MIN_CONTAINMENT
 
 
 def update_groups(db: sqlite_utils.Database, batch: int = 2_000) -> GroupUpdate:
@@ -270,8 +273,8 @@ def _sign_and_match(conn, ids: list[int]) -> int:  # type: ignore[no-untyped-def
             "select id, embedding from passages where id in (select value from json_each(?))", [_json_ids(involved)]
         )
     }
-    verified = [(a, b) for a, b in textual if _cosine(vectors[a], vectors[b]) >= MIN_COSINE]
-    conn.executemany("insert or ignore into passage_dups (a, b) values (?, ?)", verified)
+    verified = [(a, b, jaccard(sets[a], sets[b])) for a, b in textual if _cosine(vectors[a], vectors[b]) >= MIN_COSINE]
+    conn.executemany("insert or ignore into passage_dups (a, b, jaccard) values (?, ?, ?)", verified)
     return len(verified)
 
 
@@ -281,34 +284,62 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _regroup(conn, seeds: set[int]) -> int:  # type: ignore[no-untyped-def]
-    """Recompute the connected components containing `seeds`; returns how many groups they form."""
+    """Recompute the groups containing `seeds`; returns how many groups they form.
+
+    A group gathers the passages connected by duplicate pairs, but never two passages of one
+    article (a lead restated later in the article, each copy of it republished, would link the
+    two through the copies): pairs are joined most similar first, and a pair that would put
+    two passages of an article in one group is left out."""
     seen: set[int] = set()
     groups = 0
     for seed in sorted(seeds):
         if seed in seen:
             continue
-        component = {seed}
+        component, edges = {seed}, set()
         frontier = [seed]
         while frontier:
             ids = _json_ids(frontier)
-            found = {
-                r[0]
-                for r in conn.execute(
-                    "select b from passage_dups where a in (select value from json_each(?)) "
-                    "union select a from passage_dups where b in (select value from json_each(?))",
-                    [ids, ids],
-                )
-            }
-            frontier = list(found - component)
-            component |= found
+            found = conn.execute(
+                "select a, b, jaccard from passage_dups where a in (select value from json_each(?1)) "
+                "or b in (select value from json_each(?1))",
+                [ids],
+            ).fetchall()
+            edges.update(found)
+            reached = {i for a, b, _ in found for i in (a, b)}
+            frontier = list(reached - component)
+            component |= reached
         seen |= component
-        if len(component) > 1:
-            groups += 1
-            group_id = min(component)
-            conn.executemany(
-                "insert or replace into passage_groups (passage_id, group_id) values (?, ?)",
-                ((pid, group_id) for pid in component),
-            )
-        else:
-            conn.execute("delete from passage_groups where passage_id = ?", [seed])
+        sql = "select id, article_id from passages where id in (select value from json_each(?))"
+        articles = dict(conn.execute(sql, [_json_ids(component)]))
+        for part in _groups(component, sorted(edges, key=lambda e: -e[2]), articles):
+            if len(part) > 1:
+                groups += 1
+                conn.executemany(
+                    "insert or replace into passage_groups (passage_id, group_id) values (?, ?)",
+                    ((pid, min(part)) for pid in part),
+                )
+            else:
+                conn.executemany("delete from passage_groups where passage_id = ?", [(pid,) for pid in part])
     return groups
+
+
+def _groups(nodes: set[int], edges: Iterable[tuple[int, int, float]], articles: dict[int, str]) -> list[set[int]]:
+    """Union-find over `edges` in order, refusing unions of groups that share an article."""
+    parent = {n: n for n in nodes}
+    owners = {n: {articles.get(n)} for n in nodes}
+
+    def root(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for a, b, _ in edges:
+        ra, rb = root(a), root(b)
+        if ra != rb and not owners[ra] & owners[rb]:
+            parent[ra] = rb
+            owners[rb] |= owners.pop(ra)
+    parts: dict[int, set[int]] = {}
+    for n in nodes:
+        parts.setdefault(root(n), set()).add(n)
+    return list(parts.values())
