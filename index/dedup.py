@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +56,7 @@ _MAX_HASH = np.uint64((1 << 32) - 1)
 _PERMUTATIONS = np.random.default_rng(SEED).integers(0, 2**64 - 1, size=(2, NUM_PERM), dtype=np.uint64)
 _PERM_A, _PERM_B = _PERMUTATIONS[0] | np.uint64(1), _PERMUTATIONS[1]
 _SIGN_CHUNK = 256  # sets per numpy pass: ~300 shingles each x NUM_PERM x 8 bytes = ~37 MB
+_SHINGLE_BASE = np.uint64(0x100000001B3)  # FNV's 64-bit prime: mixes the code points of a shingle
 _BAND_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
 
 GROUP_TABLES_SQL = (
@@ -84,31 +84,33 @@ class GroupUpdate:
     groups_touched: int = 0
 
 
-def shingles(text: str) -> set[str]:
-    """Character `SHINGLE`-grams of the normalised text (the whole text when shorter)."""
+def shingles(text: str) -> np.ndarray:
+    """The character `SHINGLE`-grams of the normalised text (the whole text when shorter), as
+    sorted distinct 32-bit hashes: a polynomial of the code points, computed in numpy."""
     # `index.text.normalize` without its `clean` (control characters go with the punctuation).
     chars = _KEEP.sub("", to_simplified(unicodedata.normalize("NFKC", text)).lower())
-    if len(chars) <= SHINGLE:
-        return {chars} if chars else set()
-    return {chars[i : i + SHINGLE] for i in range(len(chars) - SHINGLE + 1)}
+    codes = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if not len(codes):
+        return np.zeros(0, dtype=np.uint64)
+    width = min(SHINGLE, len(codes))
+    hashed = np.zeros(len(codes) - width + 1, dtype=np.uint64)
+    for i in range(width):  # wraps modulo 2^64, as intended
+        hashed = hashed * _SHINGLE_BASE + codes[i : len(codes) - width + 1 + i]
+    return np.unique(hashed >> np.uint64(32))
 
 
-def signatures(shingle_sets: Sequence[set[str]]) -> np.ndarray:
-    """MinHash signatures, one uint64 row of `NUM_PERM` per set: for each of `NUM_PERM` fixed
-    multiply-shift hash functions of a 32-bit hash (crc32) of the shingle, the minimum over the
-    set. Computed in numpy, a chunk of sets per pass: datasketch's MinHash would do the same
-    but importing it pulls in scipy, 1-3 s on every build."""
+def signatures(shingle_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """MinHash signatures, one uint64 row of `NUM_PERM` per shingle set: for each of `NUM_PERM`
+    fixed multiply-shift hash functions of the 32-bit shingle hashes, the minimum over the set.
+    In numpy, a chunk of sets per pass: datasketch's MinHash would do the same, but importing it
+    pulls in scipy, 1-3 s on every build."""
     out = np.full((len(shingle_sets), NUM_PERM), _MAX_HASH, dtype=np.uint64)
-    for start in range(0, len(shingle_sets), _SIGN_CHUNK):  # one numpy pass per chunk of sets
+    for start in range(0, len(shingle_sets), _SIGN_CHUNK):
         chunk = shingle_sets[start : start + _SIGN_CHUNK]
         sizes = np.array([len(items) for items in chunk])
         if not sizes.sum():
             continue
-        hashed = np.fromiter(
-            (zlib.crc32(s.encode("utf-8")) for items in chunk for s in items), dtype=np.uint64, count=int(sizes.sum())
-        )
-        with np.errstate(over="ignore"):
-            values = (hashed[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
+        values = (np.concatenate(chunk)[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
         filled = np.flatnonzero(sizes)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])[filled]
         out[start + filled] = np.minimum.reduceat(values, offsets, axis=0)
@@ -123,23 +125,27 @@ def band_hashes(sigs: np.ndarray) -> np.ndarray:
     return (mixed & _MASK63).astype(np.int64)
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two shingle sets (sorted distinct hashes)."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common) if len(a) and len(b) else 0.0
 
 
-def similar(a: set[str], b: set[str]) -> bool:
+def similar(a: np.ndarray, b: np.ndarray) -> bool:
     """The text test: overlapping enough as a whole, or the smaller one (of enough substance)
     almost entirely inside the larger."""
-    if not a or not b:
+    if not len(a) or not len(b):
         return False
-    if jaccard(a, b) >= MIN_JACCARD:
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    if common / (len(a) + len(b) - common) >= MIN_JACCARD:
         return True
     smaller = min(len(a), len(b))
-    return smaller >= MIN_CONTAINED_SHINGLES and len(a & b) / smaller >= MIN_CONTAINMENT
+    return smaller >= MIN_CONTAINED_SHINGLES and common / smaller >= MIN_CONTAINMENT
 
 
-def update_groups(db: sqlite_utils.Database, batch: int = 2_000) -> GroupUpdate:
-    """Bring the duplicate groups in line with the passages now in `db` (see the module doc)."""
+def update_groups(db: sqlite_utils.Database, batch: int = 10_000) -> GroupUpdate:
+    """Bring the duplicate groups in line with the passages now in `db` (see the module doc).
+    New passages are signed and matched `batch` at a time (bounds memory on a first build)."""
     conn = db.conn
     with conn:
         removed = _forget_removed(conn)
