@@ -112,7 +112,7 @@ def create_schema(db: sqlite_utils.Database) -> None:
         db["passages"].enable_fts(["terms"], create_triggers=True, tokenize="unicode61")
     # Per-term document frequencies for IDF weights (question coverage, highlighting).
     db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts_vocab USING fts5vocab(passages_fts, 'row')")
-    # Near-duplicate passages across articles (`index.dedup`), maintained by `dedup.update_groups`.
+    # Copies: near-duplicate passages across articles, articles under other URLs (`index.dedup`).
     for sql in dedup.GROUP_TABLES_SQL:
         db.execute(sql)
 

@@ -31,8 +31,8 @@ union all
 select 0, p.id, p.article_id, a.source, a.date, a.title, a.url
 from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?1))
-  and p.id not in (select passage_id from passage_groups)
-  and p.article_id in (select article_id from article_aliases)
+  and not exists (select 1 from passage_groups g where g.passage_id = p.id)
+  and exists (select 1 from article_aliases al where al.article_id = p.article_id)
 """
 _ALIASES_SQL = (
     "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
