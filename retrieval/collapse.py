@@ -132,3 +132,14 @@ def pick(ranked: Sequence[int], groups: dict[int, list[_Member]], k: int) -> lis
         seen.update(m.passage_id for m in members)
         picks.append(Pick(passage_id, tuple(members)))
     return picks
+
+
+def distinct(conn: sqlite3.Connection, ranked: Sequence[int], k: int) -> list[Pick]:
+    """`pick` over `ranked`, reading the groups of the best 2k passages first and of more only
+    when copies leave fewer than k distinct (a question's candidates number in the hundreds)."""
+    window = 0
+    while True:
+        window = min(len(ranked), max(2 * k, 2 * window))
+        picks = pick(ranked[:window], group_members(conn, ranked[:window]), k)
+        if len(picks) >= k or window >= len(ranked):
+            return picks

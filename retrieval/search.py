@@ -464,8 +464,7 @@ class Retriever:
         # versions quoted (the earliest, unless a later copy holds more of the question).
         ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
         with snap.lock:
-            groups = collapse.group_members(snap.db.conn, ranked)
-        picks = collapse.pick(ranked, groups, k)
+            picks = collapse.distinct(snap.db.conn, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
         order = [position_of[p.ranked_id] for p in picks]
         dfs = snap.document_frequencies(query_terms)
