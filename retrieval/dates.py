@@ -8,7 +8,7 @@ week", "yesterday") count from the newest article in the index, not from today: 
 news of its own time.
 
 The preference is a bonus added to the fused scores of the candidates that are already
-relevant (within `MARGIN` of the best), so a date never lifts an unrelated passage, and a
+relevant (the best `CANDIDATES`, within `MARGIN` of the best), so a date never lifts an unrelated passage, and a
 question without a date is ranked exactly as before (`adjust` returns the scores untouched).
 """
 
@@ -30,6 +30,7 @@ MENTION_BONUS = 1.0  # the passage mentions a date in the asked period
 PUBLISHED_BONUS = 0.6  # its article was published in the asked period
 RECENCY_BONUS = 1.0  # the newest (or oldest) relevant article, scaled down to 0 for the other end
 MARGIN = 2.0
+CANDIDATES = 30  # at most this many of the best candidates are read for dates (~0.3 ms each)
 
 _CN_DIGITS = {ch: i for i, ch in enumerate("零一二三四五六七八九")} | {"〇": 0, "两": 2}
 _NUM = r"(\d{1,2}|[〇零一二两三四五六七八九十]{1,3})"
@@ -245,7 +246,8 @@ def adjust(
     query = parse_question(question, reference)
     if not query:
         return fused
-    relevant = np.flatnonzero(fused >= fused.max() - MARGIN)
+    relevant = np.argsort(-fused, kind="stable")[:CANDIDATES]
+    relevant = relevant[fused[relevant] >= fused.max() - MARGIN]
     ids = [int(candidate_ids[i]) for i in relevant]
     rows = {r[0]: (r[1], parse_date(r[2] or "")) for r in conn.execute(_CANDIDATES_SQL, [_json_ids(ids)])}
     bonus = np.zeros_like(fused)
