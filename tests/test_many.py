@@ -305,3 +305,34 @@ def test_the_same_article_added_under_two_urls_is_shown_once_with_both_sources(t
     assert (top.source, top.url) == ("区块链日报", "https://daily.example.cn/a")
     [other] = top.also
     assert (other.source, other.url, other.passage_id) == ("新浪财经", "https://sina.example.cn/a", top.passage_id)
+
+
+def test_a_group_never_holds_two_passages_of_one_article(tmp_path: Path) -> None:
+    """An article that restates its lead later (the lead plus a sentence), republished whole:
+    each paragraph is grouped with its own copy, not all four together."""
+    lead = "海川市金融局发布数字资产交易平台管理办法征求意见稿，向社会公开征求意见，意见反馈截止日期为五月二十六日。"
+    filler = "记者了解到，本市目前共有各类平台十余家，其中多数尚未完成登记，业内人士普遍关注过渡期的具体安排。"
+    body = f"{lead}\n\n{filler}\n\n{lead}征求意见稿还提出了资本要求。"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, source in (("a.md", "澎湃新闻"), ("b.md", "第一财经")):
+        (corpus / name).write_text(article({"title": "意见稿", "source": source, "date": "2021-05-12"}, body))
+    config = make_config(corpus, tmp_path / "index")
+    build_index(config)
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        pairs = db.execute("select count(*) from passage_dups").fetchone()[0]
+        rows = db.execute(
+            "select g.group_id, p.article_id, p.ordinal from passage_groups g join passages p on p.id = g.passage_id"
+        ).fetchall()
+    finally:
+        db.close()
+    assert pairs > 3  # the lead also matched the restated lead of the other copy
+    members: dict[int, list[tuple[str, int]]] = {}
+    for group_id, article_id, ordinal in rows:
+        members.setdefault(group_id, []).append((article_id, ordinal))
+    assert sorted(sorted(m) for m in members.values()) == [
+        [("a.md", 0), ("b.md", 0)],
+        [("a.md", 1), ("b.md", 1)],
+        [("a.md", 2), ("b.md", 2)],
+    ]
