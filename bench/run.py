@@ -5,7 +5,8 @@
 Sections: embed (bench/bench_embed.py), build (full build vs the numpy reference's encode, and
 rebuilds), imports (what `--help` loads), query (6k passages: CLI batch mode and Python API),
 bot (start-up and bursts against the loopback fake Bot API), scale100k and scale1m (synthetic
-passages and vectors), quality (bench/quality.py). All results go to var/bench/results.json
+passages and vectors), quality (bench/quality.py), many (bench/many.py: duplicate detection and
+date questions on generated multi-article corpora). All results go to var/bench/results.json
 (or --out); the path is printed last. Exit status 1 when a section could not run (with
 --strict also when a target is missed). bench/README.md explains every figure.
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import perf  # noqa: E402
 
-SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality")
+SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality", "many")
 
 
 def machine() -> dict[str, Any]:
@@ -116,6 +117,14 @@ def section_quality(quick: bool) -> dict[str, Any]:
     report = quality.run()
     quality.print_table(report)
     return report
+
+
+def section_many(quick: bool) -> dict[str, Any]:
+    import many
+
+    result = many.evaluate(seeds=(2,) if quick else (2, 3, 4))
+    print(json.dumps(result, indent=2))
+    return result
 
 
 # ---------------------------------------------------------------- the table
@@ -332,6 +341,35 @@ def table(results: dict[str, Any]) -> list[Row]:
         ">= 0.97",
         lambda v: v >= 0.97,
     )
+    many = results.get("many") or {}
+    add(
+        "many: duplicate passages found, precision | recall",
+        (many["dedup_precision"], many["dedup_recall"]) if "dedup_recall" in many else None,
+        "{0[0]:.3f} | {0[1]:.3f}",
+        ">= 0.9 | >= 0.9",
+        lambda v: v[0] >= 0.9 and v[1] >= 0.9,
+    )
+    add(
+        "many: date questions hit@1, dates on | off",
+        (many["story_dates_hit@1"], many["story_no_dates_hit@1"]) if "story_dates_hit@1" in many else None,
+        "{0[0]:.3f} | {0[1]:.3f}",
+        "on > off",
+        lambda v: v[0] > v[1],
+    )
+    add(
+        "many: questions without dates hit@1, dates on | off",
+        (many["cmrc_dates_hit@1"], many["cmrc_no_dates_hit@1"]) if "cmrc_dates_hit@1" in many else None,
+        "{0[0]:.3f} | {0[1]:.3f}",
+        "on >= off",
+        lambda v: v[0] >= v[1],
+    )
+    add(
+        "many: single article seed-dev hit@1, dates on | off",
+        (many["single_dates_hit@1"], many["single_no_dates_hit@1"]) if "single_dates_hit@1" in many else None,
+        "{0[0]:.3f} | {0[1]:.3f}",
+        "on >= off",
+        lambda v: v[0] >= v[1],
+    )
     return rows
 
 
@@ -386,6 +424,7 @@ def main() -> int:
         "scale100k": lambda: section_scale(100_000, args.quick, args.work),
         "scale1m": lambda: section_scale(1_000_000, args.quick, args.work),
         "quality": lambda: section_quality(args.quick),
+        "many": lambda: section_many(args.quick),
     }
     started = time.perf_counter()
     for name in sections:

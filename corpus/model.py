@@ -6,6 +6,15 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class OtherSource:
+    """Another place the same article was published (the same text under another URL)."""
+
+    url: str
+    source: str = ""
+    date: str = ""
+
+
+@dataclass(frozen=True)
 class Article:
     """One source file, decoded, with its metadata and body text.
 
@@ -26,6 +35,8 @@ class Article:
     # Where `body` starts inside the decoded file (after front matter), so passage
     # offsets can point into the file as a reader sees it.
     body_offset: int = 0
+    # Front matter `also: [{url, source, date}]`: the same text published elsewhere too.
+    also: tuple[OtherSource, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import hashlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from corpus.model import Article, Skipped
+from corpus.model import Article, OtherSource, Skipped
 
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt"}) | HTML_SUFFIXES
@@ -130,9 +130,15 @@ def _latin1_mojibake_share(text: str) -> float:
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:
     """Return (metadata, body, body offset). No front matter gives ({}, text, 0)."""
+    meta, _, body, offset = parse_front_matter(text)
+    return meta, body, offset
+
+
+def parse_front_matter(text: str) -> tuple[dict[str, str], tuple[OtherSource, ...], str, int]:
+    """(metadata, other sources of the same text (`also`), body, body offset)."""
     opening = _FRONT_MATTER_OPEN.match(text)
     if not opening:
-        return {}, text, 0
+        return {}, (), text, 0
     closing = _FRONT_MATTER_CLOSE.search(text, opening.end())
     if not closing:
         raise ArticleError("front matter is not closed (no line with ---)")
@@ -159,12 +165,32 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str, int]:
     body_start = closing.end()
     if text[body_start : body_start + 1] == "\n":
         body_start += 1
-    return meta, text[body_start:], body_start
+    return meta, _other_sources(data.get("also")), text[body_start:], body_start
 
 
-def format_article(body: str, meta: Mapping[str, str]) -> str:
-    """A corpus `.md` file: front matter with the non-empty `METADATA_KEYS` of `meta`, then `body`."""
-    fields = {key: str(meta[key]) for key in METADATA_KEYS if meta.get(key)}
+def _other_sources(value: object) -> tuple[OtherSource, ...]:
+    """`also: [{url, source, date}, …]`; entries without a URL are not sources."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ArticleError("front matter key 'also' must be a list of {url, source, date}")
+    out = []
+    for item in value:
+        fields = {k: item.get(k) for k in ("url", "source", "date")}
+        fields = {
+            k: (v.isoformat()[:10] if isinstance(v, dt.date) else str(v or "").strip()) for k, v in fields.items()
+        }
+        if fields["url"]:
+            out.append(OtherSource(**fields))
+    return tuple(out)
+
+
+def format_article(body: str, meta: Mapping[str, str], also: Sequence[OtherSource] = ()) -> str:
+    """A corpus `.md` file: front matter with the non-empty `METADATA_KEYS` of `meta` (and the
+    other sources of the same text), then `body`."""
+    fields: dict[str, object] = {key: str(meta[key]) for key in METADATA_KEYS if meta.get(key)}
+    if also:
+        fields["also"] = [{k: v for k, v in vars(o).items() if v} for o in also]
     head = yaml.safe_dump(fields, allow_unicode=True, sort_keys=False, width=1_000_000) if fields else ""
     return f"---\n{head}---\n{body}"
 
@@ -209,9 +235,9 @@ def _parse_article(path: Path, root: Path, data: bytes, content_hash: str) -> Ar
 
         page = extract_article(decode_html(data))
         meta = {"title": page.title, "source": page.source, "author": page.author, "date": page.date, "url": page.url}
-        body, offset = page.body, 0
+        body, offset, also = page.body, 0, ()
     else:
-        meta, body, offset = split_front_matter(decode(data))
+        meta, also, body, offset = parse_front_matter(decode(data))
     if not body.strip():
         raise ArticleError("no text after front matter")
     rel = path.relative_to(root)
@@ -228,6 +254,7 @@ def _parse_article(path: Path, root: Path, data: bytes, content_hash: str) -> Ar
         url=meta.get("url", ""),
         lang=meta.get("lang", "") or "zh",
         body_offset=offset,
+        also=also,
     )
 
 

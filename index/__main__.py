@@ -121,16 +121,17 @@ def _check(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from index import store
+    from index import catalog, store
 
     _, version = _open_live(args)
     db = store.open_db(version.db_path, readonly=True)
     try:
         meta = store.get_meta(db)
-        articles = list(db.query("select id, title, source, date, passages from articles order by date, id"))
+        articles = catalog.newest_first(db.query("select id, title, source, date, url, passages from articles"))
+        summary = catalog.summary(articles, catalog.duplicate_groups(db.conn))
     finally:
         db.close()
-    print(json.dumps({"meta": meta, "articles": articles}, ensure_ascii=False, indent=2))
+    print(json.dumps({"meta": meta, "summary": summary, "articles": articles}, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ("build", "build or update the index from the corpus (incremental by content hash)"),
         ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
         ("check", "verify the live index: SQLite integrity, FTS, BM25 postings and FAISS ids"),
-        ("info", "print the live index's metadata and articles as JSON"),
+        ("info", "print the live index's metadata, a summary (outlets, dates, duplicates) and its articles as JSON"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--index", type=Path, help="index directory (default from config)")

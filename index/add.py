@@ -24,13 +24,14 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import httpx
 
 from corpus.html import HtmlArticle, decode_html, extract_article
-from corpus.model import Skipped
+from corpus.model import OtherSource, Skipped
 from corpus.reader import (
     SUPPORTED_SUFFIXES,
     ArticleError,
     decode,
     format_article,
     iter_corpus_files,
+    parse_front_matter,
     read_article,
     split_front_matter,
     unsupported_type,
@@ -332,7 +333,7 @@ class _Corpus:
         key = _text_key(body)
         twin = self._known_texts().get(key)
         if twin is not None and twin != rel:
-            return AddResult(source, "unchanged", f"same text as {twin}", twin, title)
+            return self._other_source(source, twin, meta)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, text)
@@ -340,6 +341,26 @@ class _Corpus:
             return AddResult(source, "skipped", f"cannot write {rel}: {exc.strerror or exc}")
         self._known_texts()[key] = rel
         return AddResult(source, "added" if old is None else "updated", "", rel, title)
+
+    def _other_source(self, source: str, twin: str, meta: dict[str, str]) -> AddResult:
+        """The same text as `twin` under another URL: that URL (with its source and date) is
+        recorded in `twin`'s front matter (`also`), so answers show the article once with both
+        sources; the file is rewritten atomically and rebuilt like any updated article."""
+        title = meta.get("title", "")
+        path = self.root / twin
+        url = meta.get("url", "")
+        try:
+            known, also, body, _ = parse_front_matter(decode(path.read_bytes()))
+        except (ArticleError, OSError):
+            return AddResult(source, "unchanged", f"same text as {twin}", twin, title)
+        if not url or url == known.get("url") or any(other.url == url for other in also):
+            return AddResult(source, "unchanged", f"same text as {twin}", twin, title)
+        other = OtherSource(url, meta.get("source", ""), meta.get("date", ""))
+        try:
+            write_atomic(path, format_article(body, known, (*also, other)))
+        except OSError as exc:
+            return AddResult(source, "skipped", f"cannot write {twin}: {exc.strerror or exc}")
+        return AddResult(source, "updated", f"same text as {twin}; recorded as another source of it", twin, title)
 
 
 class _Fetcher:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from corpus import Article, Skipped, scan_corpus, split_article
-from index import publish, store, vectors
+from index import dedup, publish, store, vectors
 from index.embedder import Embedder, HashEmbedder, load_embedder
 from index.text import BackgroundSegmenter, segment_for_index
 from index.usem3_st import default_threads
@@ -177,6 +177,8 @@ def build_index(
             if not reuse and live is not None:
                 store.continue_ids(db, live.db_path)
             embedded, dim = _write_articles(db, config, changed, removed, embedder, progress)
+            dedup.update_groups(db)  # near-duplicate groups of the new and removed passages only
+            dedup.record_aliases(db, changed)
             store.write_bm25(db)
             if dim is None:
                 dim = int(store.get_meta(db).get("dim", 0)) or (embedder.dim if embedder else 0)

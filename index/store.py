@@ -27,6 +27,7 @@ import numpy as np
 import sqlite_utils
 
 from corpus.model import Article, Passage
+from index import dedup
 from index.text import sentence_spans
 
 # 2: `passages.sentences`. The next `index build` after an upgrade rebuilds an older index in
@@ -117,6 +118,9 @@ def create_schema(db: sqlite_utils.Database) -> None:
         db["passages"].enable_fts(["terms"], create_triggers=True, tokenize="unicode61")
     # Per-term document frequencies for IDF weights (question coverage, highlighting).
     db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts_vocab USING fts5vocab(passages_fts, 'row')")
+    # Copies: near-duplicate passages across articles, articles under other URLs (`index.dedup`).
+    for sql in dedup.GROUP_TABLES_SQL:
+        db.execute(sql)
 
 
 def write_bm25(db: sqlite_utils.Database) -> None:

@@ -33,6 +33,8 @@ def render(answer, console) -> None:  # type: ignore[no-untyped-def]
     """Print an answer as quotes with the best sentence highlighted, then the citation."""
     from rich.text import Text
 
+    from retrieval.model import format_also
+
     if not answer.hits:
         console.print("[yellow]No passage found. Ask a question about the indexed articles.[/]")
         return
@@ -48,6 +50,8 @@ def render(answer, console) -> None:  # type: ignore[no-untyped-def]
         if hit.url:
             cite.append(f"  {hit.url}", style="underline blue")
         console.print(cite)
+        if hit.also:
+            console.print(Text(f"  也见于 / also in: {format_also(hit.also)}", style="cyan"))
         console.print()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +12,23 @@ def format_citation(source: str, date: str, title: str, section: str, paragraph:
     head = (f"《{source}》" if source else "") + date
     para = f"¶{paragraph}" if paragraph_end == paragraph else f"¶{paragraph}–{paragraph_end}"
     return " · ".join(part for part in (head, title, section, para) if part)
+
+
+def format_also(also: Sequence[Also]) -> str:
+    """The other copies of a quoted passage, briefly: `新浪财经 2021-06-10, 金色财经 2021-06-11`."""
+    return ", ".join(" ".join(p for p in (a.source or a.title, a.date) if p) or a.article_id for a in also)
+
+
+@dataclass(frozen=True)
+class Also:
+    """Another copy of a hit's passage (the same text republished elsewhere, lightly edited)."""
+
+    source: str
+    date: str
+    title: str
+    url: str
+    article_id: str
+    passage_id: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,9 @@ class Hit:
     highlight_end: int
     dense: float
     lexical: float
+    # Copies of this passage in other articles (`retrieval.collapse`): the hit quotes the
+    # earliest version, these are cited briefly.
+    also: tuple[Also, ...] = ()
 
     @property
     def sentence(self) -> str:

@@ -28,6 +28,7 @@ from index import publish, store, vectors
 from index.build import model_key
 from index.embedder import Embedder, load_embedder
 from index.text import HAN, clean, in_script, script_of, sentence_spans, terms
+from retrieval import collapse, dates
 from retrieval.bm25 import Postings
 from retrieval.crosslingual import default_lexicon, pinyin_table, translate
 from retrieval.fusion import fuse
@@ -465,14 +466,26 @@ class Retriever:
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version.name), []
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion, rrf_k=cfg.rrf_k)
-        order = np.argsort(-fused, kind="stable")[:k]
+        with snap.lock:  # dates and periods the question names, "latest"/"first" (`retrieval.dates`)
+            fused = dates.adjust(snap.db.conn, snap.version.name, question, candidate_ids, fused)
+        # Republished copies collapse into one distinct result each (`retrieval.collapse`):
+        # `order` holds the positions of the members that earned the ranks, `chosen` the
+        # versions quoted (the earliest, unless a later copy holds more of the question).
+        ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
+        with snap.lock:
+            picks = collapse.distinct(snap.db.conn, ranked, k)
+        position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
+        order = [position_of[p.ranked_id] for p in picks]
         dfs = snap.document_frequencies(query_terms)
         idf = self._idf(snap.count, dfs)
-        rows = snap.rows([candidate_ids[position] for position in order])
-        chosen = [rows[candidate_ids[position]] for position in order]
+        rows = snap.rows([i for p in picks for i in p.candidates()])
+        quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
+        chosen = [rows[passage_id] for passage_id, _ in quoted]
         highlights, undecided = self._best_sentences(question, chosen, query_terms, idf)
         hits = []
-        for rank, (position, row, (start, end)) in enumerate(zip(order, chosen, highlights, strict=True), start=1):
+        for rank, (position, row, (start, end), (_, also)) in enumerate(
+            zip(order, chosen, highlights, quoted, strict=True), start=1
+        ):
             hits.append(
                 Hit(
                     rank=rank,
@@ -495,9 +508,10 @@ class Retriever:
                     highlight_end=end,
                     dense=float(dense_scores[position]),
                     lexical=float(lexical_scores[position]),
+                    also=also,
                 )
             )
-        top = rows[candidate_ids[order[0]]]
+        top = chosen[0]
         # An English question's own words are absent from Chinese articles by nature, not for
         # lack of an answer: only the terms the index knows (translations, "OTC") are evidence.
         evidence = [t for t in query_terms if dfs[t] > 0] if foreign else query_terms

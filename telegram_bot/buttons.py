@@ -6,6 +6,7 @@ Callback data is compact text well under Telegram's 64-byte limit::
     c:<vtag>:<passage id>:<l>   Context: the passages around it (l = z|e, the reply's language)
     s:<vtag>:<passage id>:<l>   Source: the article it comes from
     v:<answer id>:<key>:<u|d>:<l>   👍 / 👎: a vote on the answer logged under <answer id>
+    p:<page>:<l>                /sources: that page of the article list (of the live version)
 
 `vtag` names the index version the ids belong to: passage ids are only meaningful within
 one version, so a button from before a rebuild is answered politely instead of showing
@@ -35,13 +36,14 @@ from telegram_bot.statefile import StateStore
 
 log = logging.getLogger(__name__)
 
-MORE, CONTEXT, SOURCE, VOTE = "m", "c", "s", "v"
+MORE, CONTEXT, SOURCE, VOTE, SOURCES_PAGE = "m", "c", "s", "v", "p"
 MAX_CALLBACK_BYTES = 64
 UP, DOWN = "👍", "👎"
 
 _MORE_RE = re.compile(r"m:([0-9a-f]{8}):([A-Za-z0-9_-]{1,16}):(\d{1,4})")
 _ROW_RE = re.compile(r"([cs]):([0-9a-f]{8}):(\d{1,19}):([ze])")
 _VOTE_RE = re.compile(r"v:(\d{1,19}):([A-Za-z0-9_-]{1,16}):([ud]):([ze])")
+_PAGE_RE = re.compile(r"p:(\d{1,6}):([ze])")
 _LANG_CODES = {"zh": "z", "en": "e"}
 _CODE_LANGS = {v: k for k, v in _LANG_CODES.items()}
 
@@ -62,6 +64,8 @@ class ButtonData:
             data = f"{MORE}:{self.vtag}:{self.token}:{self.offset}"
         elif self.action == VOTE:
             data = f"{VOTE}:{self.answer_id}:{self.token}:{'u' if self.up else 'd'}:{_LANG_CODES.get(self.lang, 'e')}"
+        elif self.action == SOURCES_PAGE:
+            data = f"{SOURCES_PAGE}:{self.offset}:{_LANG_CODES.get(self.lang, 'e')}"
         else:
             data = f"{self.action}:{self.vtag}:{self.passage_id}:{_LANG_CODES.get(self.lang, 'e')}"
         if len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
@@ -75,6 +79,8 @@ def decode(data: object) -> ButtonData | None:
         return None
     if match := _MORE_RE.fullmatch(data):
         return ButtonData(MORE, match[1], token=match[2], offset=int(match[3]))
+    if match := _PAGE_RE.fullmatch(data):
+        return ButtonData(SOURCES_PAGE, "", offset=int(match[1]), lang=_CODE_LANGS[match[2]])
     if match := _ROW_RE.fullmatch(data):
         return ButtonData(match[1], match[2], passage_id=int(match[3]), lang=_CODE_LANGS[match[4]])
     if match := _VOTE_RE.fullmatch(data):
@@ -183,3 +189,15 @@ def votes_of(markup: InlineKeyboardMarkup | None) -> list[InlineKeyboardButton]:
         for button in row
         if (data := decode(button.callback_data)) is not None and data.action == VOTE
     ]
+
+
+def sources_keyboard(lang: str, page: int, pages: int) -> InlineKeyboardMarkup | None:
+    """Newer / Older under a /sources page (none when everything fits on one)."""
+    row = []
+    if page > 0:
+        data = ButtonData(SOURCES_PAGE, "", offset=page - 1, lang=lang).encode()
+        row.append(InlineKeyboardButton(t(lang, "btn_newer"), callback_data=data))
+    if page + 1 < pages:
+        data = ButtonData(SOURCES_PAGE, "", offset=page + 1, lang=lang).encode()
+        row.append(InlineKeyboardButton(t(lang, "btn_older"), callback_data=data))
+    return InlineKeyboardMarkup([row]) if row else None

@@ -80,8 +80,10 @@ async def respond(qa: QAService, line: str, session: _Session, lang_hint: str) -
     command = text.split()[0].lower() if text.startswith("/") else ""
     if command in ("/start", "/help"):
         return render.help_doc(lang_hint, await qa.library(), "<bot>")
-    if command == "/sources":
-        return render.sources_doc(lang_hint, await qa.library(), limit=10**9)
+    if command == "/sources":  # "/sources 2": the second page
+        page = text.split()[1:2]
+        number = int(page[0]) - 1 if page and page[0].isdigit() else 0
+        return render.sources_doc(lang_hint, await qa.library(), number, limit=10**9)
     if command == "/about":
         return render.about_doc(lang_hint, await qa.library(), app_version())
     if command == "/new":

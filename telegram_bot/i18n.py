@@ -19,6 +19,7 @@ DEFAULT_LANG = "en"
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "answer_header": "From the articles (quoted in the original Chinese):",
+        "also_in": "also in: ",
         "more_header": "More passages ({start}–{end}):",
         "no_answer": "The articles do not cover this.",
         "weak_header": "Closest passage (weak match — it may not answer your question):",
@@ -40,6 +41,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_short": ("Hi! Ask me about the 2021 crypto crackdown in China, e.g.:\n{examples}\n/help for more."),
         "sources_header": "Indexed articles ({count}):",
         "sources_more": "…and {count} more.",
+        "sources_outlets": "By outlet: {outlets}",
+        "sources_page": "Page {page} of {pages}, newest first:",
+        "btn_newer": "‹ Newer",
+        "btn_older": "Older ›",
         "passages": "{count} passages",
         "about": (
             "Bot version: {app}\nIndex version: {version}\nModel: {model}\n"
@@ -96,6 +101,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "zh": {
         "answer_header": "文章原文摘录：",
+        "also_in": "也见于：",
         "more_header": "更多段落（{start}–{end}）：",
         "no_answer": "这些文章没有涉及这个问题。",
         "weak_header": "最接近的段落（弱匹配，未必回答了你的问题）：",
@@ -114,6 +120,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "help_short": ("你好！可以问我 2021 年中国整治虚拟货币的问题，例如：\n{examples}\n发送 /help 了解更多。"),
         "sources_header": "已收录的文章（{count} 篇）：",
         "sources_more": "……另有 {count} 篇。",
+        "sources_outlets": "各来源：{outlets}",
+        "sources_page": "第 {page}/{pages} 页，最新的在前：",
+        "btn_newer": "‹ 较新",
+        "btn_older": "较旧 ›",
         "passages": "{count} 个段落",
         "about": (
             "程序版本：{app}\n索引版本：{version}\n模型：{model}\n"

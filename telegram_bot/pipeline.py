@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from index import catalog
 from index.build import BuildReport, build_index
 from index.publish import current_version
 from retrieval import Answer, Hit, PassageRow, Retriever
@@ -56,7 +57,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Library:
-    """What /help, /sources and /about show, read once per index version."""
+    """What /help, /sources and /about show, read once per index version (articles newest first)."""
 
     version: str
     articles: tuple[dict[str, Any], ...]
@@ -262,7 +263,7 @@ class QAService:
         if library is None or library.version != self.retriever.version:
             version = self.retriever.version
             articles = await asyncio.to_thread(self.retriever.articles)
-            library = Library(version, tuple(articles), self.retriever.meta)
+            library = Library(version, tuple(catalog.newest_first(articles)), self.retriever.meta)
             self._library = library
         return library
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
+from index import catalog
 from retrieval import format_citation
+from retrieval.model import Also, format_also
 from telegram_bot.feedback import Stats
 from telegram_bot.i18n import EXAMPLES, t
 from telegram_bot.pipeline import Kind, Library, Reply
@@ -398,14 +400,14 @@ def answer_doc(reply: Reply) -> Doc:
     elif reply.kind is Kind.WEAK:
         blocks.append(Line.of(t(lang, "no_answer"), bold=True))
         blocks.append(Line.of(t(lang, "weak_header")))
-        blocks.extend(_passages(reply.hits[:1]))
+        blocks.extend(_passages(reply.hits[:1], lang))
     else:
         if reply.offset:
             end = reply.offset + len(reply.hits)
             blocks.append(Line.of(t(lang, "more_header", start=reply.offset + 1, end=end)))
         else:
             blocks.append(Line.of(t(lang, "answer_header")))
-        blocks.extend(_passages(reply.hits))
+        blocks.extend(_passages(reply.hits, lang))
     if reply.truncated:
         blocks.append(Line.of(t(lang, "truncated", limit=len(reply.question))))
     return tuple(blocks)
@@ -415,16 +417,30 @@ def passage_doc(reply: Reply, index: int) -> Doc:
     """One passage of a reply on its own (an inline-mode result's message)."""
     hit = reply.hits[index]
     head = Line.of(t(reply.lang, "no_answer" if reply.kind is Kind.WEAK else "answer_header"))
-    return (head, *_passages([hit]))
+    return (head, *_passages([hit], reply.lang))
 
 
-def _passages(hits: Iterable[Any]) -> list[Block]:
+def _passages(hits: Iterable[Any], lang: str) -> list[Block]:
     blocks: list[Block] = []
     for i, hit in enumerate(hits):
         if i:
             blocks.append(Line())
-        blocks.append(Passage(Quote(hit.text, hit.highlight_start, hit.highlight_end), citation(hit)))
+        cite = citation(hit)
+        if hit.also:
+            cite = Line((*cite.spans, *also_spans(lang, hit.also)))
+        blocks.append(Passage(Quote(hit.text, hit.highlight_start, hit.highlight_end), cite))
     return blocks
+
+
+def also_spans(lang: str, also: Sequence[Also]) -> tuple[Span, ...]:
+    """ "also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" on a line of its own, each copy linked
+    to its article (`retrieval.format_also` is the same list as plain text)."""
+    spans = [Span("\n" + t(lang, "also_in"))]
+    for i, item in enumerate(also):
+        if i:
+            spans.append(Span(", "))
+        spans.append(Span(clip(format_also([item]), 60), url=item.url))
+    return tuple(spans)
 
 
 def _examples(lang: str) -> str:
@@ -443,11 +459,25 @@ def help_doc(lang: str, library: Library, username: str) -> Doc:
     return (Line.of(text),)
 
 
-def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc:
-    """One line per indexed article; the list ends with "…and N more" when it is too long."""
+SOURCES_PAGE = 10  # articles per /sources page
+
+
+def sources_pages(library: Library) -> int:
+    return max(1, -(-len(library.articles) // SOURCES_PAGE))
+
+
+def sources_doc(lang: str, library: Library, page: int = 0, limit: int = TELEGRAM_LIMIT) -> Doc:
+    """One page of the indexed articles, newest first, under the number of articles per
+    outlet; lines that do not fit end with "…and N more"."""
+    pages = sources_pages(library)
+    page = max(0, min(page, pages - 1))
     head = Line.of(t(lang, "sources_header", count=len(library.articles)), bold=True)
+    counts = " · ".join(f"{clip(source, 30) or '?'} {n}" for source, n in catalog.outlets(library.articles))
+    fixed = [head, Line.of(t(lang, "sources_outlets", outlets=clip(counts, 600)))]
+    if pages > 1:
+        fixed.append(Line.of(t(lang, "sources_page", page=page + 1, pages=pages)))
     lines = []
-    for article in library.articles:
+    for article in library.articles[page * SOURCES_PAGE : (page + 1) * SOURCES_PAGE]:
         label = " ".join(
             p
             for p in (
@@ -467,7 +497,7 @@ def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc
                 )
             )
         )
-    budget = limit - _line_units(head) - 40
+    budget = limit - sum(_line_units(line) + 1 for line in fixed) - 40
     kept: list[Line] = []
     for line in lines:
         budget -= _line_units(line) + 1
@@ -476,7 +506,7 @@ def sources_doc(lang: str, library: Library, limit: int = TELEGRAM_LIMIT) -> Doc
         kept.append(line)
     if len(kept) < len(lines):
         kept.append(Line.of(t(lang, "sources_more", count=len(lines) - len(kept))))
-    return (head, *kept)
+    return (*fixed, *kept)
 
 
 def model_label(name: str) -> str:

@@ -10,7 +10,17 @@ from telegram import CallbackQuery, Message, Update
 from telegram.error import BadRequest
 
 from telegram_bot import render
-from telegram_bot.buttons import CONTEXT, MORE, VOTE, ButtonData, decode, keyboard, votes_of
+from telegram_bot.buttons import (
+    CONTEXT,
+    MORE,
+    SOURCES_PAGE,
+    VOTE,
+    ButtonData,
+    decode,
+    keyboard,
+    sources_keyboard,
+    votes_of,
+)
 from telegram_bot.i18n import DEFAULT_LANG, normalise_lang, t
 from telegram_bot.pipeline import Kind, version_tag
 from telegram_bot.sending import send_doc
@@ -34,6 +44,9 @@ async def on_button(update: Update, context: BotContext) -> None:
         return
     if data.action == VOTE:
         await _vote(press, context, data)
+        return
+    if data.action == SOURCES_PAGE:
+        await _sources_page(press, context, data)
         return
     qa = context.state.qa
     if data.vtag != qa.version_tag:
@@ -105,3 +118,24 @@ async def _vote(press: CallbackQuery, context: BotContext, data: ButtonData) -> 
         return
     log.info("vote user=%s answer=%s %s", user_id, data.answer_id, "up" if data.up else "down")
     await press.answer(t(data.lang, "vote_thanks"))
+
+
+async def _sources_page(press: CallbackQuery, context: BotContext, data: ButtonData) -> None:
+    """Another page of /sources, edited into the same message (from the live index version)."""
+    library = await context.state.qa.library()
+    pages = render.sources_pages(library)
+    page = min(data.offset, pages - 1)
+    await press.answer()
+    message = press.message
+    if message is None:
+        return
+    doc = render.sources_doc(data.lang, library, page)
+    markup = sources_keyboard(data.lang, page, pages)
+    try:
+        await context.bot.edit_message_text(
+            render.to_html(doc), chat_id=message.chat.id, message_id=message.message_id, reply_markup=markup
+        )
+    except BadRequest as exc:
+        if "not modified" not in exc.message.lower():
+            log.info("could not edit /sources page (%s) chat=%s", exc.message, message.chat.id)
+            await send_doc(context.bot, message.chat.id, doc, markup=markup, reply_to=message.message_id)

@@ -7,6 +7,7 @@ import logging
 from telegram import Update
 
 from telegram_bot import app_version, render
+from telegram_bot.buttons import sources_keyboard
 from telegram_bot.sending import client_lang, ids, reply_to, send_doc
 from telegram_bot.state import BotContext
 
@@ -24,11 +25,18 @@ async def cmd_help(update: Update, context: BotContext) -> None:
 
 
 async def cmd_sources(update: Update, context: BotContext) -> None:
+    """/sources [page]: the indexed articles, newest first, a page at a time with Newer/Older buttons."""
     chat = update.effective_chat
     if chat is None:
         return
     library = await context.state.qa.library()
-    await send_doc(context.bot, chat.id, render.sources_doc(client_lang(update), library), reply_to=reply_to(update))
+    lang = client_lang(update)
+    pages = render.sources_pages(library)
+    args = context.args or []
+    page = max(0, min(int(args[0]) - 1, pages - 1)) if args and args[0].isdigit() else 0
+    markup = sources_keyboard(lang, page, pages)
+    doc = render.sources_doc(lang, library, page)
+    await send_doc(context.bot, chat.id, doc, markup=markup, reply_to=reply_to(update))
 
 
 async def cmd_about(update: Update, context: BotContext) -> None:

@@ -1,0 +1,145 @@
+"""Collapse republished copies in a ranking: each group of near-duplicate passages
+(`index.dedup`) is quoted once, in its earliest version, with the other copies cited briefly.
+
+A group takes the rank of its best-scoring member; the ranks its other members would have
+taken go to the next distinct passages, so `k` (and the bot's **More**) counts distinct
+passages. The quoted version is the group's earliest: the article with the oldest date (an
+undated article counts as newest), then the lowest passage id (the one indexed first) -
+unless the copy that earned the rank holds more of the question's terms (an edit added the
+sentence the question is about): then that copy is quoted and the earliest cited with the others.
+
+An article's other URLs (the same text added again from elsewhere, `article_aliases`) are
+cited the same way, so an article added twice is shown once with both sources.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from retrieval.model import Also
+
+# The whole group of every ranked passage that has one, and the ranked passages whose article
+# has other URLs, with what a citation needs (group id 0: a passage without copies).
+_MEMBERS_SQL = """
+select g.group_id, p.id, p.article_id, a.source, a.date, a.title, a.url
+from passage_groups g join passages p on p.id = g.passage_id join articles a on a.id = p.article_id
+where g.group_id in (select group_id from passage_groups where passage_id in (select value from json_each(?1)))
+union all
+select 0, p.id, p.article_id, a.source, a.date, a.title, a.url
+from passages p join articles a on a.id = p.article_id
+where p.id in (select value from json_each(?1))
+  and not exists (select 1 from passage_groups g where g.passage_id = p.id)
+  and exists (select 1 from article_aliases al where al.article_id = p.article_id)
+"""
+_ALIASES_SQL = (
+    "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
+)
+
+
+@dataclass(frozen=True)
+class _Member:
+    passage_id: int
+    article_id: str
+    source: str
+    date: str
+    title: str
+    url: str
+    aliases: tuple[tuple[str, str, str], ...] = ()  # the article's other (source, date, url)
+
+    @property
+    def age_key(self) -> tuple[str, int]:
+        return (self.date or "\uffff", self.passage_id)
+
+    def citations(self) -> list[Also]:
+        """This copy and its article's other URLs, as `Also` entries."""
+        own = Also(self.source, self.date, self.title, self.url, self.article_id, self.passage_id)
+        return [own] + [Also(s, d, self.title, u, self.article_id, self.passage_id) for s, d, u in self.aliases]
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One distinct result: `ranked_id` is the member that earned the rank (its scores are the
+    hit's), `members` its whole group, oldest first (empty for a passage without copies)."""
+
+    ranked_id: int
+    members: tuple[_Member, ...] = ()
+
+    def candidates(self) -> list[int]:
+        """The passages `quote` may choose between: the earliest version and the ranked one."""
+        return list(dict.fromkeys([self.members[0].passage_id, self.ranked_id] if self.members else [self.ranked_id]))
+
+    def quote(self, terms: dict[int, str], query_terms: Sequence[str]) -> tuple[int, tuple[Also, ...]]:
+        """(passage to quote, the other copies, one per article). The earliest version, unless
+        it holds fewer of the question's terms than the ranked copy (`terms`: passage id → its
+        index terms), i.e. a later edit added what the question asks about."""
+        if not self.members:
+            return self.ranked_id, ()
+        quoted = self.members[0].passage_id
+        if quoted != self.ranked_id and query_terms:
+            wanted = set(query_terms)
+            if len(wanted & set(terms[self.ranked_id].split())) > len(wanted & set(terms[quoted].split())):
+                quoted = self.ranked_id
+        first = next(m for m in self.members if m.passage_id == quoted)
+        also = first.citations()[1:]
+        articles = {first.article_id}
+        for m in self.members:
+            if m.article_id not in articles:
+                articles.add(m.article_id)
+                also += m.citations()
+        return quoted, tuple(also)
+
+
+def group_members(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[_Member]]:
+    """Passage id → all members of its group (itself included), oldest first, for the ids of
+    `ids` that are in a group or whose article has other URLs. An index built before groups
+    existed has none."""
+    if not ids:
+        return {}
+    try:
+        rows = conn.execute(_MEMBERS_SQL, ["[" + ",".join(str(int(i)) for i in ids) + "]"]).fetchall()
+        articles = json.dumps(sorted({r[2] for r in rows}))
+        aliases: dict[str, list[tuple[str, str, str]]] = {}
+        for article_id, *alias in conn.execute(_ALIASES_SQL, [articles]) if rows else ():
+            aliases.setdefault(article_id, []).append(tuple(alias))
+    except sqlite3.OperationalError:  # no passage_groups / article_aliases tables
+        return {}
+    groups: dict[int, list[_Member]] = {}
+    for group_id, passage_id, article_id, *fields in rows:
+        member = _Member(passage_id, article_id, *fields, aliases=tuple(aliases.get(article_id, ())))
+        groups.setdefault(group_id or -passage_id, []).append(member)
+    out: dict[int, list[_Member]] = {}
+    for members in groups.values():
+        members.sort(key=lambda m: m.age_key)
+        for member in members:
+            out[member.passage_id] = members
+    return out
+
+
+def pick(ranked: Sequence[int], groups: dict[int, list[_Member]], k: int) -> list[Pick]:
+    """The first `k` distinct results of `ranked` (best first), one per group."""
+    picks: list[Pick] = []
+    seen: set[int] = set()
+    for passage_id in ranked:
+        if len(picks) >= k:
+            break
+        if passage_id in seen:
+            continue
+        members = groups.get(passage_id, [])
+        seen.add(passage_id)
+        seen.update(m.passage_id for m in members)
+        picks.append(Pick(passage_id, tuple(members)))
+    return picks
+
+
+def distinct(conn: sqlite3.Connection, ranked: Sequence[int], k: int) -> list[Pick]:
+    """`pick` over `ranked`, reading the groups of the best 2k passages first and of more only
+    when copies leave fewer than k distinct (a question's candidates number in the hundreds)."""
+    window = 0
+    while True:
+        window = min(len(ranked), max(2 * k, 2 * window))
+        picks = pick(ranked[:window], group_members(conn, ranked[:window]), k)
+        if len(picks) >= k or window >= len(ranked):
+            return picks

@@ -1,0 +1,338 @@
+"""Many articles: republished copies grouped at build time and quoted once (earliest version,
+the others cited as "also in"), incrementally; over real temporary indexes (fake embedder)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+from fake_telegram import InProcessBot, Payloads, write_config
+from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
+
+from bench.many import generate as generate_corpus
+from bench.many import gold_pairs
+from index import publish, store
+from index.add import add_sources
+from index.build import build_index
+from retrieval import Retriever
+from settings import PROJECT_ROOT, Config, load_config
+from telegram_bot.console import run_console
+
+ORIGINAL = PROJECT_ROOT / "corpus" / "articles" / "blockchain-daily-2021-06-10-crackdown.md"
+QUESTION = "断卡行动打掉了多少个犯罪团伙？"
+FACT = "170余个"
+
+
+def article(meta: dict[str, str], body: str) -> str:
+    front = "".join(f"{key}: {value}\n" for key, value in meta.items())
+    return f"---\n{front}---\n\n{body}\n"
+
+
+def original_body() -> str:
+    return ORIGINAL.read_text(encoding="utf-8").split("---", 2)[2].strip()
+
+
+def edited_copy(body: str) -> str:
+    """A 转载 of the article: a byline in front, commas changed, a sentence added to the
+    paragraph with the answer, the last paragraph dropped."""
+    paragraphs = [p for p in body.split("\n\n") if p.strip()][:-1]
+    edited = []
+    for p in paragraphs:
+        if FACT in p:
+            p = p.replace("，", ",", 2) + "此事引发业内广泛关注。"
+        edited.append(p)
+    edited[0] = "（新浪财经 记者 王磊）" + edited[0]
+    return "\n\n".join(edited)
+
+
+def write_syndicated(corpus: Path) -> None:
+    """The article (区块链日报, 06-10), an edited copy (新浪财经, 06-11), an exact copy under
+    another URL (金色财经, 06-12, listed first by name) and an unrelated article."""
+    body = original_body()
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "z-daily.md").write_text(
+        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "区块链日报", "date": "2021-06-10",
+                 "url": "https://daily.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    (corpus / "sina.md").write_text(
+        article({"title": "新疆青海叫停挖矿", "source": "新浪财经", "date": "2021-06-11",
+                 "url": "https://sina.example.cn/b"}, edited_copy(body)), encoding="utf-8")  # fmt: skip
+    (corpus / "a-jinse.md").write_text(
+        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "金色财经", "date": "2021-06-12",
+                 "url": "https://jinse.example.cn/c"}, body), encoding="utf-8")  # fmt: skip
+    (corpus / "other.md").write_text(
+        article({"title": "天气", "source": "澎湃新闻", "date": "2021-06-01"},
+                "今年夏天江南地区的梅雨季比往年来得更早，气象部门提醒市民注意防范强降雨带来的城市内涝。"),
+        encoding="utf-8",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def syndicated(tmp_path: Path) -> Config:
+    write_syndicated(tmp_path / "corpus")
+    config = make_config(tmp_path / "corpus", tmp_path / "index")
+    build_index(config)
+    return config
+
+
+def groups(config: Config) -> dict[int, set[str]]:
+    """group id → the article ids of its members."""
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        rows = db.execute(
+            "select g.group_id, p.article_id from passage_groups g join passages p on p.id = g.passage_id"
+        ).fetchall()
+    finally:
+        db.close()
+    out: dict[int, set[str]] = {}
+    for group_id, article_id in rows:
+        out.setdefault(group_id, set()).add(article_id)
+    return out
+
+
+def test_copies_are_grouped_and_quoted_once_in_their_earliest_version(syndicated: Config) -> None:
+    found = groups(syndicated)
+    assert found and all(ids <= {"z-daily.md", "sina.md", "a-jinse.md"} for ids in found.values())
+    retriever = Retriever.open(syndicated.index.dir, syndicated)
+    try:
+        hits = retriever.search(QUESTION, k=3)
+    finally:
+        retriever.close()
+    top = hits[0]
+    assert FACT in top.text
+    assert top.article_id == "z-daily.md" and top.source == "区块链日报"  # the earliest, not the first file
+    also = {a.source: a for a in top.also}
+    assert set(also) == {"新浪财经", "金色财经"}
+    assert also["新浪财经"].date == "2021-06-11" and also["新浪财经"].url == "https://sina.example.cn/b"
+    assert FACT in retriever_text(syndicated, also["新浪财经"].passage_id)
+    # k counts distinct passages: no other hit repeats the top one's text from another outlet.
+    assert len(hits) == 3
+    assert all(FACT not in h.text for h in hits[1:])
+    assert len({h.passage_id for h in hits} | {a.passage_id for h in hits for a in h.also}) == 3 + sum(
+        len(h.also) for h in hits
+    )
+
+
+def retriever_text(config: Config, passage_id: int) -> str:
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        return retriever.passages([passage_id])[passage_id].text
+    finally:
+        retriever.close()
+
+
+def test_groups_are_updated_incrementally(syndicated: Config) -> None:
+    before = groups(syndicated)
+    corpus = Path(syndicated.corpus.dir)
+    (corpus / "a-jinse.md").unlink()
+    build_index(syndicated)
+    after_removal = groups(syndicated)
+    assert after_removal and all("a-jinse.md" not in ids for ids in after_removal.values())
+    left = [sorted(ids - {"a-jinse.md"}) for ids in before.values() if len(ids - {"a-jinse.md"}) > 1]
+    assert sorted(left) == sorted(sorted(ids) for ids in after_removal.values())
+    (corpus / "sina.md").unlink()
+    build_index(syndicated)
+    assert groups(syndicated) == {}  # one article left of the story: nothing to group
+    write_syndicated(corpus)
+    build_index(syndicated)
+    regrouped = groups(syndicated)
+    assert {frozenset(ids) for ids in regrouped.values()} >= {frozenset({"z-daily.md", "sina.md", "a-jinse.md"})}
+    # An unrelated change leaves the groups as they are.
+    (corpus / "other.md").write_text(article({"title": "天气2"}, "明天晴转多云，气温二十到二十八度，适宜出行。"))
+    build_index(syndicated)
+    assert groups(syndicated) == regrouped
+
+
+def test_generated_corpus_duplicates_found_with_precision_and_recall(tmp_path: Path) -> None:
+    corpus = generate_corpus(tmp_path / "corpus", seed=3)
+    config = make_config(tmp_path / "corpus", tmp_path / "index")
+    report = build_index(config)
+    assert not report.skipped
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        passages = db.execute("select id, article_id, ordinal, paragraph, paragraph_end from passages").fetchall()
+        members: dict[int, list[int]] = {}
+        for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
+            members.setdefault(group_id, []).append(pid)
+    finally:
+        db.close()
+    gold = gold_pairs(corpus, passages)
+    found = {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
+    assert len(gold) > 50
+    assert len(gold & found) / len(found) >= 0.9
+    assert len(gold & found) / len(gold) >= 0.9
+
+
+@pytest.mark.slow
+def test_cli_json_lists_the_other_copies(syndicated: Config, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[corpus]\ndir = "{syndicated.corpus.dir}"\n[index]\ndir = "{syndicated.index.dir}"\n'
+        '[model]\nname = "test-hash"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    command = [sys.executable, "-m", "retrieval", "--config", str(config_file)]
+    result = subprocess.run([*command, "--json", QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    top = json.loads(result.stdout)["results"][0]
+    assert top["source"] == "区块链日报"
+    assert [(a["source"], a["date"]) for a in top["also"]] == [("新浪财经", "2021-06-11"), ("金色财经", "2021-06-12")]
+    assert set(top["also"][0]) == {"source", "date", "title", "url", "article_id", "passage_id"}
+    readable = subprocess.run([*command, QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
+    assert "也见于 / also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" in readable.stdout.decode()
+
+
+@pytest.fixture
+def syndicated_config_file(syndicated: Config, tmp_path: Path) -> Path:
+    return write_config(tmp_path / "bot.toml", corpus=Path(syndicated.corpus.dir), index=Path(syndicated.index.dir))
+
+
+def test_console_quotes_once_and_names_the_copies(syndicated_config_file: Path) -> None:
+    config = load_config(syndicated_config_file)
+    stdout = io.StringIO()
+    stdin = io.BytesIO(f"{QUESTION}\n/more\n".encode())
+    assert asyncio.run(run_console(config, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
+    out = stdout.getvalue()
+    assert out.count(FACT) == 1  # neither the copies nor "More" repeat it
+    assert "— 《区块链日报》2021-06-10 · " in out
+    also = "也见于：新浪财经 2021-06-11 <https://sina.example.cn/b>, 金色财经 2021-06-12 <https://jinse.example.cn/c>"
+    assert also in out
+
+
+def test_bot_answer_cites_the_copies_with_links(syndicated_config_file: Path) -> None:
+    calls = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION)))
+        calls.extend(await bot.feed(p.message("How many criminal gangs were taken down?")))
+
+    run_bot(load_config(syndicated_config_file), scenario)
+    zh, en = sent(calls)
+    text = assert_valid_answer_html(zh)
+    assert text.count(FACT) == 1 and "也见于：新浪财经 2021-06-11, 金色财经 2021-06-12" in text
+    assert '<a href="https://sina.example.cn/b">新浪财经 2021-06-11</a>' in zh.params["text"]
+    assert "also in: " in assert_valid_answer_html(en)
+
+
+@pytest.fixture(scope="module")
+def many_articles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config file over the generated multi-article corpus (dozens of articles, six outlets)."""
+    tmp = tmp_path_factory.mktemp("many")
+    generate_corpus(tmp / "corpus", seed=1)
+    config_file = write_config(tmp / "config.toml", corpus=tmp / "corpus", index=tmp / "index")
+    build_index(load_config(config_file))
+    return config_file
+
+
+def test_bot_sources_pages_newest_first_with_outlet_counts(many_articles: Path) -> None:
+    calls = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message("/sources")))
+        first = sent(calls)[-1]
+        [older] = buttons(first)
+        message = p.bot_message("x", chat_id=1001, message_id=first.result["message_id"])
+        calls.extend(await bot.feed(p.callback(older["callback_data"], message=message, user_id=1001)))
+        calls.extend(await bot.feed(p.message("/sources 99")))
+
+    run_bot(load_config(many_articles), scenario)
+    first, last = sent(calls)
+    [edit] = sent(calls, "editMessageText")
+    page1, page2, final = (assert_valid_answer_html(c) for c in (first, edit, last))
+    assert re.search(r"第 (\d+)/\1 页", final)  # the last page
+    assert "各来源：" in page1 and "第 1/" in page1 and "第 2/" in page2
+    dates = [line.split()[1] for line in page1.splitlines() if line.startswith("• ")]
+    assert len(dates) == 10 and dates == sorted(dates, reverse=True)
+    assert min(dates) >= max(line.split()[1] for line in page2.splitlines() if line.startswith("• "))
+    assert [b["text"] for b in buttons(edit)] == ["‹ 较新", "较旧 ›"]
+    assert [b["text"] for b in buttons(last)] == ["‹ 较新"]  # /sources 99: the last page
+
+
+def test_console_sources_and_index_info_give_the_same_summary(many_articles: Path) -> None:
+    config = load_config(many_articles)
+    stdout = io.StringIO()
+    assert asyncio.run(run_console(config, stdin=io.BytesIO(b"/sources\n/sources 2\n"), stdout=stdout)) == 0  # type: ignore[arg-type]
+    out = stdout.getvalue()
+    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+    info = subprocess.run(
+        [sys.executable, "-m", "index", "info", "--config", str(many_articles)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert info.returncode == 0, info.stderr.decode()
+    data = json.loads(info.stdout)
+    summary = data["summary"]
+    assert summary["articles"] == len(data["articles"]) and summary["duplicate_groups"] > 0
+    assert [a["date"] for a in data["articles"]] == sorted((a["date"] for a in data["articles"]), reverse=True)
+    assert summary["newest"] == data["articles"][0]["date"]
+    counts = " · ".join(f"{source} {n}" for source, n in summary["outlets"].items())
+    assert f"By outlet: {counts}" in out or f"各来源：{counts}" in out
+    assert ("Page 2 of" in out or "第 2/" in out) and out.count("• ") == 20
+
+
+def test_the_same_article_added_under_two_urls_is_shown_once_with_both_sources(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    config = make_config(corpus, tmp_path / "index")
+    body = original_body()
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text(article({"title": "叫停挖矿", "source": "区块链日报", "date": "2021-06-10",
+                              "url": "https://daily.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    second.write_text(article({"title": "叫停挖矿", "source": "新浪财经", "date": "2021-06-10",
+                               "url": "https://sina.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
+    report = add_sources(config, [str(first), str(second)])
+    added, recorded = report.results
+    assert (added.status, recorded.status) == ("added", "updated") and report.ok
+    assert recorded.detail == f"same text as {added.path}; recorded as another source of it"
+    assert [p.name for p in corpus.iterdir()] == [Path(added.path).name]  # one article, not two
+    again = add_sources(config, [str(second)], build=False)
+    assert [r.status for r in again.results] == ["unchanged"]  # already recorded
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        top = retriever.search(QUESTION, k=1)[0]
+    finally:
+        retriever.close()
+    assert (top.source, top.url) == ("区块链日报", "https://daily.example.cn/a")
+    [other] = top.also
+    assert (other.source, other.url, other.passage_id) == ("新浪财经", "https://sina.example.cn/a", top.passage_id)
+
+
+def test_a_group_never_holds_two_passages_of_one_article(tmp_path: Path) -> None:
+    """An article that restates its lead later (the lead plus a sentence), republished whole:
+    each paragraph is grouped with its own copy, not all four together."""
+    lead = "海川市金融局发布数字资产交易平台管理办法征求意见稿，向社会公开征求意见，意见反馈截止日期为五月二十六日。"
+    filler = "记者了解到，本市目前共有各类平台十余家，其中多数尚未完成登记，业内人士普遍关注过渡期的具体安排。"
+    body = f"{lead}\n\n{filler}\n\n{lead}征求意见稿还提出了资本要求。"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, source in (("a.md", "澎湃新闻"), ("b.md", "第一财经")):
+        (corpus / name).write_text(article({"title": "意见稿", "source": source, "date": "2021-05-12"}, body))
+    config = make_config(corpus, tmp_path / "index")
+    build_index(config)
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        pairs = db.execute("select count(*) from passage_dups").fetchone()[0]
+        rows = db.execute(
+            "select g.group_id, p.article_id, p.ordinal from passage_groups g join passages p on p.id = g.passage_id"
+        ).fetchall()
+    finally:
+        db.close()
+    assert pairs > 3  # the lead also matched the restated lead of the other copy
+    members: dict[int, list[tuple[str, int]]] = {}
+    for group_id, article_id, ordinal in rows:
+        members.setdefault(group_id, []).append((article_id, ordinal))
+    assert sorted(sorted(m) for m in members.values()) == [
+        [("a.md", 0), ("b.md", 0)],
+        [("a.md", 1), ("b.md", 1)],
+        [("a.md", 2), ("b.md", 2)],
+    ]
