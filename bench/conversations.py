@@ -1,6 +1,6 @@
 """Follow-up questions: hit@3 of conversation turns answered with context vs asked alone.
 
-    .venv/bin/python bench/conversations.py [--json out.json] [--index DIR]
+    .venv/bin/python -m bench.conversations [--json out.json] [--index DIR]
 
 bench/data/conversations.jsonl: 2-4 turn conversations about the default article (zh-Hans,
 zh-Hant, English), written before measuring them; every turn has gold strings (`all`/`any`, as
@@ -23,10 +23,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from quality import seed_hit
-
+from bench.quality import seed_hit
 from index.build import build_index
 from retrieval.conversation import LIMITS, Limits, answer_conversations
 from retrieval.search import Retriever

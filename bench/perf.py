@@ -8,8 +8,8 @@ which side goes first, and reported as medians. See bench/README.md for what eac
 The sub-commands `api` and `scale` are the in-process parts, run as children of `bench/run.py`
 so each starts from a fresh interpreter:
 
-    .venv/bin/python bench/perf.py api --index DIR [--n 300]
-    .venv/bin/python bench/perf.py scale --base DIR --out DIR --n 1000000 --kind ivf
+    .venv/bin/python -m bench.perf api --index DIR [--n 300]
+    .venv/bin/python -m bench.perf scale --base DIR --out DIR --n 1000000 --kind ivf
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
 
 PY = sys.executable
 CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
@@ -213,7 +211,7 @@ def our_encode(texts_json: Path) -> dict[str, Any]:
 
 
 def run_our_encode(texts_json: Path) -> dict[str, Any]:
-    child = run_child([PY, str(BENCH / "perf.py"), "encode", "--texts", str(texts_json)]).check("our encode")
+    child = run_child([PY, "-m", "bench.perf", "encode", "--texts", str(texts_json)]).check("our encode")
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -226,7 +224,7 @@ def index_build(corpus: Path, index: Path, *, probe: bool = False, full: bool = 
 # ---------------------------------------------------------------- build and rebuild
 def bench_build(work: Path, *, n_passages: int, repeats: int, rebuild_repeats: int, threads: int) -> dict[str, Any]:
     """Full build of the synthetic corpus vs the reference's bare encode; then rebuilds."""
-    from synth import add_article, corpus_passages, make_corpus
+    from bench.synth import add_article, corpus_passages, make_corpus
 
     corpus, index = work / "corpus", work / "index"
     shutil.rmtree(corpus, ignore_errors=True)
@@ -443,7 +441,7 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
 
 
 def run_api_child(index: Path, n: int) -> dict[str, Any]:
-    child = run_child([PY, str(BENCH / "perf.py"), "api", "--index", str(index), "--n", str(n)]).check("api")
+    child = run_child([PY, "-m", "bench.perf", "api", "--index", str(index), "--n", str(n)]).check("api")
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -503,8 +501,8 @@ def scale_index(
     from dataclasses import replace
 
     import numpy as np
-    from synth import _material
 
+    from bench.synth import _material
     from index import publish, store, vectors
     from index.text import segment_for_index, sentence_spans
     from settings import load_config
@@ -661,7 +659,8 @@ def run_scale_child(
 ) -> dict[str, Any]:
     args = [
         PY,
-        str(BENCH / "perf.py"),
+        "-m",
+        "bench.perf",
         "scale",
         "--base",
         str(base),
@@ -692,8 +691,7 @@ def run_scale_child(
 def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], repeats: int) -> dict[str, Any]:
     """bot.py against the loopback fake Bot API: spawn → first answer, then bursts of questions
     from distinct chats (time until every chat has its answer), then peak RSS."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads
+    from tests.fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads
 
     token = "12345:BENCH_only_not_a_real_token"
     config = work / "bot-config.toml"

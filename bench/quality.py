@@ -1,7 +1,7 @@
 """Retrieval quality: hit@k on the seed dev questions and on the CMRC-2018 trial set,
 dense-only vs lexical-only vs hybrid, plus how often questions are flagged unanswered.
 
-    .venv/bin/python bench/quality.py [--json out.json] [--weights 0.3,0.5,0.7]
+    .venv/bin/python -m bench.quality [--json out.json] [--weights 0.3,0.5,0.7]
 
 seed-dev: a hit is a retrieved passage containing every `all` string (or any `any` string).
 article-heldout (bench/data/article-heldout.jsonl): more questions on the same article,
@@ -19,8 +19,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.build import build_index
 from retrieval.fusion import METHODS
@@ -176,7 +174,7 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
             cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
             r.close()
         report["sets"]["cmrc-trial"] = cmrc_rows
-        import conversations  # bench/conversations.py: follow-ups in context vs alone (imports this module)
+        from bench import conversations  # bench/conversations.py: follow-ups in context vs alone (imports this module)
 
         r = Retriever.open(seed_cfg.index.dir, seed_cfg)
         report["conversations"] = conversations.run(r)
@@ -193,7 +191,7 @@ def print_table(report: dict) -> None:
         for mode, row in rows.items():
             print(f"{mode:<10}" + "".join(f"{row.get(c, float('nan')):>18.3f}" for c in cols))
     if "conversations" in report:
-        import conversations
+        from bench import conversations
 
         conversations.print_report(report["conversations"])
 

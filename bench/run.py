@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, then one table with each figure and its target.
 
-    .venv/bin/python bench/run.py [--quick] [--only build,query,...] [--skip scale1m] [--out FILE]
+    .venv/bin/python -m bench.run [--quick] [--only build,query,...] [--skip scale1m] [--out FILE]
 
 Sections: embed (bench/bench_embed.py), build (full build vs the numpy reference's encode, and
 rebuilds), imports (what `--help` loads), query (6k passages: CLI batch mode and Python API),
@@ -26,11 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import perf
 
-import perf  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality", "many")
 
@@ -70,7 +68,7 @@ def machine() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- sections
 def section_embed(quick: bool) -> dict[str, Any]:
-    import bench_embed
+    from bench import bench_embed
 
     return bench_embed.run(300 if quick else 600, 1 if quick else 3)
 
@@ -112,7 +110,7 @@ def section_scale(n: int, quick: bool, work: Path) -> dict[str, Any]:
 
 
 def section_quality(quick: bool) -> dict[str, Any]:
-    import quality
+    from bench import quality
 
     report = quality.run()
     quality.print_table(report)
@@ -120,7 +118,7 @@ def section_quality(quick: bool) -> dict[str, Any]:
 
 
 def section_many(quick: bool) -> dict[str, Any]:
-    import many
+    from bench import many
 
     result = many.evaluate(seeds=(2,) if quick else (2, 3, 4))
     print(json.dumps(result, indent=2))

@@ -1,7 +1,7 @@
 """Synthetic benchmark data: a news-like corpus stitched from CMRC-2018 trial sentences, and
 random unit vectors for FAISS at sizes no corpus here reaches.
 
-    .venv/bin/python bench/synth.py DIR [--passages 6000] [--seed 2018]
+    .venv/bin/python -m bench.synth DIR [--passages 6000] [--seed 2018]
 
 Articles: YAML front matter (title from a CMRC document, source, date), an occasional
 `##` section heading, paragraphs of 1-5 sentences drawn with a fixed seed. Sentences are
@@ -69,7 +69,6 @@ def article_text(rng: random.Random, titles: list[str], sentences: list[str], nu
 def make_corpus(target: Path, n_passages: int = 6000, seed: int = 2018, per_article: int = 12) -> int:
     """Write articles of ~`per_article` paragraphs until the splitter cuts >= `n_passages`
     passages from them; returns the article count."""
-    sys.path.insert(0, str(ROOT))
     from corpus import read_article, split_article
 
     titles, sentences = _material()
@@ -95,7 +94,6 @@ def add_article(target: Path, seed: int = 7, paragraphs: int = 12) -> Path:
 
 def corpus_passages(corpus_dir: Path, max_chars: int = 360, min_chars: int = 24) -> list[str]:
     """The passage texts a build of `corpus_dir` embeds (same reader and splitter)."""
-    sys.path.insert(0, str(ROOT))
     from corpus import load_corpus, split_article
 
     articles, _ = load_corpus(corpus_dir)
