@@ -68,9 +68,19 @@ class RetrievalConfig:
     candidates: int = 100
     fusion: str = "zscore"  # or "minmax"
     dense_weight: float = 0.5
-    # Below this fused confidence a question is reported as not covered.
-    min_dense: float = 0.2
-    min_lexical_coverage: float = 0.5
+    # The "not covered" decision (retrieval.decide): a question counts as answered when the
+    # weighted sum of its evidence features reaches evidence_threshold. Fitted by
+    # cross-validation with bench/fit_decide.py.
+    evidence_dense: float = 2.239
+    evidence_coverage: float = 2.085
+    evidence_rare: float = 1.298
+    evidence_known: float = 1.688
+    evidence_focus: float = 0.774
+    evidence_salient: float = 1.509
+    evidence_number: float = 3.654
+    evidence_cue: float = 1.395
+    evidence_margin: float = 1.205
+    evidence_threshold: float = 9.868
     max_query_chars: int = 1000
 
 

@@ -9,6 +9,7 @@ dictionary and the OpenCC converter load once, on first use, not at import.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import unicodedata
@@ -114,6 +115,14 @@ def _cached_terms(text: str) -> tuple[str, ...]:
     # Cached: highlighting re-segments the sentences of popular passages on every question.
     words = _jieba().cut_for_search(normalize(text))
     return tuple(w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS)
+
+
+def general_idf(term: str) -> float:
+    """How informative `term` is in general Chinese: -log of its relative frequency in jieba's
+    dictionary (unknown words and English words score highest). Weighs what a question names
+    independently of the articles indexed (`retrieval.decide`)."""
+    dictionary = _jieba().dt
+    return math.log(dictionary.total / (dictionary.FREQ.get(term, 0) + 1))
 
 
 def segment_for_index(text: str) -> str:
