@@ -71,16 +71,17 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 2.239
-    evidence_coverage: float = 2.085
-    evidence_rare: float = 1.298
-    evidence_known: float = 1.688
-    evidence_focus: float = 0.774
-    evidence_salient: float = 1.509
-    evidence_number: float = 3.654
-    evidence_cue: float = 1.395
-    evidence_margin: float = 1.205
-    evidence_threshold: float = 9.868
+    evidence_dense: float = 2.259
+    evidence_coverage: float = 2.077
+    evidence_rare: float = 1.35
+    evidence_known: float = 1.496
+    evidence_focus: float = 0.823
+    evidence_salient: float = 1.334
+    evidence_specific: float = 1.013
+    evidence_number: float = 3.685
+    evidence_cue: float = 1.383
+    evidence_margin: float = 1.15
+    evidence_threshold: float = 10.287
     max_query_chars: int = 1000
 
 

@@ -118,11 +118,12 @@ def _cached_terms(text: str) -> tuple[str, ...]:
 
 
 def general_idf(term: str) -> float:
-    """How informative `term` is in general Chinese: -log of its relative frequency in jieba's
-    dictionary (unknown words and English words score highest). Weighs what a question names
-    independently of the articles indexed (`retrieval.decide`)."""
+    """How informative `term` is in general Chinese, in [0, 1]: -log of its relative frequency
+    in jieba's dictionary, scaled so that a word the dictionary lacks (a rare name, an English
+    word) scores 1. Weighs what a question names independently of the articles indexed
+    (`retrieval.decide`)."""
     dictionary = _jieba().dt
-    return math.log(dictionary.total / (dictionary.FREQ.get(term, 0) + 1))
+    return math.log(dictionary.total / (dictionary.FREQ.get(term, 0) + 1)) / math.log(dictionary.total)
 
 
 def segment_for_index(text: str) -> str:

@@ -10,7 +10,8 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
 - `coverage`: IDF-weighted share of the question's terms in the best passage;
 - `rare` / `salient`: share of the question's two rarest terms in the best passage, rarest in
   the index (IDF) / in general Chinese (jieba's dictionary frequencies: "市值", "创始人" are
-  specific wherever they are asked, "需要" is not);
+  specific wherever they are asked, "需要" is not); `specific`: how rare in general the rarest
+  term the passage shares with the question is (a name, not "明天");
 - `known`: share of what the question names (weighted by general rarity) that the articles
   use at all; for an English question, its words the dictionary translates into words no
   article uses count as unknown;
@@ -39,7 +40,7 @@ from retrieval.crosslingual import Translation
 from retrieval.highlight import question_cues
 from settings import RetrievalConfig
 
-FEATURES = ("dense", "coverage", "rare", "salient", "known", "focus", "number", "cue", "margin")
+FEATURES = ("dense", "coverage", "rare", "salient", "specific", "known", "focus", "number", "cue", "margin")
 # Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
 _CRISP = frozenset({"date", "amount", "count"})
 # How many of the question's rarest terms `rare` looks at.
@@ -56,11 +57,17 @@ _UNIT = (
 _MONEY_UNIT = r"(?:元|美元|美金|港元|欧元|英镑|日元|块钱|度|千瓦时|瓦|kwh|btc|usdt|比特币|%|％)"
 
 # What a question asks for, on its normalised text (simplified, lower case; traditional
-# questions are normalised to simplified first), first match wins; and an expression of
+# questions are normalised to simplified first), first match wins (a reason first: "why are
+# prices…" asks why, not a price); and an expression of
 # that kind in a passage. Counts, amounts and dates have crisp expressions; persons, places,
 # reasons and procedures only loose cues (a title, a place suffix, a causal word), so that a
 # passage that answers is rarely taken for one that does not.
 ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
+    (
+        "reason",
+        re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
+        re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
+    ),
     (
         "date",
         re.compile(
@@ -108,11 +115,6 @@ ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
         re.compile(
             r"[\u4e00-\u9fff](?:省|市|州|县|区|国|岛|洲|镇|村|乡|港|湾|山|河|湖|路|街|站|城)|北美|海外|境外|境内|国内|各地"
         ),
-    ),
-    (
-        "reason",
-        re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
-        re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
     ),
     (
         "procedure",
@@ -226,6 +228,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         "coverage": _share(terms, present, idf) if terms else 0.0,
         "rare": _share(rarest, present, idf) if terms else 0.0,
         "salient": _share(salient, present, general) if terms else 0.0,
+        "specific": max((general[t] for t in present), default=0.0),
         "known": 1.0 - _share(named, absent, general) if named else 0.0,
         "focus": 1.0 - sum(general[t] for t in missing) / mass if mass else 1.0,
         "number": typed if kind in _CRISP else 1.0,
