@@ -71,17 +71,17 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 2.259
-    evidence_coverage: float = 2.077
+    evidence_dense: float = 5.198
+    evidence_coverage: float = 3.065
     evidence_rare: float = 1.35
-    evidence_known: float = 1.496
-    evidence_focus: float = 0.823
-    evidence_salient: float = 1.334
-    evidence_specific: float = 1.013
-    evidence_number: float = 3.685
-    evidence_cue: float = 1.383
-    evidence_margin: float = 1.15
-    evidence_threshold: float = 10.287
+    evidence_known: float = 1.723
+    evidence_focus: float = 0.332
+    evidence_salient: float = 1.018
+    evidence_specific: float = 1.679
+    evidence_number: float = 4.676
+    evidence_cue: float = 1.521
+    evidence_margin: float = 0.686
+    evidence_threshold: float = 12.263
     max_query_chars: int = 1000
 
 

@@ -9,10 +9,12 @@ Labelled questions, each with the decision's features computed by the real retri
 - CMRC-2018 trial (every paragraph an article): each question against the whole corpus
   (answered), and against the corpus without its own paragraph (not covered: the closest
   other paragraphs are in the same Wikipedia style, often on a related subject). Paragraphs
-  are split into folds; fold f's questions are asked of an index built without fold f.
+  are split into folds; fold f's questions are asked of an index built without fold f;
+- off topic (not covered): every third CMRC question asked of the article, and the article's
+  questions asked of the CMRC paragraphs (English ones included).
 
 The weights are a logistic regression with non-negative weights (gradient descent in numpy),
-each corpus and within it each label weighing alike; the threshold is then the highest
+each (source, label) group weighing alike; the threshold is then the highest
 score that flags at most `--target` of each corpus's answerable questions, so the flag stays
 rare on real questions. Cross-validation holds out a fold of CMRC paragraphs (whole articles:
 their questions on both sides) together with a fold of the article's questions (one article,
@@ -58,15 +60,18 @@ def collect(folds: int, work: Path) -> list[dict]:
     cfg = replace(base, index=replace(base.index, dir=work / "article-index"))
     build_index(cfg)
     retriever = Retriever.open(cfg.index.dir, cfg)
-    for path, label in ((ANSWERABLE, 1), (NEAR, 0)):
-        questions = seed_questions(path)
-        for i, (q, f) in enumerate(zip(questions, _features(retriever, [q["q"] for q in questions]), strict=True)):
-            rows.append(
-                {"corpus": "article", "group": i % folds, "lang": q["lang"], "label": label, "q": q["q"], "features": f}
-            )
+    article = [(q, label) for path, label in ((ANSWERABLE, 1), (NEAR, 0)) for q in seed_questions(path)]
+    for i, ((q, label), f) in enumerate(zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)):
+        rows.append(
+            {"corpus": "article", "group": i % folds, "lang": q["lang"], "label": label, "q": q["q"], "features": f}
+        )
+    # Off topic: every third CMRC question (Wikipedia trivia) asked of the crypto article.
+    paragraphs = cmrc_paragraphs()
+    trivia = [(n, qa["question"]) for n, (_, _, par) in enumerate(paragraphs) for qa in par["qas"]][::3]
+    for (n, q), f in zip(trivia, _features(retriever, [q for _, q in trivia]), strict=True):
+        rows.append({"corpus": "off-topic", "group": n % folds, "lang": "zh", "label": 0, "q": q, "features": f})
     retriever.close()
 
-    paragraphs = cmrc_paragraphs()
     for fold in range(-1, folds):
         corpus = work / f"cmrc-{fold}"
         corpus.mkdir()
@@ -84,6 +89,20 @@ def collect(folds: int, work: Path) -> list[dict]:
             rows.append(
                 {"corpus": "cmrc", "group": n % folds, "lang": "zh", "label": int(fold < 0), "q": q, "features": f}
             )
+        if fold < 0:  # off topic the other way: the article's questions asked of Wikipedia paragraphs
+            for i, ((q, _), f) in enumerate(
+                zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)
+            ):
+                rows.append(
+                    {
+                        "corpus": "off-topic",
+                        "group": i % folds,
+                        "lang": q["lang"],
+                        "label": 0,
+                        "q": q["q"],
+                        "features": f,
+                    }
+                )
         retriever.close()
     return rows
 
@@ -106,8 +125,8 @@ def fit_weights(
 
 
 def sample_weights(rows: list[dict]) -> np.ndarray:
-    """Each corpus weighs half, and within it each label half: the article's hundred
-    questions count as much as CMRC's two thousand."""
+    """Every (source, label) group weighs alike: the article's hundred questions count as
+    much as CMRC's two thousand."""
     keys = [(r["corpus"], r["label"]) for r in rows]
     counts = {k: keys.count(k) for k in set(keys)}
     return np.array([1.0 / counts[k] for k in keys])

@@ -169,8 +169,8 @@ class Evidence:
     terms: Sequence[str]  # the question's index terms (an English question's words and their translations)
     df: Mapping[str, int]  # passages holding each term
     idf: Mapping[str, float]  # IDF of each term in the index
-    passages: Sequence[str]  # texts of the best passages, best first (at least one)
-    passage_terms: Sequence[str]  # their index term strings
+    passage: str  # text of the best passage
+    passage_terms: str  # its index term string
     dense: np.ndarray  # cosine of every candidate passage
     top_dense: float  # cosine of the best passage
     translation: Translation | None = None  # an English question's words as Chinese index terms
@@ -193,8 +193,8 @@ def features(evidence: Evidence) -> dict[str, float]:
     else:
         terms = named = own
         absent = {t for t in own if df[t] == 0}
-    text = normalize(evidence.passages[0])
-    index_terms = set(evidence.passage_terms[0].split())
+    text = normalize(evidence.passage)
+    index_terms = set(evidence.passage_terms.split())
 
     def held(term: str) -> bool:
         # Chinese also as a substring: the segmenter may cut a word differently in context.
@@ -219,9 +219,10 @@ def features(evidence: Evidence) -> dict[str, float]:
     mass = sum(general[t] for t in {*named, *missing})
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)
-    typed = type_evidence(kind, evidence.passages[0], anchors)
+    typed = type_evidence(kind, evidence.passage, anchors)
     dense = evidence.dense
     spread = float(dense.std()) if dense.size > 1 else 0.0
+    # The best cosine as a z-score among the candidates'; four standard deviations count as full.
     margin = (evidence.top_dense - float(dense.mean())) / spread if spread > 0 else 0.0
     return {
         "dense": max(0.0, min(1.0, evidence.top_dense)),

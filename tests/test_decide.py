@@ -63,8 +63,8 @@ def _evidence(question: str, passage: str, df: dict[str, int], passages: int = 4
         terms=list(df),
         df=df,
         idf=idf,
-        passages=[passage],
-        passage_terms=[segment_for_index(passage)],
+        passage=passage,
+        passage_terms=segment_for_index(passage),
         dense=np.array([0.4, 0.2, 0.1]),
         top_dense=0.4,
     )
