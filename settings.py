@@ -69,9 +69,20 @@ class RetrievalConfig:
     fusion: str = "zscore"  # or "minmax", "rrf" (retrieval.fusion.METHODS)
     dense_weight: float = 0.55  # chosen by cross-validation: bench/fit_fusion.py
     rrf_k: float = 60.0
-    # Below this fused confidence a question is reported as not covered.
-    min_dense: float = 0.2
-    min_lexical_coverage: float = 0.5
+    # The "not covered" decision (retrieval.decide): a question counts as answered when the
+    # weighted sum of its evidence features reaches evidence_threshold. Fitted by
+    # cross-validation with bench/fit_decide.py.
+    evidence_dense: float = 5.198
+    evidence_coverage: float = 3.065
+    evidence_rare: float = 1.35
+    evidence_known: float = 1.723
+    evidence_focus: float = 0.332
+    evidence_salient: float = 1.018
+    evidence_specific: float = 1.679
+    evidence_number: float = 4.676
+    evidence_cue: float = 1.521
+    evidence_margin: float = 0.686
+    evidence_threshold: float = 12.263
     max_query_chars: int = 1000
 
 

@@ -29,6 +29,10 @@ DATA = PROJECT_ROOT / "bench" / "data"
 SEED = DATA / "seed-dev.jsonl"
 HELDOUT = DATA / "article-heldout.jsonl"
 CMRC = DATA / "cmrc2018_trial.json"
+# Written to fit and check the "not covered" decision (bench/fit_decide.py): more answerable
+# questions on the article, and questions near its topic that it does not answer.
+ANSWERABLE = DATA / "article-answerable.jsonl"
+NEAR = DATA / "near-topic.jsonl"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.
@@ -53,7 +57,8 @@ OFF_TOPIC = [
 
 
 # Questions near the article's subject that it does not answer (crypto, mining, exchanges,
-# but not what the article reports): the hard side of the "not covered" decision.
+# but not what the article reports): the hard side of the "not covered" decision. Older than
+# bench/data/near-topic.jsonl and never used to fit the decision.
 NEAR_TOPIC = [
     "What is the price of bitcoin today?",
     "How do I buy Ethereum?",
@@ -87,16 +92,23 @@ def seed_hit(text: str, q: dict) -> bool:
     return any(s in text for s in q.get("any", []))
 
 
-def write_cmrc_corpus(target: Path) -> list[tuple[str, str]]:
-    """One article per CMRC paragraph; returns (question, article id) pairs."""
+def cmrc_paragraphs() -> list[tuple[str, str, dict]]:
+    """(paragraph id, title, paragraph with its questions) of the CMRC trial set."""
     data = json.loads(CMRC.read_text(encoding="utf-8"))["data"]
+    return [(par["id"], doc.get("title", par["id"]), par) for doc in data for par in doc["paragraphs"]]
+
+
+def write_cmrc_corpus(target: Path, exclude: frozenset[int] = frozenset()) -> list[tuple[str, str]]:
+    """One article per CMRC paragraph (but the paragraphs numbered in `exclude`); returns
+    (question, article id) pairs."""
     pairs = []
-    for doc in data:
-        for par in doc["paragraphs"]:
-            name = f"{par['id']}.md"
-            title = doc.get("title", par["id"]).replace('"', "'")
-            (target / name).write_text(f'---\ntitle: "{title}"\nsource: CMRC-2018\n---\n{par["context"]}\n', "utf-8")
-            pairs.extend((qa["question"], name) for qa in par["qas"])
+    for n, (pid, title, par) in enumerate(cmrc_paragraphs()):
+        if n in exclude:
+            continue
+        name = f"{pid}.md"
+        title = title.replace('"', "'")
+        (target / name).write_text(f'---\ntitle: "{title}"\nsource: CMRC-2018\n---\n{par["context"]}\n', "utf-8")
+        pairs.extend((qa["question"], name) for qa in par["qas"])
     return pairs
 
 
@@ -120,11 +132,38 @@ def by_language(retriever: Retriever, questions: list[dict]) -> dict:
     return out
 
 
+def flagged_by_language(retriever: Retriever, questions: list[dict]) -> dict[str, float]:
+    """Share of `questions` flagged "not covered", overall and per language."""
+    answers = retriever.answer_many([q["q"] for q in questions], 3)
+    out = {"all": sum(not a.answered for a in answers) / len(answers), "n": len(answers)}
+    for lang in sorted({q["lang"] for q in questions}):
+        subset = [a for a, q in zip(answers, questions, strict=True) if q["lang"] == lang]
+        out[lang] = sum(not a.answered for a in subset) / len(subset)
+    return out
+
+
+def _listed(questions: list[str]) -> list[dict]:
+    return [{"q": q, "lang": "en" if q.isascii() else "zh"} for q in questions]
+
+
+def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
+    """The "not covered" flag on the article: answerable sets (should be rare) and near-topic
+    and off-topic sets (should be set)."""
+    return {
+        "answerable: seed-dev": flagged_by_language(retriever, seed_questions()),
+        "answerable: held-out": flagged_by_language(retriever, seed_questions(HELDOUT)),
+        "answerable: article-answerable": flagged_by_language(retriever, seed_questions(ANSWERABLE)),
+        "not covered: near-topic.jsonl": flagged_by_language(retriever, seed_questions(NEAR)),
+        "not covered: NEAR_TOPIC": flagged_by_language(retriever, _listed(NEAR_TOPIC)),
+        "not covered: OFF_TOPIC": flagged_by_language(retriever, _listed(OFF_TOPIC)),
+    }
+
+
 def with_weight(config: Config, weight: float) -> Config:
     return replace(config, retrieval=replace(config.retrieval, dense_weight=weight))
 
 
-def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
+def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = True) -> dict:
     base = load_config()
     if fusion:
         base = replace(base, retrieval=replace(base.retrieval, fusion=fusion))
@@ -155,6 +194,8 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
             held = evaluate(r, [q["q"] for q in heldout], lambda i, h: seed_hit(h.text, heldout[i]))
             held.update(by_language(r, heldout))
             heldout_rows[name] = held
+            if name == "hybrid":
+                report["not_covered"] = not_covered(r)
             r.close()
         report["sets"]["seed-dev"] = seed_rows
         report["sets"]["article-heldout"] = heldout_rows
@@ -174,11 +215,16 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None) -> dict:
             cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
             r.close()
         report["sets"]["cmrc-trial"] = cmrc_rows
+        report["not_covered"]["answerable: CMRC own paragraph"] = {"all": cmrc_rows["hybrid"]["unanswered"]}
         from bench import conversations  # bench/conversations.py: follow-ups in context vs alone (imports this module)
 
         r = Retriever.open(seed_cfg.index.dir, seed_cfg)
         report["conversations"] = conversations.run(r)
         r.close()
+    if cv:
+        from bench import fit_decide
+
+        report["not_covered_cv"] = fit_decide.run()["cv_chosen"]
     return report
 
 
@@ -196,15 +242,27 @@ def print_table(report: dict) -> None:
         conversations.print_report(report["conversations"])
 
 
+def print_not_covered(report: dict) -> None:
+    print("\nshare flagged not covered (hybrid); language: zh, zh-Hant, en")
+    for name, shares in report.get("not_covered", {}).items():
+        print(f"  {name:<36}" + "  ".join(f"{k} {v:.3f}" if k != "n" else f"n {v}" for k, v in shares.items()))
+    if "not_covered_cv" in report:
+        print("cross-validated (bench/fit_decide.py: folds of articles held out):")
+        for name, shares in report["not_covered_cv"].items():
+            print(f"  {name:<36}" + "  ".join(f"{k} {v}" for k, v in shares.items() if not k.startswith("n_")))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
     parser.add_argument("--weights", default="", help="extra dense weights to compare, e.g. 0.3,0.7")
     parser.add_argument("--fusion", choices=METHODS)
+    parser.add_argument("--no-cv", action="store_true", help="skip the decision's cross-validation (~4 min)")
     args = parser.parse_args()
     weights = tuple(float(w) for w in args.weights.split(",") if w)
-    report = run(weights, args.fusion)
+    report = run(weights, args.fusion, cv=not args.no_cv)
     print_table(report)
+    print_not_covered(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0

@@ -114,6 +114,7 @@ def section_quality(quick: bool) -> dict[str, Any]:
 
     report = quality.run()
     quality.print_table(report)
+    quality.print_not_covered(report)
     return report
 
 
@@ -331,6 +332,21 @@ def table(results: dict[str, Any]) -> list[Row]:
             else None
         ),
         "{0[0]:.3f} | {0[1]:.3f}",
+    )
+    covered = qual.get("not_covered") or {}
+    add(
+        "quality: near-topic questions flagged not covered (near-topic.jsonl)",
+        _get(covered, "not covered: near-topic.jsonl", "all"),
+        "{:.3f}",
+        ">= 0.80",
+        lambda v: v >= 0.80,
+    )
+    add(
+        "quality: answerable questions flagged not covered, worst set",
+        max((v["all"] for k, v in covered.items() if k.startswith("answerable")), default=None),
+        "{:.3f}",
+        "<= 0.05",
+        lambda v: v <= 0.05,
     )
     add(
         "quality: CMRC hybrid hit@1",

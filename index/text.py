@@ -9,6 +9,7 @@ dictionary and the OpenCC converter load once, on first use, not at import.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import unicodedata
@@ -130,6 +131,15 @@ def _cached_terms(text: str) -> tuple[str, ...]:
     # Cached: highlighting re-segments the sentences of popular passages on every question.
     words = _jieba().cut_for_search(normalize(text))
     return tuple(w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS)
+
+
+def general_idf(term: str) -> float:
+    """How informative `term` is in general Chinese, in [0, 1]: -log of its relative frequency
+    in jieba's dictionary, scaled so that a word the dictionary lacks (a rare name, an English
+    word) scores 1. Weighs what a question names independently of the articles indexed
+    (`retrieval.decide`)."""
+    dictionary = _jieba().dt
+    return math.log(dictionary.total / (dictionary.FREQ.get(term, 0) + 1)) / math.log(dictionary.total)
 
 
 def segment_for_index(text: str) -> str:

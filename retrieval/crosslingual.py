@@ -49,9 +49,14 @@ _PER_PHRASE = 3
 
 @dataclass(frozen=True)
 class Translation:
-    """Chinese index terms per English phrase of a question, in question order."""
+    """Chinese index terms per English phrase of a question, in question order; the
+    question's content words, and those of them that the dictionary translates into Chinese
+    words no article uses (`unknown`): what the question asks about that the articles never
+    name (`retrieval.decide`)."""
 
     phrases: tuple[tuple[str, tuple[str, ...]], ...]
+    words: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
 
     @property
     def terms(self) -> list[str]:
@@ -214,4 +219,12 @@ def translate(
                 break
         if kept:
             phrases.append((phrase, tuple(kept[:_PER_PHRASE])))
-    return Translation(tuple(phrases))
+    # Words the dictionary turns into Chinese words (not stop words) that no article uses.
+    kept_phrases = {phrase for phrase, _ in phrases}
+    unknown = [
+        w
+        for phrase, group in found
+        if phrase not in kept_phrases and any(index_terms[c] for c in group)
+        for w in phrase.split()
+    ]
+    return Translation(tuple(phrases), tuple(dict.fromkeys(words)), tuple(dict.fromkeys(unknown)))

@@ -83,6 +83,8 @@ class Answer:
     hits: tuple[Hit, ...] = ()
     version: str = ""
     coverage: float = 0.0
+    # The "not covered" decision's inputs (`retrieval.decide.FEATURES`), for benchmarks and debugging.
+    features: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:

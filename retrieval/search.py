@@ -30,7 +30,8 @@ from index.embedder import Embedder, load_embedder
 from index.text import HAN, clean, in_script, script_of, sentence_spans, terms
 from retrieval import collapse, dates
 from retrieval.bm25 import Postings
-from retrieval.crosslingual import default_lexicon, pinyin_table, translate
+from retrieval.crosslingual import Translation, default_lexicon, pinyin_table, translate
+from retrieval.decide import Evidence, Policy, features
 from retrieval.fusion import fuse
 from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
@@ -58,9 +59,6 @@ _BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from
 _BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
 
 log = logging.getLogger(__name__)
-
-# Coverage of a passage holding every term of the question (IDF-weighted sums, so allow rounding).
-_FULL_COVERAGE = 1.0 - 1e-9
 
 
 @dataclass
@@ -460,7 +458,7 @@ class Retriever:
         sentence embeddings can pick (`answer_many` embeds them for the whole batch).
         `nearest`: this question's row of the batch's FAISS search (similarities, ids)."""
         cfg = self.config.retrieval
-        query_terms = self._query_terms(snap, question)
+        query_terms, translation = self._question_terms(snap, question)
         foreign = not HAN.search(question)
         candidate_ids, dense_scores, lexical_scores = self._candidates(snap, query_terms, qvec, nearest)
         if not candidate_ids:
@@ -516,9 +514,26 @@ class Retriever:
         # lack of an answer: only the terms the index knows (translations, "OTC") are evidence.
         evidence = [t for t in query_terms if dfs[t] > 0] if foreign else query_terms
         coverage = self._coverage(top.terms, evidence, idf)
-        answered = self._is_answered(float(dense_scores[order[0]]), coverage)
+        signals = features(
+            Evidence(
+                question=question,
+                terms=query_terms,
+                df=dfs,
+                idf=idf,
+                passage=top.text,
+                passage_terms=top.terms,
+                dense=dense_scores,
+                top_dense=float(dense_scores[order[0]]),
+                translation=translation,
+            )
+        )
         answer = Answer(
-            question=original, answered=answered, hits=tuple(hits), version=snap.version.name, coverage=coverage
+            question=original,
+            answered=self._is_answered(signals),
+            hits=tuple(hits),
+            version=snap.version.name,
+            coverage=coverage,
+            features=signals,
         )
         return answer, undecided
 
@@ -551,10 +566,18 @@ class Retriever:
 
     @staticmethod
     def _query_terms(snap: _Snapshot, question: str) -> list[str]:
+        return Retriever._question_terms(snap, question)[0]
+
+    @staticmethod
+    def _question_terms(snap: _Snapshot, question: str) -> tuple[list[str], Translation | None]:
+        """The question's index terms, and for an English question its translation (its words
+        as the articles' Chinese terms, which it adds to the terms)."""
         query_terms = terms(question)
-        if not HAN.search(question):  # an English question: add its words as the articles' Chinese terms
-            query_terms += translate(question, default_lexicon(), snap.pinyin(), snap.document_frequencies).terms
-        return list(dict.fromkeys(query_terms))
+        translation = None
+        if not HAN.search(question):
+            translation = translate(question, default_lexicon(), snap.pinyin(), snap.document_frequencies)
+            query_terms += translation.terms
+        return list(dict.fromkeys(query_terms)), translation
 
     # ---------- scoring helpers ----------
     @staticmethod
@@ -571,23 +594,9 @@ class Retriever:
         total = sum(idf[t] for t in query_terms)
         return sum(idf[t] for t in query_terms if t in present) / total if total else 0.0
 
-    def _is_answered(self, top_dense: float, coverage: float) -> bool:
-        """Whether the best passage really covers the question (thresholds chosen on dev data).
-
-        A question about the articles shares words with the passage that answers it (an
-        English one through its translated terms, `retrieval.crosslingual`), so lexical
-        coverage can vouch for a modest cosine; a cosine alone must be high, since a paragraph
-        on a related subject reaches ~0.2-0.3. When every term of the question is in the
-        passage, a low cosine only reflects a short question about a name ("蔡凯龙是谁？",
-        "Did Huobi reply?"): a sliver of similarity is enough.
-        """
-        cfg = self.config.retrieval
-        return (
-            top_dense >= cfg.min_dense + 0.15
-            or (coverage >= cfg.min_lexical_coverage and top_dense >= cfg.min_dense / 2)
-            or (coverage >= cfg.min_lexical_coverage / 2 and top_dense >= cfg.min_dense)
-            or (coverage >= _FULL_COVERAGE and top_dense >= cfg.min_dense / 4)
-        )
+    def _is_answered(self, signals: dict[str, float]) -> bool:
+        """Whether the best passages really answer the question (`retrieval.decide`)."""
+        return Policy.from_config(self.config.retrieval).answered(signals)
 
     def _best_sentences(
         self,

@@ -177,20 +177,23 @@ def test_a_flooding_user_in_a_group_does_not_delay_anyone_else(config_file: Path
         assert api.wait_for(lambda: len(replies_to(api, 41)) == 1, WAIT)
         message = p.bot_message("an earlier answer", chat_id=GROUP, message_id=77)
         kinds = ["help"] * 100 + ["press"] * 40
-        random.Random(7).shuffle(kinds)  # interleaved; update ids still increase, as Telegram's do
+        random.Random(7).shuffle(kinds)  # interleaved
+        kinds.insert(len(kinds) // 2, "question")  # the other user's, midway
+        # Payloads made in the order they are sent: update ids increase, as Telegram's do.
         flood = [
-            p.message("/help", chat_id=GROUP, user_id=66)
+            p.message(QUESTION, chat_id=42)
+            if kind == "question"
+            else p.message("/help", chat_id=GROUP, user_id=66)
             if kind == "help"
             else p.callback(f"m:deadbeef:forged{i:03d}:3", message=message, user_id=66)
             for i, kind in enumerate(kinds)
         ]
         asked_at = 0.0
         start = time.monotonic()
-        for i, update in enumerate(flood):
-            api.push(update)
-            if i == len(flood) // 2:
+        for i, (kind, update) in enumerate(zip(kinds, flood, strict=True)):
+            if kind == "question":
                 asked_at = time.monotonic()
-                api.push(p.message(QUESTION, chat_id=42))
+            api.push(update)
             time.sleep(max(0.0, start + (i + 1) * 10.0 / len(flood) - time.monotonic()))
         assert api.wait_for(lambda: len(replies_to(api, 42)) == 1, WAIT)
         answered_at = next(c.at for c in api.recorded("sendMessage") if c.params["chat_id"] == "42")

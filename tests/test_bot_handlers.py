@@ -34,7 +34,7 @@ from telegram_bot.state import STATE_KEY, BotState
 
 CORPUS = PROJECT_ROOT / "corpus" / "articles"
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
-EN_QUESTION = "How many criminal gangs were taken down in the card-breaking operation?"
+EN_QUESTION = "What happened to the bank cards of OTC merchants?"
 OFF_TOPIC_ZH = "推荐一部好看的电影"
 OFF_TOPIC_EN = "quantum chromodynamics lattice"
 GROUP = -100555

@@ -1,0 +1,225 @@
+"""Fit the "not covered" decision (`retrieval.decide`) by cross-validation, and report it.
+
+    .venv/bin/python -m bench.fit_decide [--folds 5] [--json out.json]
+
+Labelled questions, each with the decision's features computed by the real retriever:
+
+- the default article: `bench/data/article-answerable.jsonl` (answered) and
+  `bench/data/near-topic.jsonl` (not covered), written for this purpose;
+- CMRC-2018 trial (every paragraph an article): each question against the whole corpus
+  (answered), and against the corpus without its own paragraph (not covered: the closest
+  other paragraphs are in the same Wikipedia style, often on a related subject). Paragraphs
+  are split into folds; fold f's questions are asked of an index built without fold f;
+- off topic (not covered): every third CMRC question asked of the article, and the article's
+  questions asked of the CMRC paragraphs (English ones included).
+
+The weights are a logistic regression with non-negative weights (gradient descent in numpy),
+each (source, label) group weighing alike; the threshold is then the highest
+score that flags at most `--target` of each corpus's answerable questions, so the flag stays
+rare on real questions. Cross-validation holds out a fold of CMRC paragraphs (whole articles:
+their questions on both sides) together with a fold of the article's questions (one article,
+so its questions are split by position). The parameters printed last are fitted on everything and are what
+`config.toml` `[retrieval]` holds. Seed-dev, held-out and the `bench/quality.py` lists are
+never used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.quality import ANSWERABLE, NEAR, cmrc_paragraphs, seed_questions, write_cmrc_corpus
+from index.build import build_index
+from retrieval.decide import FEATURES
+from retrieval.search import Retriever
+from settings import Config, load_config
+
+
+def _features(retriever: Retriever, questions: list[str]) -> list[dict[str, float]]:
+    return [a.features for a in retriever.answer_many(questions, 3)]
+
+
+def _config(base: Config, corpus: Path, index: Path) -> Config:
+    return replace(base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=index))
+
+
+def collect(folds: int, work: Path) -> list[dict]:
+    """Every labelled question: {corpus, group, lang, label (1 = answered), features}."""
+    base = load_config()
+    rows: list[dict] = []
+    cfg = replace(base, index=replace(base.index, dir=work / "article-index"))
+    build_index(cfg)
+    retriever = Retriever.open(cfg.index.dir, cfg)
+    article = [(q, label) for path, label in ((ANSWERABLE, 1), (NEAR, 0)) for q in seed_questions(path)]
+    for i, ((q, label), f) in enumerate(zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)):
+        rows.append(
+            {"corpus": "article", "group": i % folds, "lang": q["lang"], "label": label, "q": q["q"], "features": f}
+        )
+    # Off topic: every third CMRC question (Wikipedia trivia) asked of the crypto article.
+    paragraphs = cmrc_paragraphs()
+    trivia = [(n, qa["question"]) for n, (_, _, par) in enumerate(paragraphs) for qa in par["qas"]][::3]
+    for (n, q), f in zip(trivia, _features(retriever, [q for _, q in trivia]), strict=True):
+        rows.append({"corpus": "off-topic", "group": n % folds, "lang": "zh", "label": 0, "q": q, "features": f})
+    retriever.close()
+
+    for fold in range(-1, folds):
+        corpus = work / f"cmrc-{fold}"
+        corpus.mkdir()
+        write_cmrc_corpus(corpus, frozenset(n for n in range(len(paragraphs)) if n % folds == fold))
+        cfg = _config(base, corpus, work / f"cmrc-index-{fold}")
+        build_index(cfg)
+        retriever = Retriever.open(cfg.index.dir, cfg)
+        asked = [
+            (n, qa["question"])
+            for n, (_, _, par) in enumerate(paragraphs)
+            for qa in par["qas"]
+            if fold < 0 or n % folds == fold
+        ]
+        for (n, q), f in zip(asked, _features(retriever, [q for _, q in asked]), strict=True):
+            rows.append(
+                {"corpus": "cmrc", "group": n % folds, "lang": "zh", "label": int(fold < 0), "q": q, "features": f}
+            )
+        if fold < 0:  # off topic the other way: the article's questions asked of Wikipedia paragraphs
+            for i, ((q, _), f) in enumerate(
+                zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)
+            ):
+                rows.append(
+                    {
+                        "corpus": "off-topic",
+                        "group": i % folds,
+                        "lang": q["lang"],
+                        "label": 0,
+                        "q": q["q"],
+                        "features": f,
+                    }
+                )
+        retriever.close()
+    return rows
+
+
+def fit_weights(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float, steps: int = 3000
+) -> tuple[np.ndarray, float]:
+    """Logistic regression with non-negative feature weights (projected gradient descent on
+    the weighted log-loss plus `l2`·|w|²): (weights, bias)."""
+    w = np.zeros(x.shape[1])
+    b = 0.0
+    weight = weight / weight.sum()
+    rate = 1.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+        g = weight * (p - y)
+        w = np.maximum(0.0, w - rate * (x.T @ g + 2 * l2 * w))
+        b -= rate * g.sum()
+    return w, b
+
+
+def sample_weights(rows: list[dict]) -> np.ndarray:
+    """Every (source, label) group weighs alike: the article's hundred questions count as
+    much as CMRC's two thousand."""
+    keys = [(r["corpus"], r["label"]) for r in rows]
+    counts = {k: keys.count(k) for k in set(keys)}
+    return np.array([1.0 / counts[k] for k in keys])
+
+
+def threshold_for(scores: np.ndarray, rows: list[dict], target: float) -> float:
+    """The highest threshold that flags at most `target` of the answerable questions of each
+    corpus (a flag is score < threshold)."""
+    cuts = []
+    for corpus in sorted({r["corpus"] for r in rows}):
+        s = np.sort([sc for sc, r in zip(scores, rows, strict=True) if r["corpus"] == corpus and r["label"] == 1])
+        cuts.append(s[int(np.floor(target * len(s)))] if len(s) else np.inf)
+    return float(min(cuts))
+
+
+def fit(rows: list[dict], l2: float, target: float) -> tuple[np.ndarray, float]:
+    """(weights, threshold) fitted on `rows`."""
+    x = matrix(rows)
+    y = np.array([r["label"] for r in rows], dtype=float)
+    w, _ = fit_weights(x, y, sample_weights(rows), l2)
+    return w, threshold_for(x @ w, rows, target)
+
+
+def matrix(rows: list[dict]) -> np.ndarray:
+    return np.array([[r["features"][n] for n in FEATURES] for r in rows])
+
+
+def flagged(rows: list[dict], flags: np.ndarray) -> dict[str, dict[str, float]]:
+    """Share flagged "not covered" per corpus, label and language (n in brackets)."""
+    out: dict[str, dict[str, float]] = {}
+    for key in sorted(
+        {(r["corpus"], r["label"], r["lang"]) for r in rows} | {(r["corpus"], r["label"], "all") for r in rows}
+    ):
+        corpus, label, lang = key
+        mask = np.array([r["corpus"] == corpus and r["label"] == label and lang in ("all", r["lang"]) for r in rows])
+        name = f"{corpus} {'answerable' if label else 'not covered'}"
+        out.setdefault(name, {})[lang] = round(float(flags[mask].mean()), 3)
+        out[name][f"n_{lang}"] = int(mask.sum())
+    return out
+
+
+def cross_validate(rows: list[dict], folds: int, l2: float, target: float) -> np.ndarray:
+    """Out-of-fold "not covered" flags: each fold decided by parameters fitted on the others."""
+    flags = np.zeros(len(rows), dtype=bool)
+    groups = np.array([r["group"] for r in rows])
+    for fold in range(folds):
+        train = [r for r, g in zip(rows, groups, strict=True) if g != fold]
+        w, t = fit(train, l2, target)
+        test = groups == fold
+        flags[test] = matrix([r for r, g in zip(rows, groups, strict=True) if g == fold]) @ w < t
+    return flags
+
+
+def run(
+    folds: int = 5, target: float = 0.03, l2s: tuple[float, ...] = (1e-4, 1e-3, 1e-2), rows: list | None = None
+) -> dict:
+    """Cross-validate the fitting procedure for each regularisation strength, then fit the
+    parameters on everything with the best one. Returns the figures and parameters."""
+    if rows is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = collect(folds, Path(tmp))
+    rows = [r for r in rows if r["features"]]  # blank questions are never answered
+    cv = {l2: flagged(rows, cross_validate(rows, folds, l2, target)) for l2 in l2s}
+    chosen = min(cv, key=lambda l2: _errors(cv[l2]))
+    weights, threshold = fit(rows, chosen, target)
+    parameters = {f"evidence_{n}": round(float(w), 3) for n, w in zip(FEATURES, weights, strict=True)}
+    parameters["evidence_threshold"] = round(threshold, 3)
+    return {"rows": rows, "cv": cv, "l2": chosen, "cv_chosen": cv[chosen], "parameters": parameters}
+
+
+def _errors(shares: dict[str, dict[str, float]]) -> float:
+    """Cross-validated errors, each corpus and side weighing alike: share of answerable
+    questions flagged plus share of not-covered ones answered."""
+    return sum(v["all"] if "answerable" in k else 1 - v["all"] for k, v in shares.items())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--target", type=float, default=0.03, help="share of answerable questions flagged when fitting")
+    parser.add_argument("--l2", default="0.0001,0.001,0.01", help="regularisation strengths tried by cross-validation")
+    parser.add_argument("--rows", type=Path, help="labelled features from an earlier --json, instead of computing them")
+    parser.add_argument("--json", type=Path, help="write the labelled features, figures and parameters here")
+    args = parser.parse_args()
+    rows = json.loads(args.rows.read_text(encoding="utf-8"))["rows"] if args.rows else None
+    report = run(args.folds, args.target, tuple(float(v) for v in args.l2.split(",")), rows)
+    for l2, shares in report["cv"].items():
+        print(f"\nl2={l2}: cross-validated share flagged not covered")
+        for name, values in shares.items():
+            print(f"  {name:<26}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
+    print(f"\nchosen l2={report['l2']}; [retrieval] fitted on everything:")
+    for name, value in report["parameters"].items():
+        print(f"{name} = {value}")
+    if args.json:
+        args.json.write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Whether the articles answer a question: the "not covered" decision (policy only).
+
+A passage on the question's subject is not yet an answer. A question near the articles'
+topic ("火币有多少用户？", "比特大陆的市值是多少？", "Who is the CEO of OKEx?") finds a
+paragraph that shares its words and reaches the cosine of a real answer, but that paragraph
+lacks what the question asks for. So the decision weighs evidence that carries over from one
+corpus to another, each feature in [0, 1] and larger when the question looks answered:
+
+- `dense`: cosine of the best passage; `margin`: how far it stands above the other candidates;
+- `coverage`: IDF-weighted share of the question's terms in the best passage;
+- `rare` / `salient`: share of the question's two rarest terms in the best passage, rarest in
+  the index (IDF) / in general Chinese (jieba's dictionary frequencies: "市值", "创始人" are
+  specific wherever they are asked, "需要" is not); `specific`: how rare in general the rarest
+  term the passage shares with the question is (a name, not "明天");
+- `known`: share of what the question names (weighted by general rarity) that the articles
+  use at all; for an English question, its words the dictionary translates into words no
+  article uses count as unknown;
+- `focus`: the same share for the question's focus, the words next to its question word
+  ("市值" in "市值是多少"), missing from the best passage;
+- `number`: for a question asking a count, an amount or a date (`answer_type`), whether the
+  best passage holds such an expression next to the question's rarer words (`type_evidence`:
+  1 near, 0.5 elsewhere, 0 none); `cue`: the same for persons, places, reasons and
+  procedures, which only have loose cues. Both are 1 for a question asking neither.
+
+They are combined linearly with non-negative weights (more evidence never makes a question
+less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
+`config.toml` `[retrieval]`, fitted by cross-validation (`bench/fit_decide.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.text import general_idf, normalize
+from retrieval.crosslingual import Translation
+from retrieval.highlight import question_cues
+from settings import RetrievalConfig
+
+FEATURES = ("dense", "coverage", "rare", "salient", "specific", "known", "focus", "number", "cue", "margin")
+# Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
+_CRISP = frozenset({"date", "amount", "count"})
+# How many of the question's rarest terms `rare` looks at.
+_RARE_TERMS = 2
+
+_NUM = r"\d+(?:[.,]\d+)*"
+_CN_NUM = r"[一二三四五六七八九十百千万亿两]{1,6}"
+# Counting and measuring units after a number ("170余个", "八项", "3000米", "40%").
+_UNIT = (
+    r"(?:个|名|家|人|位|次|项|种|台|张|座|起|条|枚|户|倍|轮|批|部|本|首|届|场|所|艘|辆|架|只|头|棵|"
+    r"米|公里|千米|厘米|毫米|英尺|英里|平方|公顷|亩|吨|公斤|千克|克|磅|升|度|瓦|伏|岁|个月|天|周|小时|分钟|秒|"
+    r"元|美元|美金|港元|欧元|英镑|日元|块|万|亿|%|％)"
+)
+_MONEY_UNIT = r"(?:元|美元|美金|港元|欧元|英镑|日元|块钱|度|千瓦时|瓦|kwh|btc|usdt|比特币|%|％)"
+
+# What a question asks for, on its normalised text (simplified, lower case; traditional
+# questions are normalised to simplified first), first match wins (a reason first: "why are
+# prices…" asks why, not a price); and an expression of
+# that kind in a passage. Counts, amounts and dates have crisp expressions; persons, places,
+# reasons and procedures only loose cues (a title, a place suffix, a causal word), so that a
+# passage that answers is rarely taken for one that does not.
+ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
+    (
+        "reason",
+        re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
+        re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
+    ),
+    (
+        "date",
+        re.compile(
+            r"什么时候|何时|哪天|哪一天|哪年|哪一年|几月|几号|几点|哪个月|日期|期限|截止|"
+            r"\bwhen\b|what time|what date|which day|which year|which month|deadline"
+        ),
+        re.compile(
+            rf"{_NUM}\s*(?:年|月|日|号|时|点)|[一二三四五六七八九十〇零]{{1,4}}(?:年|月|日)|[上中下]旬|世纪|年代|"
+            r"昨天|今天|明天|去年|今年|明年|\d{4}-\d{2}-\d{2}"
+        ),
+    ),
+    (
+        "amount",
+        re.compile(
+            r"多少钱|价格|价钱|股价|电价|币价|市值|估值|费用|成本|资金|罚款|罚金|税|收入|利润|营收|交易量|交易额|金额|"
+            r"耗电|用电|电量|how much|price|cost|worth|value|\bfees?\b|\bfines?\b|\btax|revenue|volume"
+        ),
+        re.compile(rf"{_NUM}\s*(?:万|亿)?\s*{_MONEY_UNIT}|[$¥￥]\s*\d|{_CN_NUM}\s*{_MONEY_UNIT}"),
+    ),
+    (
+        "count",
+        re.compile(
+            r"多少|几(?:个|家|名|位|次|项|种|台|张|人|座|万|亿|十|百|千|轮|岁)|数量|人数|比例|占比|年龄|年纪|多大|"
+            r"how many|how old|number of|share of|proportion|percentage"
+        ),
+        re.compile(rf"{_NUM}\s*(?:余|多)?\s*{_UNIT}|{_CN_NUM}(?:余|多)?{_UNIT}"),
+    ),
+    (
+        "person",
+        re.compile(
+            r"谁|哪位|什么人|创始人|创办人|ceo|总裁|董事长|负责人|行长|厅长|局长|部长|主席|"
+            r"\bwho\b|\bwhom\b|founder|founded|head of|chief"
+        ),
+        re.compile(
+            r"主任|委员|研究员|记者|总裁|ceo|创始人|董事长|局长|厅长|部长|主席|负责人|人士|教授|行长|经理|演员|歌手|作家|"
+            r"[\u4e00-\u9fff]·[\u4e00-\u9fff]|[\u4e00-\u9fff]{2,4}(?:表示|指出|称|认为|说|担任|出任|饰演|演唱|创作|所著|发明)"
+        ),
+    ),
+    (
+        "place",
+        re.compile(
+            r"哪里|哪儿|在哪(?![部个些一种年天位次家本首])|何处|何地|哪个国家|哪个城市|哪座城市|什么地方|哪些地方|"
+            r"哪些地区|总部|\bwhere\b|headquarter"
+        ),
+        re.compile(
+            r"[\u4e00-\u9fff](?:省|市|州|县|区|国|岛|洲|镇|村|乡|港|湾|山|河|湖|路|街|站|城)|北美|海外|境外|境内|国内|各地"
+        ),
+    ),
+    (
+        "procedure",
+        re.compile(r"如何|怎么办|怎样才能|怎么才能|步骤|流程|手续|how (?:do|can|should|to)\b"),
+        re.compile(r"首先|其次|然后|步骤|流程|手续|需要|必须|要求|通过|办理|申请|可以|应当|方法"),
+    ),
+)
+
+# A kind-of-answer expression counts for the question when it is this close (in characters)
+# to one of the question's terms in the passage.
+_NEAR = 24
+
+
+def answer_type(question: str) -> str | None:
+    """The kind of answer `question` asks for (`ANSWER_TYPES` names), or None ("what…")."""
+    text = normalize(question)
+    for name, asks, _ in ANSWER_TYPES:
+        if asks.search(text):
+            return name
+    return None
+
+
+def type_evidence(kind: str | None, passage: str, question_terms: Sequence[str]) -> float:
+    """1 when the passage holds an expression of kind `kind` within `_NEAR` characters of one
+    of `question_terms` (or no kind is asked for), 0.5 when it holds one elsewhere, else 0."""
+    if kind is None:
+        return 1.0
+    pattern = next(p for name, _, p in ANSWER_TYPES if name == kind)
+    text = normalize(passage)
+    spans = [(m.start(), m.end()) for m in pattern.finditer(text)]
+    if not spans:
+        return 0.0
+    for term in question_terms:
+        start = text.find(term)
+        while start >= 0:
+            end = start + len(term)
+            if any(s - _NEAR <= end and start <= e + _NEAR for s, e in spans):
+                return 1.0
+            start = text.find(term, start + 1)
+    return 0.5
+
+
+# Terms that are part of the question's wh-word ("第几次", "几个"): not what it is about.
+_ASKING = re.compile(r"几|多少|什么|哪|谁|怎|吗")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the retriever knows about a question once it has ranked the passages."""
+
+    question: str  # as searched: cleaned, in the articles' script
+    terms: Sequence[str]  # the question's index terms (an English question's words and their translations)
+    df: Mapping[str, int]  # passages holding each term
+    idf: Mapping[str, float]  # IDF of each term in the index
+    passage: str  # text of the best passage
+    passage_terms: str  # its index term string
+    dense: np.ndarray  # cosine of every candidate passage
+    top_dense: float  # cosine of the best passage
+    translation: Translation | None = None  # an English question's words as Chinese index terms
+
+
+def _share(wanted: Iterable[str], present: set[str], weight: Mapping[str, float]) -> float:
+    total = sum(weight[t] for t in wanted)
+    return sum(weight[t] for t in wanted if t in present) / total if total else 1.0
+
+
+def features(evidence: Evidence) -> dict[str, float]:
+    """The decision's features (`FEATURES`), each in [0, 1]."""
+    translation, df, idf = evidence.translation, evidence.df, evidence.idf
+    own = [t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t)]
+    if translation:
+        # An English question's own words are absent from Chinese articles by nature: its
+        # evidence is the index terms it reached; what it names, its content words.
+        terms = [t for t in own if df[t] > 0]
+        named, absent = list(translation.words), set(translation.unknown)
+    else:
+        terms = named = own
+        absent = {t for t in own if df[t] == 0}
+    text = normalize(evidence.passage)
+    index_terms = set(evidence.passage_terms.split())
+
+    def held(term: str) -> bool:
+        # Chinese also as a substring: the segmenter may cut a word differently in context.
+        return term in index_terms or (not term.isascii() and term in text)
+
+    present = {t for t in terms if held(t)}
+    rarest = sorted(terms, key=lambda t: (-idf[t], -len(t)))[:_RARE_TERMS]
+    # The question's focus (the words next to its question word, `retrieval.highlight`) that
+    # the best passage lacks; an English word through its translations (one the dictionary
+    # cannot translate is no evidence either way).
+    missing: list[str] = []
+    for word in question_cues(evidence.question, tuple(own)).focus:
+        reached = [word] if df.get(word, 0) > 0 else []
+        if translation:
+            reached += [t for phrase, group in translation.phrases if word in phrase.split() for t in group]
+            if not reached and word not in absent:
+                continue
+        if not any(held(t) for t in reached):
+            missing.append(word)
+    anchors = sorted(present, key=lambda t: -idf[t])[: max(1, len(present) // 2)]
+    general = {t: general_idf(t) for t in {*named, *terms, *missing}}
+    mass = sum(general[t] for t in {*named, *missing})
+    salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
+    kind = answer_type(evidence.question)
+    typed = type_evidence(kind, evidence.passage, anchors)
+    dense = evidence.dense
+    spread = float(dense.std()) if dense.size > 1 else 0.0
+    # The best cosine as a z-score among the candidates'; four standard deviations count as full.
+    margin = (evidence.top_dense - float(dense.mean())) / spread if spread > 0 else 0.0
+    return {
+        "dense": max(0.0, min(1.0, evidence.top_dense)),
+        "coverage": _share(terms, present, idf) if terms else 0.0,
+        "rare": _share(rarest, present, idf) if terms else 0.0,
+        "salient": _share(salient, present, general) if terms else 0.0,
+        "specific": max((general[t] for t in present), default=0.0),
+        "known": 1.0 - _share(named, absent, general) if named else 0.0,
+        "focus": 1.0 - sum(general[t] for t in missing) / mass if mass else 1.0,
+        "number": typed if kind in _CRISP else 1.0,
+        "cue": typed if kind not in _CRISP else 1.0,
+        "margin": max(0.0, min(1.0, margin / 4.0)),
+    }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Non-negative weights per feature and the threshold their sum must reach."""
+
+    weights: Mapping[str, float]
+    threshold: float
+
+    @classmethod
+    def from_config(cls, config: RetrievalConfig) -> Policy:
+        """`[retrieval] evidence_<feature>` weights and `evidence_threshold`."""
+        return cls({name: getattr(config, f"evidence_{name}") for name in FEATURES}, config.evidence_threshold)
+
+    def score(self, values: Mapping[str, float]) -> float:
+        return sum(self.weights[name] * values[name] for name in FEATURES)
+
+    def answered(self, values: Mapping[str, float]) -> bool:
+        return self.score(values) >= self.threshold

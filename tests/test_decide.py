@@ -1,0 +1,125 @@
+"""The "not covered" decision (retrieval.decide): what a question asks for in three scripts,
+answer-type expressions in passages, the features, the policy, and the decision on an index
+of the default article built with the fake embedder."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import DEFAULT_CORPUS, make_config
+
+from index.build import build_index
+from index.text import segment_for_index
+from retrieval import Retriever
+from retrieval.decide import FEATURES, Evidence, Policy, answer_type, features, type_evidence
+
+
+@pytest.mark.parametrize(
+    ("questions", "kind"),
+    [
+        (("火币有多少用户？", "火幣有多少用戶？", "How many users does Huobi have?"), "count"),
+        (("比特大陆的市值是多少？", "比特大陸的市值是多少？", "What is Bitmain's market value?"), "amount"),
+        (("矿机的价格是多少？", "礦機的價格是多少？", "How much does a mining machine cost?"), "amount"),
+        (("以太坊什么时候转PoS？", "以太坊什麼時候轉PoS？", "When will Ethereum switch to proof of stake?"), "date"),
+        (("币安的创始人是谁？", "幣安的創始人是誰？", "Who founded Binance?"), "person"),
+        (("火币的总部在哪里？", "火幣的總部在哪裡？", "Where is Huobi headquartered?"), "place"),
+        (("为什么交易很难取证？", "為什麼交易很難取證？", "Why is it hard to gather evidence?"), "reason"),
+        (("如何把比特币卖成人民币？", "如何把比特幣賣成人民幣？", "How do I sell bitcoin for yuan?"), "procedure"),
+        (("青海省禁止向挖矿项目提供什么？", "青海省禁止向挖礦項目提供什麼？", "What does OTC trading mean?"), None),
+    ],
+)
+def test_answer_type_in_simplified_traditional_and_english(questions, kind):
+    assert [answer_type(q) for q in questions] == [kind] * 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "passage", "terms", "expected"),
+    [
+        ("count", "截至9日15时，共打掉违法犯罪团伙170余个。", ["团伙"], 1.0),
+        ("count", "截至9日15時，共打掉違法犯罪團夥170餘個。", ["团伙"], 1.0),  # traditional passage
+        ("count", "内蒙古发改委发布了八项措施。", ["措施"], 1.0),  # Chinese numeral with a unit
+        ("count", "违法犯罪团伙被打掉。" + "监管越来越严。" * 6 + "北京等23个省区市参与。", ["团伙"], 0.5),  # far away
+        ("count", "火币、抹茶等交易所不再对大陆新用户开放合约。", ["火币", "用户"], 0.0),
+        ("date", "比特大陆将于6月19日在成都举办一场闭门会议。", ["比特大陆"], 1.0),
+        ("date", "嘉楠科技宣布，6月上旬将在哈萨克斯坦启动自营挖矿。", ["嘉楠"], 1.0),
+        ("date", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
+        ("amount", "当地电价约为每度0.3元。", ["电价"], 1.0),
+        ("amount", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
+        ("person", "陈晓华向记者表示，这将是一项严峻的挑战。", ["挑战"], 1.0),
+        ("reason", "因为碳中和的目标，挖矿不利于环境。", ["挖矿"], 1.0),
+        (None, "任何段落。", [], 1.0),  # nothing asked: no evidence needed
+    ],
+)
+def test_type_evidence_finds_numbers_dates_and_titles_near_the_question_words(kind, passage, terms, expected):
+    assert type_evidence(kind, passage, terms) == expected
+
+
+def _evidence(question: str, passage: str, df: dict[str, int], passages: int = 40) -> Evidence:
+    idf = {t: float(np.log(1 + (passages - n + 0.5) / (n + 0.5))) for t, n in df.items()}
+    return Evidence(
+        question=question,
+        terms=list(df),
+        df=df,
+        idf=idf,
+        passage=passage,
+        passage_terms=segment_for_index(passage),
+        dense=np.array([0.4, 0.2, 0.1]),
+        top_dense=0.4,
+    )
+
+
+def test_features_see_what_the_passage_lacks():
+    passage = "今天（10日），记者从比特大陆相关方面获悉，比特大陆将于6月19日在成都举办一场闭门定向邀请会议。"
+    asked = features(_evidence("比特大陆的会议在哪天举办？", passage, {"比特": 5, "大陆": 3, "会议": 2, "举办": 1}))
+    near = features(_evidence("比特大陆的市值是多少？", passage, {"比特": 5, "大陆": 3, "市值": 0}))
+    assert set(asked) == set(near) == set(FEATURES)
+    assert all(0.0 <= v <= 1.0 for v in (*asked.values(), *near.values()))
+    assert asked["number"] == 1.0 and asked["coverage"] == pytest.approx(1.0)
+    assert asked["known"] == asked["focus"] == asked["rare"] == 1.0
+    # 市值 is in no passage: the question's rarest term, its focus and a word no article uses;
+    # and no amount of money stands in the passage
+    assert near["rare"] < 1.0 and near["focus"] < 1.0 and near["known"] < 1.0 and near["number"] == 0.0
+    assert near["coverage"] < asked["coverage"] and near["cue"] == asked["cue"] == 1.0
+
+
+def test_policy_weighs_the_features_against_a_threshold():
+    policy = Policy(weights=dict.fromkeys(FEATURES, 1.0), threshold=len(FEATURES) - 0.5)
+    assert policy.answered(dict.fromkeys(FEATURES, 1.0))
+    assert not policy.answered(dict.fromkeys(FEATURES, 1.0) | {"number": 0.0})
+    config = make_config(DEFAULT_CORPUS, DEFAULT_CORPUS).retrieval
+    fitted = Policy.from_config(config)
+    assert fitted.threshold == config.evidence_threshold > 0
+    assert all(fitted.weights[name] == getattr(config, f"evidence_{name}") >= 0 for name in FEATURES)
+
+
+@pytest.fixture(scope="module")
+def retriever(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decide")
+    config = make_config(DEFAULT_CORPUS, tmp / "index")
+    build_index(config)
+    r = Retriever.open(config.index.dir, config)
+    yield r
+    r.close()
+
+
+def test_near_topic_question_is_flagged_and_an_answerable_one_is_not(retriever):
+    near, answerable = retriever.answer_many(["比特大陆的市值是多少？", "断卡行动打掉了多少个犯罪团伙？"])
+    assert "170余个" in answerable.hits[0].text and answerable.answered
+    assert near.hits and not near.answered  # the closest passages are still there, as weak matches
+    assert set(near.features) == set(FEATURES)
+    assert near.features["number"] == 0.0 and answerable.features["number"] == 1.0
+
+
+def test_the_flag_follows_the_configured_policy(retriever):
+    """The same retrieval decided by another policy: only the flag changes."""
+    strict = replace(retriever.config.retrieval, evidence_threshold=sum(1.0 for _ in FEATURES) * 100)
+    other = Retriever.open(retriever.index_dir, replace(retriever.config, retrieval=strict))
+    try:
+        question = "断卡行动打掉了多少个犯罪团伙？"
+        mine, theirs = retriever.answer(question), other.answer(question)
+        assert mine.answered and not theirs.answered
+        assert mine.hits == theirs.hits and mine.features == theirs.features
+    finally:
+        other.close()
