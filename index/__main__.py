@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (
         ("build", "build or update the index from the corpus (incremental by content hash)"),
         ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
-        ("check", "verify the live index: SQLite integrity, FTS, BM25 postings and FAISS ids"),
+        ("check", "verify the live index: SQLite integrity, FTS, BM25 postings, FAISS ids and copy groups"),
         ("info", "print the live index's metadata, a summary (outlets, dates, duplicates) and its articles as JSON"),
     ):
         cmd = sub.add_parser(name, help=help_text)

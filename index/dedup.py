@@ -28,6 +28,7 @@ matched, and only the groups they touch are recomputed.
 from __future__ import annotations
 
 import re
+import sqlite3
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -185,6 +186,35 @@ def update_groups(db: sqlite_utils.Database, batch: int = 10_000) -> GroupUpdate
             }
         groups = _regroup(conn, seeds)
     return GroupUpdate(signed=len(new_ids), removed=len(removed), pairs=pairs, groups_touched=groups)
+
+
+def integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """What `index check` verifies of the copy groups: every passage signed, groups of live
+    passages with at least two members from as many articles, aliases of live articles."""
+    problems = []
+    unsigned, stale = conn.execute(
+        "select (select count(*) from passages where id not in (select passage_id from passage_minhash)), "
+        "(select count(*) from passage_minhash where passage_id not in (select id from passages))"
+    ).fetchone()
+    if unsigned or stale:
+        problems.append(f"copy signatures out of step with passages ({unsigned} missing, {stale} stale)")
+    orphans = conn.execute(
+        "select count(*) from passage_groups where passage_id not in (select id from passages)"
+    ).fetchone()[0]
+    if orphans:
+        problems.append(f"{orphans} copy-group members are not passages")
+    bad = conn.execute(
+        "select count(*) from (select g.group_id from passage_groups g join passages p on p.id = g.passage_id "
+        "group by g.group_id having count(*) < 2 or count(distinct p.article_id) < count(*))"
+    ).fetchone()[0]
+    if bad:
+        problems.append(f"{bad} copy groups with fewer than two members or two passages of one article")
+    aliases = conn.execute(
+        "select count(*) from article_aliases where article_id not in (select id from articles)"
+    ).fetchone()[0]
+    if aliases:
+        problems.append(f"{aliases} other sources of articles that are gone")
+    return problems
 
 
 def record_aliases(db: sqlite_utils.Database, changed: Sequence[Article]) -> None:

@@ -280,7 +280,8 @@ def copy_database(source: Path, target: Path) -> None:
 
 
 def integrity_problems(db: sqlite_utils.Database, faiss_ids: Iterable[int]) -> list[str]:
-    """Consistency checks used by tests and `index check`: SQLite integrity, FTS and FAISS ids."""
+    """Consistency checks used by tests and `index check`: SQLite integrity, FTS, FAISS ids, BM25
+    postings and the copy groups."""
     problems = []
     result = db.execute("pragma integrity_check").fetchone()[0]
     if result != "ok":
@@ -300,4 +301,6 @@ def integrity_problems(db: sqlite_utils.Database, faiss_ids: Iterable[int]) -> l
     orphans = db.execute("select count(*) from passages where article_id not in (select id from articles)").fetchone()
     if orphans[0]:
         problems.append(f"{orphans[0]} passages without an article")
+    if "passage_groups" in db.table_names():
+        problems.extend(dedup.integrity_problems(db.conn))
     return problems

@@ -19,7 +19,7 @@ from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
 
 from bench.many import generate as generate_corpus
 from bench.many import gold_pairs
-from index import publish, store
+from index import publish, store, vectors
 from index.add import add_sources
 from index.build import build_index
 from retrieval import Retriever
@@ -336,3 +336,24 @@ def test_a_group_never_holds_two_passages_of_one_article(tmp_path: Path) -> None
         [("a.md", 1), ("b.md", 1)],
         [("a.md", 2), ("b.md", 2)],
     ]
+
+
+def test_index_check_verifies_the_copy_groups(syndicated: Config) -> None:
+    version = publish.current_version(syndicated.index.dir)
+    db = store.open_db(version.db_path)
+    faiss_ids = vectors.faiss_ids(vectors.read_faiss(version.faiss_path))
+    try:
+        assert groups(syndicated) and store.integrity_problems(db, faiss_ids) == []
+        first, second = db.execute(
+            "select id from passages where article_id = (select min(article_id) from passages) order by id limit 2"
+        ).fetchall()
+        with db.conn:  # two passages of one article in one group, and a member that is no passage
+            db.execute(
+                "insert or replace into passage_groups (passage_id, group_id) values (?, ?), (?, ?), (?, ?)",
+                [first[0] + 10**9, 1, first[0], 777, second[0], 777],
+            )
+        problems = store.integrity_problems(db, faiss_ids)
+    finally:
+        db.close()
+    assert any("not passages" in p for p in problems)
+    assert any("two passages of one article" in p for p in problems)
