@@ -177,7 +177,9 @@ def build_index(
             if not reuse and live is not None:
                 store.continue_ids(db, live.db_path)
             embedded, dim = _write_articles(db, config, changed, removed, embedder, progress)
-            dedup.update_groups(db)  # near-duplicate groups of the new and removed passages only
+            grouped = dedup.update_groups(db)  # near-duplicate groups of the new and removed passages only
+            if grouped.groups_touched:
+                notes = (*notes, f"{grouped.groups_touched} copy group(s) updated")
             dedup.record_aliases(db, changed)
             store.write_bm25(db)
             if dim is None:
