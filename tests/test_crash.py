@@ -356,7 +356,7 @@ def test_readers_keep_answering_across_publishes(make_env):
             env.dirty(40)
             code, stdout, stderr = Build.start(env).finish()
             assert code == 0, stderr
-            published.append(re.search(r"published (\S+)", stdout)[1])
+            published.append(re.search(r"published ([^\s;]+)", stdout)[1])
             deadline = time.monotonic() + 120  # let the refreshing reader see the new version
             while not any(version == published[-1] for _, version, _ in list(records)):
                 assert time.monotonic() < deadline and not errors, errors
