@@ -65,7 +65,7 @@ def test_admin_adds_a_page_by_url_and_the_bot_answers_from_it(site: NewsSite, co
     [answer] = [c for c in answers if c.method == "sendMessage"]
     html = answer.params["text"]
     assert "6月20日前完成" in parse_html(html).text
-    assert "2021-06-19" in html and SICHUAN_URL in html  # cited with its date and link
+    assert SICHUAN_TITLE in html and "2021-06-19" in html and SICHUAN_URL in html  # cited: title, date, link
 
 
 def test_a_document_with_the_caption_add_is_added(config: Config) -> None:
