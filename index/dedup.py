@@ -188,6 +188,24 @@ def update_groups(db: sqlite_utils.Database, batch: int = 10_000) -> GroupUpdate
     return GroupUpdate(signed=len(new_ids), removed=len(removed), pairs=pairs, groups_touched=groups)
 
 
+# (SQL counting what is wrong, what it is) for `integrity_problems`.
+_GROUP_CHECKS = (
+    (
+        "select count(*) from passage_groups where passage_id not in (select id from passages)",
+        "copy-group members are not passages",
+    ),
+    (
+        "select count(*) from (select g.group_id from passage_groups g join passages p on p.id = g.passage_id "
+        "group by g.group_id having count(*) < 2 or count(distinct p.article_id) < count(*))",
+        "copy groups with fewer than two members or two passages of one article",
+    ),
+    (
+        "select count(*) from article_aliases where article_id not in (select id from articles)",
+        "other sources of articles that are gone",
+    ),
+)
+
+
 def integrity_problems(conn: sqlite3.Connection) -> list[str]:
     """What `index check` verifies of the copy groups: every passage signed, groups of live
     passages with at least two members from as many articles, aliases of live articles."""
@@ -198,22 +216,10 @@ def integrity_problems(conn: sqlite3.Connection) -> list[str]:
     ).fetchone()
     if unsigned or stale:
         problems.append(f"copy signatures out of step with passages ({unsigned} missing, {stale} stale)")
-    orphans = conn.execute(
-        "select count(*) from passage_groups where passage_id not in (select id from passages)"
-    ).fetchone()[0]
-    if orphans:
-        problems.append(f"{orphans} copy-group members are not passages")
-    bad = conn.execute(
-        "select count(*) from (select g.group_id from passage_groups g join passages p on p.id = g.passage_id "
-        "group by g.group_id having count(*) < 2 or count(distinct p.article_id) < count(*))"
-    ).fetchone()[0]
-    if bad:
-        problems.append(f"{bad} copy groups with fewer than two members or two passages of one article")
-    aliases = conn.execute(
-        "select count(*) from article_aliases where article_id not in (select id from articles)"
-    ).fetchone()[0]
-    if aliases:
-        problems.append(f"{aliases} other sources of articles that are gone")
+    for count_sql, problem in _GROUP_CHECKS:
+        count = conn.execute(count_sql).fetchone()[0]
+        if count:
+            problems.append(f"{count} {problem}")
     return problems
 
 

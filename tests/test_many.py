@@ -18,7 +18,7 @@ from fake_telegram import InProcessBot, Payloads, write_config
 from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
 
 from bench.many import generate as generate_corpus
-from bench.many import gold_pairs
+from bench.many import gold_pairs, indexed_pairs
 from index import publish, store, vectors
 from index.add import add_sources
 from index.build import build_index
@@ -155,16 +155,8 @@ def test_generated_corpus_duplicates_found_with_precision_and_recall(tmp_path: P
     config = make_config(tmp_path / "corpus", tmp_path / "index")
     report = build_index(config)
     assert not report.skipped
-    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
-    try:
-        passages = db.execute("select id, article_id, ordinal, paragraph, paragraph_end from passages").fetchall()
-        members: dict[int, list[int]] = {}
-        for pid, group_id in db.execute("select passage_id, group_id from passage_groups"):
-            members.setdefault(group_id, []).append(pid)
-    finally:
-        db.close()
+    passages, found = indexed_pairs(config)
     gold = gold_pairs(corpus, passages)
-    found = {(a, b) for ids in members.values() for a in ids for b in ids if a < b}
     assert len(gold) > 50
     assert len(gold & found) / len(found) >= 0.9
     assert len(gold & found) / len(gold) >= 0.9
