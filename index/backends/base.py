@@ -1,0 +1,170 @@
+"""The one index interface: what retrieval reads and what a build writes, whatever stores it.
+
+`retrieval/` knows no SQL, FAISS or Milvus: it asks an `IndexReader` for candidates (dense
+search over query vectors, BM25 over analyzed terms), rows, embeddings, neighbours, document
+frequencies and copy groups, and ranks them itself. An `IndexBackend` (chosen by
+`[index] backend`) opens readers, builds, checks and describes the index. Two implement it:
+`sqlite_faiss` (embedded, the default) and `milvus` (Milvus Lite or a Milvus server).
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from index.text import script_of
+
+if TYPE_CHECKING:
+    from index.build import BuildReport
+    from index.embedder import Embedder
+    from settings import Config
+
+Progress = Callable[[int, int], None]
+
+
+class ModelMismatchError(Exception):
+    """The index was built with another model than the config names."""
+
+
+@dataclass(frozen=True)
+class PassageRow:
+    """One passage as stored, with its article's citation fields."""
+
+    id: int
+    article_id: str
+    ordinal: int
+    section: str
+    paragraph: int
+    paragraph_end: int
+    text: str
+    terms: str  # the analyzed index terms, space-separated (`index.text.segment_for_index`)
+    embedding: np.ndarray
+    title: str
+    source: str
+    date: str
+    url: str
+    sentences: str | None = None  # JSON [[start, end, normalised text], …]; None: not stored
+
+
+@dataclass(frozen=True)
+class CopyRow:
+    """A passage with what a citation of it needs, as a member of a copy group
+    (`index.dedup`; `group_id` 0: no copies, listed only because its article has aliases)."""
+
+    group_id: int
+    passage_id: int
+    article_id: str
+    source: str
+    date: str
+    title: str
+    url: str
+    aliases: tuple[tuple[str, str, str], ...] = ()  # the article's other (source, date, url)
+
+
+class IndexReader(ABC):
+    """One readable state of the index. Thread-safe: the bot asks from worker threads.
+
+    Ids are passage ids (never reused across versions). Scores: `dense` and `cosines` are
+    cosine similarities, `lexical` BM25 (higher is better).
+    """
+
+    backend: ClassVar[str]
+    version: str  # the name of the build this reader answers from
+    meta: dict[str, Any]  # model_key, dim, built_at, … as the build recorded them
+    count: int  # passages
+
+    @abstractmethod
+    def dense(self, qvecs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest passages of each query vector: (similarities, ids), each (queries, n); id -1
+        pads when fewer exist."""
+
+    @abstractmethod
+    def lexical(self, terms: Sequence[str], limit: int) -> dict[int, float]:
+        """Passage id → BM25 of the best `limit` passages holding any of the analyzed `terms`."""
+
+    @abstractmethod
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """Passages holding each term (0 for unknown terms)."""
+
+    @abstractmethod
+    def rows(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        """The passages of `ids` that exist in this state."""
+
+    @abstractmethod
+    def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
+        """Passage id → cosine with `qvec`, for the ids that name a passage."""
+
+    @abstractmethod
+    def neighbours(self, article_id: str, ordinal: int, before: int, after: int) -> list[int]:
+        """Ids of the article's passages from `ordinal - before` to `ordinal + after`, in order."""
+
+    @abstractmethod
+    def articles(self) -> list[dict[str, Any]]:
+        """Every article: id, path, title, source, author, date, url, lang, passages; by date, id."""
+
+    @abstractmethod
+    def vocabulary(self) -> list[str]:
+        """Every indexed term (for the English → Chinese pinyin table)."""
+
+    @abstractmethod
+    def copies(self, ids: Sequence[int]) -> list[CopyRow]:
+        """Every member of the copy groups of `ids`, and those of `ids` without a group whose
+        article has aliases (group 0)."""
+
+    @abstractmethod
+    def duplicate_groups(self) -> int:
+        """Copy groups in the index."""
+
+    @abstractmethod
+    def sample_texts(self, limit: int) -> list[str]:
+        """Up to `limit` passage texts spread over the index."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections and files."""
+
+    @functools.cached_property
+    def script(self) -> str:
+        """Whether the passages are mostly simplified or traditional Chinese (`index.text.script_of`),
+        from an evenly spread sample of 200."""
+        return script_of(self.sample_texts(200))
+
+
+class IndexBackend(ABC):
+    """Where the index lives: opens readers, builds, checks and describes it."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def stamp(self) -> Hashable:
+        """Cheap token that changes when a newer build is live (checked between questions)."""
+
+    @abstractmethod
+    def open_reader(self) -> IndexReader:
+        """The live state; raises `index.publish.IndexMissingError` when nothing was built."""
+
+    @abstractmethod
+    def build(
+        self,
+        *,
+        full: bool = False,
+        embedder: Embedder | None = None,
+        progress: Progress | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> BuildReport:
+        """Bring the index up to date with the corpus (incremental unless `full`)."""
+
+    @abstractmethod
+    def check(self) -> tuple[str, list[str]]:
+        """(version, problems) of the live index; no problems means consistent."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The backend, where it stores (never a secret) and the live version's metadata."""
