@@ -49,8 +49,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _run_bot(config: Config, token: str) -> int:
     from telegram.error import InvalidToken
 
-    from index.publish import IndexMissingError
-    from retrieval import ModelMismatchError
+    from index.backends import OPEN_ERRORS
     from telegram_bot.app import ALLOWED_UPDATES, build_application
 
     application = build_application(config, token)
@@ -64,20 +63,19 @@ def _run_bot(config: Config, token: str) -> int:
             file=sys.stderr,
         )
         return 2
-    except (IndexMissingError, ModelMismatchError) as exc:
+    except OPEN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def _run_console(config: Config) -> int:
-    from index.publish import IndexMissingError
-    from retrieval import ModelMismatchError
+    from index.backends import OPEN_ERRORS
     from telegram_bot.console import run_console
 
     try:
         return asyncio.run(run_console(config))
-    except (IndexMissingError, ModelMismatchError) as exc:
+    except OPEN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except asyncio.CancelledError:  # a signal during start-up

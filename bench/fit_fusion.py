@@ -55,7 +55,7 @@ def gather(index_dir: Path, pairs: list[tuple[str, str]]) -> list[Question]:
     """Candidates and whole-index score statistics of every question, through the retriever."""
     config = load_config()
     retriever = Retriever.open(index_dir, config)
-    snap = retriever._snapshot
+    snap = retriever.reader
     matrix = np.concatenate([v for _, v in store.iter_embeddings(snap.db)])
     article_of = {r[0]: r[1] for r in snap.db.execute("select id, article_id from passages")}
     prepared = [retriever._prepare(snap, q) for q, _ in pairs]
@@ -63,13 +63,13 @@ def gather(index_dir: Path, pairs: list[tuple[str, str]]) -> list[Question]:
     sims, nearest = snap.dense(qvecs, min(config.retrieval.candidates, snap.count))
     out = []
     for row, ((_, article), question, qvec) in enumerate(zip(pairs, prepared, qvecs, strict=True)):
-        query_terms = retriever._query_terms(snap, question)
+        query_terms = retriever.query_terms(question)
         ids, dense, lexical = retriever._candidates(snap, query_terms, qvec, (sims[row], nearest[row]))
         if not ids:
             continue
         cosines = matrix @ qvec
         bm25 = np.zeros(snap.count)
-        scored = list(snap.bm25(query_terms, snap.count).values())
+        scored = list(snap.lexical(query_terms, snap.count).values())
         bm25[: len(scored)] = scored
         gold = np.array([article_of[i] == article for i in ids])
         out.append(

@@ -406,13 +406,13 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
     # Where the time goes (same calls as _answer_one, timed separately).
     from index.text import terms
 
-    snap = retriever._snapshot
+    snap = retriever.reader
     parts: dict[str, list[float]] = {"embed": [], "bm25": [], "faiss": [], "sql": []}
     for q in single[:100]:
         t0 = time.perf_counter()
         qvec = retriever.embedder.encode_queries([q])
         t1 = time.perf_counter()
-        lexical = snap.bm25(list(dict.fromkeys(terms(q))), config.retrieval.candidates)
+        lexical = snap.lexical(list(dict.fromkeys(terms(q))), config.retrieval.candidates)
         t2 = time.perf_counter()
         _, dense_ids = snap.dense(qvec[0], min(config.retrieval.candidates, snap.count))
         t3 = time.perf_counter()

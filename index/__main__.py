@@ -47,13 +47,13 @@ def _waiting() -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from index.build import BuildError, build_index
+    from index.backends import open_backend
+    from index.build import BuildError
     from index.publish import BuildLockedError
 
     config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
     try:
-        report = build_index(
-            config,
+        report = open_backend(config).build(
             full=args.full,
             progress=_progress_printer(),
             on_wait=_waiting,
@@ -96,42 +96,36 @@ def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
 
 
-def _open_live(args: argparse.Namespace):
-    from index import publish
+def _backend(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from index.backends import open_backend
 
-    config = with_overrides(load_config(args.config), index_dir=args.index)
-    return config, publish.require_current(Path(config.index.dir))
+    return open_backend(with_overrides(load_config(args.config), index_dir=args.index))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from index import store, vectors
-
-    _, version = _open_live(args)
-    db = store.open_db(version.db_path, readonly=True)
-    try:
-        problems = store.integrity_problems(db, vectors.faiss_ids(vectors.read_faiss(version.faiss_path)))
-    finally:
-        db.close()
+    version, problems = _backend(args).check()
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"{version.name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    print(f"{version}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
 
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from index import catalog, store
+    from index import catalog
 
-    _, version = _open_live(args)
-    db = store.open_db(version.db_path, readonly=True)
+    backend = _backend(args)
+    described = backend.describe()
+    reader = backend.open_reader()
     try:
-        meta = store.get_meta(db)
-        articles = catalog.newest_first(db.query("select id, title, source, date, url, passages from articles"))
-        summary = catalog.summary(articles, catalog.duplicate_groups(db.conn))
+        articles = catalog.newest_first(reader.articles())
+        summary = catalog.summary(articles, reader.duplicate_groups())
     finally:
-        db.close()
-    print(json.dumps({"meta": meta, "summary": summary, "articles": articles}, ensure_ascii=False, indent=2))
+        reader.close()
+    keep = ("id", "title", "source", "date", "url", "passages")
+    articles = [{key: a.get(key) for key in keep} for a in articles]
+    print(json.dumps({**described, "summary": summary, "articles": articles}, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -141,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (
         ("build", "build or update the index from the corpus (incremental by content hash)"),
         ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
-        ("check", "verify the live index: SQLite integrity, FTS, BM25 postings, FAISS ids and copy groups"),
-        ("info", "print the live index's metadata, a summary (outlets, dates, duplicates) and its articles as JSON"),
+        ("check", "verify the live index: its store (SQLite, FAISS or Milvus), BM25 terms and copy groups"),
+        ("info", "print the backend, the index's metadata, a summary (outlets, dates, copies) and articles (JSON)"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--index", type=Path, help="index directory (default from config)")
@@ -156,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--no-build", action="store_true", help="only write the corpus files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from index.publish import IndexMissingError
+    from index.backends import OPEN_ERRORS
 
     try:
         return {"build": _build, "add": _add, "check": _check, "info": _info}[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except IndexMissingError as exc:
+    except OPEN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,7 +36,8 @@ from corpus.reader import (
     split_front_matter,
     unsupported_type,
 )
-from index.build import BuildError, BuildReport, Progress, build_index
+from index.backends import OPEN_ERRORS, open_backend
+from index.build import BuildError, BuildReport, Progress
 from index.publish import BuildLockedError, write_atomic
 from settings import Config, IngestConfig
 
@@ -146,8 +147,8 @@ def add_sources(
     if not build or not any(r.status != "skipped" for r in results):
         return AddReport(tuple(results))
     try:
-        report = build_index(config, progress=progress, on_wait=on_wait)
-    except (BuildError, BuildLockedError) as exc:
+        report = open_backend(config).build(progress=progress, on_wait=on_wait)
+    except (BuildError, BuildLockedError, *OPEN_ERRORS) as exc:
         return AddReport(tuple(results), build_error=str(exc))
     return AddReport(tuple(results), build=report)
 

@@ -11,7 +11,7 @@ so a stale id from an old version can only miss, never point at another passage.
 `bm25_terms` / `bm25_docs` hold the same terms once more as compact postings (numpy arrays
 in blobs), rewritten whole by `write_bm25` at every build: retrieval scores BM25 from them
 in numpy, because FTS5's `bm25()` costs about a microsecond per matching row and a common
-term matches most rows of a large index (see `retrieval.search._Snapshot.bm25`).
+term matches most rows of a large index (see `index.backends.sqlite_faiss`).
 """
 
 from __future__ import annotations

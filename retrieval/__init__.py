@@ -1,6 +1,7 @@
-"""Retrieval layer: hybrid search over a published index, fused and ranked."""
+"""Retrieval layer: hybrid search over the live index, fused and ranked."""
 
+from index.backends import PassageRow
 from retrieval.model import Answer, Hit, format_citation
-from retrieval.search import ModelMismatchError, PassageRow, Retriever
+from retrieval.search import Retriever
 
-__all__ = ["Answer", "Hit", "ModelMismatchError", "PassageRow", "Retriever", "format_citation"]
+__all__ = ["Answer", "Hit", "PassageRow", "Retriever", "format_citation"]

@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.conversation and args.question:
         parser.error("--conversation reads its questions from stdin: give no question argument")
 
-    from index.publish import IndexMissingError
-    from retrieval.search import ModelMismatchError, Retriever
+    from index.backends import OPEN_ERRORS
+    from retrieval.search import Retriever
 
     try:
         config = with_overrides(load_config(args.config), index_dir=args.index)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except (IndexMissingError, ModelMismatchError) as exc:
+    except OPEN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

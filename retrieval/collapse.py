@@ -14,29 +14,11 @@ cited the same way, so an article added twice is shown once with both sources.
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from index.backends.base import CopyRow
 from retrieval.model import Also
-
-# The whole group of every ranked passage that has one, and the ranked passages whose article
-# has other URLs, with what a citation needs (group id 0: a passage without copies).
-_MEMBERS_SQL = """
-select g.group_id, p.id, p.article_id, a.source, a.date, a.title, a.url
-from passage_groups g join passages p on p.id = g.passage_id join articles a on a.id = p.article_id
-where g.group_id in (select group_id from passage_groups where passage_id in (select value from json_each(?1)))
-union all
-select 0, p.id, p.article_id, a.source, a.date, a.title, a.url
-from passages p join articles a on a.id = p.article_id
-where p.id in (select value from json_each(?1))
-  and not exists (select 1 from passage_groups g where g.passage_id = p.id)
-  and exists (select 1 from article_aliases al where al.article_id = p.article_id)
-"""
-_ALIASES_SQL = (
-    "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
-)
 
 
 @dataclass(frozen=True)
@@ -92,24 +74,13 @@ class Pick:
         return quoted, tuple(also)
 
 
-def group_members(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[_Member]]:
-    """Passage id → all members of its group (itself included), oldest first, for the ids of
-    `ids` that are in a group or whose article has other URLs. An index built before groups
-    existed has none."""
-    if not ids:
-        return {}
-    try:
-        rows = conn.execute(_MEMBERS_SQL, ["[" + ",".join(str(int(i)) for i in ids) + "]"]).fetchall()
-        articles = json.dumps(sorted({r[2] for r in rows}))
-        aliases: dict[str, list[tuple[str, str, str]]] = {}
-        for article_id, *alias in conn.execute(_ALIASES_SQL, [articles]) if rows else ():
-            aliases.setdefault(article_id, []).append(tuple(alias))
-    except sqlite3.OperationalError:  # no passage_groups / article_aliases tables
-        return {}
+def group_members(rows: Sequence[CopyRow]) -> dict[int, list[_Member]]:
+    """Passage id → all members of its group (itself included), oldest first, from the index's
+    copy rows (`IndexReader.copies`): passages in a group, or whose article has other URLs."""
     groups: dict[int, list[_Member]] = {}
-    for group_id, passage_id, article_id, *fields in rows:
-        member = _Member(passage_id, article_id, *fields, aliases=tuple(aliases.get(article_id, ())))
-        groups.setdefault(group_id or -passage_id, []).append(member)
+    for r in rows:
+        member = _Member(r.passage_id, r.article_id, r.source, r.date, r.title, r.url, aliases=r.aliases)
+        groups.setdefault(r.group_id or -r.passage_id, []).append(member)
     out: dict[int, list[_Member]] = {}
     for members in groups.values():
         members.sort(key=lambda m: m.age_key)
@@ -134,12 +105,12 @@ def pick(ranked: Sequence[int], groups: dict[int, list[_Member]], k: int) -> lis
     return picks
 
 
-def distinct(conn: sqlite3.Connection, ranked: Sequence[int], k: int) -> list[Pick]:
+def distinct(copies: Callable[[Sequence[int]], list[CopyRow]], ranked: Sequence[int], k: int) -> list[Pick]:
     """`pick` over `ranked`, reading the groups of the best 2k passages first and of more only
     when copies leave fewer than k distinct (a question's candidates number in the hundreds)."""
     window = 0
     while True:
         window = min(len(ranked), max(2 * k, 2 * window))
-        picks = pick(ranked[:window], group_members(conn, ranked[:window]), k)
+        picks = pick(ranked[:window], group_members(copies(ranked[:window])), k)
         if len(picks) >= k or window >= len(ranked):
             return picks

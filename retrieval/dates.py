@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import calendar
 import re
-import sqlite3
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -67,11 +65,6 @@ _RELATIVE = (
 )
 _NEWEST = re.compile(r"最新|最近|近期|近日|latest|most recent|recent(?:ly)?|newest|lately", re.IGNORECASE)
 _OLDEST = re.compile(r"最早|最初|起初|首次|第一次|earliest|\bfirst\b|originally|initially", re.IGNORECASE)
-
-_CANDIDATES_SQL = """
-select p.id, p.text, a.date from passages p join articles a on a.id = p.article_id
-where p.id in (select value from json_each(?))
-"""
 
 
 @dataclass(frozen=True)
@@ -217,30 +210,22 @@ def parse_question(question: str, reference: date) -> DateQuery:
     return DateQuery(tuple(periods_in(question, reference)), recency)
 
 
-_reference_cache: dict[str, date | None] = {}
-_reference_lock = threading.Lock()
-
-
-def reference_date(conn: sqlite3.Connection, version: str) -> date | None:
-    """The newest article date of an index version (cached per version)."""
-    with _reference_lock:
-        if version not in _reference_cache:
-            dates = (parse_date(r[0]) for r in conn.execute("select distinct date from articles where date != ''"))
-            _reference_cache[version] = max((d for d in dates if d), default=None)
-        return _reference_cache[version]
+def reference_date(article_dates: Iterable[str]) -> date | None:
+    """The newest of the articles' dates: what "latest" and relative periods count from."""
+    return max((d for d in map(parse_date, article_dates) if d), default=None)
 
 
 def adjust(
-    conn: sqlite3.Connection,
-    version: str,
     question: str,
+    reference: date | None,
     candidate_ids: Sequence[int],
     fused: np.ndarray,
+    passages: Callable[[Sequence[int]], dict[int, tuple[str, str]]],
 ) -> np.ndarray:
     """`fused` with the date preferences of `question` added (the same array when it has none).
 
-    The caller holds the connection's lock."""
-    reference = reference_date(conn, version)
+    `reference`: the index's newest article date; `passages(ids)`: passage id → (text, its
+    article's date) for the few best candidates."""
     if reference is None or not len(fused):
         return fused
     query = parse_question(question, reference)
@@ -249,7 +234,7 @@ def adjust(
     relevant = np.argsort(-fused, kind="stable")[:CANDIDATES]
     relevant = relevant[fused[relevant] >= fused.max() - MARGIN]
     ids = [int(candidate_ids[i]) for i in relevant]
-    rows = {r[0]: (r[1], parse_date(r[2] or "")) for r in conn.execute(_CANDIDATES_SQL, [_json_ids(ids)])}
+    rows = {pid: (text, parse_date(day or "")) for pid, (text, day) in passages(ids).items()}
     bonus = np.zeros_like(fused)
     if query.periods:
         for position, passage_id in zip(relevant, ids, strict=True):
@@ -275,7 +260,3 @@ def adjust(
 def _mentions(text: str, published: date, periods: Iterable[Period]) -> bool:
     mentioned = periods_in(text, published, days_alone=True)
     return any((m.overlaps(p) and (m.end - m.start).days < 31) or m == p for m in mentioned for p in periods)
-
-
-def _json_ids(ids: Iterable[int]) -> str:
-    return "[" + ",".join(str(int(i)) for i in ids) + "]"

@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from index import catalog
-from index.build import BuildReport, build_index
-from index.publish import current_version
+from index.backends import open_backend
+from index.build import BuildReport
 from retrieval import Answer, Hit, PassageRow, Retriever
 from retrieval.conversation import ConversationStore, adopt, retry, rewrite
 from settings import Config
@@ -281,11 +281,11 @@ def ensure_index(config: Config, progress: Callable[[int, int], None] | None = N
 
     Returns the build report, or None when an index already exists.
     """
-    if current_version(config.index.dir) is not None:
+    backend = open_backend(config)
+    if backend.stamp() is not None:
         return None
-    log.info("no index in %s: building it from %s", config.index.dir, config.corpus.dir)
-    report = build_index(
-        config,
+    log.info("no index (%s backend): building it from %s", backend.name, config.corpus.dir)
+    report = backend.build(
         progress=progress,
         on_wait=lambda: log.info("another build is running; waiting for it to finish"),
     )

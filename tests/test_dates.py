@@ -3,7 +3,6 @@ they give passages of a story that develops over weeks (real temporary index, fa
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from pathlib import Path
 
@@ -13,10 +12,10 @@ from conftest import make_config
 
 from bench.many import STORY, STORY_QUESTIONS
 from bench.many import generate as generate_corpus
-from index import publish, store
+from index.backends import open_backend
 from index.build import build_index
 from retrieval import Retriever
-from retrieval.dates import DateQuery, Period, adjust, parse_question, periods_in
+from retrieval.dates import DateQuery, Period, adjust, parse_question, periods_in, reference_date
 
 NEWEST = date(2021, 7, 20)
 
@@ -92,37 +91,41 @@ def test_date_questions_prefer_the_passages_of_that_date(story_index) -> None:  
     assert latest.hits[0].date == STORY[-1][0]
 
 
+def _dated(reader):  # type: ignore[no-untyped-def]
+    """What `adjust` reads from an index: its newest date, and passage id → (text, date)."""
+    reference = reference_date(a["date"] for a in reader.articles())
+    return reference, lambda ids: {i: (row.text, row.date) for i, row in reader.rows(ids).items()}
+
+
 def test_recency_words_order_equally_relevant_passages_by_date(story_index) -> None:  # type: ignore[no-untyped-def]
     corpus, config, _ = story_index
-    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    reader = open_backend(config).open_reader()
     try:
-        ids = [
-            r[0]
-            for r in db.execute(
-                "select id from passages where article_id in (select value from json_each(?)) order by article_id desc",
-                [json.dumps(corpus.story_ids)],
-            )
-        ]
+        ids = [i for article in sorted(corpus.story_ids, reverse=True) for i in reader.neighbours(article, 0, 0, 1000)]
         tied = np.zeros(len(ids))
-        latest = adjust(db.conn, "v", "最新的数字资产交易平台管理办法进展是什么？", ids, tied)
-        earliest = adjust(db.conn, "v", "When were the digital asset trading platform rules first proposed?", ids, tied)
+        reference, rows = _dated(reader)
+        latest = adjust("最新的数字资产交易平台管理办法进展是什么？", reference, ids, tied, rows)
+        earliest = adjust(
+            "When were the digital asset trading platform rules first proposed?", reference, ids, tied, rows
+        )
     finally:
-        db.close()
+        reader.close()
     # The ids were read newest first (the story's file names are their dates).
     assert list(np.argsort(-latest, kind="stable")) == list(range(len(ids)))
     assert list(np.argsort(-earliest, kind="stable")) == list(reversed(range(len(ids))))
 
 
 def test_questions_without_dates_keep_their_scores(story_index) -> None:  # type: ignore[no-untyped-def]
-    _, config, _ = story_index
-    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    corpus, config, _ = story_index
+    reader = open_backend(config).open_reader()
     try:
-        ids = [r[0] for r in db.execute("select id from passages limit 20")]
+        ids = [i for article in corpus.story_ids for i in reader.neighbours(article, 0, 0, 1000)][:20]
         fused = np.linspace(3.0, -1.0, len(ids))
-        same = adjust(db.conn, "v", "数字资产交易平台管理办法规定了什么？", ids, fused)
-        dated = adjust(db.conn, "v", "6月15日数字资产交易平台管理办法规定了什么？", ids, fused)
+        reference, rows = _dated(reader)
+        same = adjust("数字资产交易平台管理办法规定了什么？", reference, ids, fused, rows)
+        dated = adjust("6月15日数字资产交易平台管理办法规定了什么？", reference, ids, fused, rows)
     finally:
-        db.close()
+        reader.close()
     assert same is fused
     assert dated.shape == fused.shape and np.all(dated >= fused)
 

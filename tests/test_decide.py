@@ -115,7 +115,7 @@ def test_near_topic_question_is_flagged_and_an_answerable_one_is_not(retriever):
 def test_the_flag_follows_the_configured_policy(retriever):
     """The same retrieval decided by another policy: only the flag changes."""
     strict = replace(retriever.config.retrieval, evidence_threshold=sum(1.0 for _ in FEATURES) * 100)
-    other = Retriever.open(retriever.index_dir, replace(retriever.config, retrieval=strict))
+    other = Retriever.open(retriever.config.index.dir, replace(retriever.config, retrieval=strict))
     try:
         question = "断卡行动打掉了多少个犯罪团伙？"
         mine, theirs = retriever.answer(question), other.answer(question)

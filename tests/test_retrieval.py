@@ -239,7 +239,7 @@ def test_traditional_question_uses_the_articles_words(retriever):
     converted = in_script("交易所的服务器设在哪里？", TRADITIONAL)
     assert converted.startswith("交易所的服務器設在") and to_simplified(converted) == "交易所的服务器设在哪里？"
     assert in_script("交易所的伺服器設在哪裡？", TRADITIONAL) == "交易所的伺服器設在哪裡？"
-    assert retriever._snapshot.script == SIMPLIFIED
+    assert retriever.reader.script == SIMPLIFIED
     assert retriever.query_terms("交易所的伺服器設在哪裡？") == retriever.query_terms("交易所的服务器设在哪里？")
     assert "设在境外" in retriever.answer("交易所的伺服器設在哪裡？").hits[0].text
 
@@ -267,7 +267,7 @@ def test_articles_in_traditional_characters_get_questions_in_their_script(tmp_pa
     build_index(config)
     r = Retriever.open(config.index.dir, config)
     try:
-        assert r._snapshot.script == TRADITIONAL
+        assert r.reader.script == TRADITIONAL
         question = "断卡行动打掉了多少个犯罪团伙？"
         assert in_script(question, TRADITIONAL) != question
         assert r.query_terms(question) == r.query_terms(opencc.OpenCC("s2t").convert(question))
@@ -294,7 +294,7 @@ def test_concurrent_questions_match_sequential_ones(retriever):
 @pytest.mark.parametrize("fusion", ["minmax", "rrf"])
 def test_other_fusion_forms_also_answer(retriever, fusion):
     config = replace(retriever.config, retrieval=replace(retriever.config.retrieval, fusion=fusion))
-    other = Retriever.open(retriever.index_dir, config)
+    other = Retriever.open(retriever.config.index.dir, config)
     try:
         for question, fact in FACTS[:3]:
             assert fact in other.answer(question).hits[0].text
@@ -378,9 +378,11 @@ def _query(question: str) -> list[str]:
 def test_bm25_postings_score_like_fts5(retriever, question, fact):
     """BM25 from our postings (numpy) gives the passages and scores FTS5's bm25() gives: same
     k1, b and IDF, so ranking did not change when FTS5 stopped doing the scoring."""
-    snap = retriever._snapshot
-    assert snap.postings is not None
-    ours, fts5 = snap.bm25(_query(question), 100), snap._fts_bm25(_query(question), 100)
+    snap = retriever.reader
+    match = " OR ".join(f'"{t}"' for t in _query(question))
+    sql = "select rowid, bm25(passages_fts) from passages_fts where passages_fts match ? order by 2 limit 100"
+    fts5 = {rowid: -score for rowid, score in snap.db.execute(sql, [match])}
+    ours = snap.lexical(_query(question), 100)
     assert set(ours) == set(fts5) and ours
     assert all(ours[i] == pytest.approx(fts5[i], rel=1e-5) for i in fts5)
     assert list(ours.values()) == sorted(ours.values(), reverse=True)
@@ -399,12 +401,12 @@ def test_common_terms_only_rescore_and_ranking_is_unchanged(hash_config):
     build_index(hash_config)
     retriever = Retriever.open(hash_config.index.dir, hash_config)
     try:
-        snap = retriever._snapshot
+        snap = retriever.reader
         question = "新闻报道里青海省禁止向挖矿项目提供什么？"
         query = _query(question)
         dfs = snap.document_frequencies(query)
         assert 25 <= dfs["新闻"] < snap.count / 2 and dfs["青海省"] <= 3
-        exhaustive = {limit: snap.bm25(query, limit) for limit in (2, 10)}
+        exhaustive = {limit: snap.lexical(query, limit) for limit in (2, 10)}
         assert snap.bm25_plan(query)[1] == []  # everything fits the default budget
 
         for budget in (dfs["青海省"], sum(dfs.values()) // 4 + 1):
@@ -412,7 +414,7 @@ def test_common_terms_only_rescore_and_ranking_is_unchanged(hash_config):
             essential, rest = snap.bm25_plan(query)
             assert "新闻" in rest and "新闻" not in essential and "青海省" in essential
             for limit in (2, 10) if budget > dfs["青海省"] else (2,):
-                pruned = snap.bm25(query, limit)
+                pruned = snap.lexical(query, limit)
                 assert list(pruned) == list(exhaustive[limit])
                 assert all(pruned[i] == pytest.approx(exhaustive[limit][i], rel=1e-5) for i in pruned)
         top = next(iter(exhaustive[2]))
@@ -422,22 +424,16 @@ def test_common_terms_only_rescore_and_ranking_is_unchanged(hash_config):
         retriever.close()
 
 
-def test_index_without_bm25_postings_falls_back_to_fts5(built_hash_index):
-    """An index built before the postings existed still answers, through FTS5's bm25()."""
+def test_index_from_an_older_program_asks_for_a_rebuild(built_hash_index):
+    """An index whose schema predates this program is refused with the command that rebuilds it."""
     from index import publish, store
+    from index.backends import RebuildRequiredError
 
     version = publish.current_version(built_hash_index.index.dir)
     assert version is not None
     db = store.open_db(version.db_path)
-    db.execute("drop table bm25_terms")
-    db.execute("drop table bm25_docs")
+    store.set_meta(db, {"schema": store.SCHEMA_VERSION - 1})
     db.conn.commit()
     db.close()
-    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
-    try:
-        assert retriever._snapshot.postings is None
-        for question, fact in FACTS[:3]:
-            assert fact in retriever.answer(question).hits[0].text
-        assert retriever._snapshot.document_frequencies(["青海省"])["青海省"] >= 1
-    finally:
-        retriever.close()
+    with pytest.raises(RebuildRequiredError, match="python -m index build"):
+        Retriever.open(built_hash_index.index.dir, built_hash_index)

@@ -27,8 +27,14 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
-class ModelMismatchError(Exception):
-    """The index was built with another model than the config names."""
+class RebuildRequiredError(Exception):
+    """The index cannot serve this program or config as it is (built with another model, or by an
+    older version of the program): the message names the rebuild command."""
+
+
+class IndexUnavailableError(Exception):
+    """The index's store cannot be reached or opened now (a server down, a Milvus Lite file
+    held by another process); the message says what to do, in one line."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,8 @@ class IndexBackend(ABC):
 
     @abstractmethod
     def stamp(self) -> Hashable:
-        """Cheap token that changes when a newer build is live (checked between questions)."""
+        """Cheap token that changes when a newer build is live (checked between questions);
+        None when nothing was ever built."""
 
     @abstractmethod
     def open_reader(self) -> IndexReader:
@@ -168,3 +175,16 @@ class IndexBackend(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The backend, where it stores (never a secret) and the live version's metadata."""
+
+
+def require_model(meta: dict[str, Any], config: Config, where: str) -> None:
+    """Raise `RebuildRequiredError` when the index was embedded with another model than the config names."""
+    from index.build import model_key
+
+    built_with = meta.get("model_key")
+    if built_with != model_key(config):
+        built_name = str(built_with or "?").split("|")[0]
+        raise RebuildRequiredError(
+            f"the index in {where} was built with model {built_name!r} but the config names "
+            f"{config.model.name!r}: rebuild it with `python -m index build`"
+        )

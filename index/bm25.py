@@ -2,7 +2,7 @@
 
 FTS5 calls its bm25() once per matching row (~1 µs), and a common term matches most of a
 large index; here a question costs time in proportion to the postings it reads, and commoner
-terms only rescore the candidates (MaxScore). `retrieval.search._Snapshot.bm25` decides which
+terms only rescore the candidates (MaxScore). `index.backends.sqlite_faiss.SqliteFaissReader.lexical` decides which
 terms are read in full.
 """
 
