@@ -757,13 +757,22 @@ def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
     return [c for c in calls if c.method == method and c.ok]
 
 
-def write_config(path: Path, *, corpus: Path, index: Path, telegram: dict[str, Any] | None = None) -> Path:
-    """A config.toml for tests: the fast fake embedder, temporary corpus and index."""
+def write_config(
+    path: Path,
+    *,
+    corpus: Path,
+    index: Path,
+    telegram: dict[str, Any] | None = None,
+    index_settings: dict[str, Any] | None = None,
+) -> Path:
+    """A config.toml for tests: the fast fake embedder, temporary corpus and index (`index_settings`:
+    more `[index]` keys, e.g. the backend)."""
     lines = [
         "[model]",
         'name = "test-hash"',
         "[index]",
         f"dir = {json.dumps(str(index))}",
+        *(f"{key} = {json.dumps(value)}" for key, value in (index_settings or {}).items()),
         "[corpus]",
         f"dir = {json.dumps(str(corpus))}",
         "[telegram]",

@@ -1,0 +1,168 @@
+"""One set of behaviour tests, run against both index backends: SQLite + FAISS (embedded) and
+Milvus (Milvus Lite in a temporary file, through pymilvus: the client code a server gets).
+
+The retriever, the build and the CLIs are the same code for both; only `[index] backend` differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import DEFAULT_CORPUS, make_config
+from fake_telegram import write_config
+from test_many import FACT, QUESTION, write_syndicated
+
+from index.backends import open_backend
+from retrieval import Retriever
+from settings import PROJECT_ROOT, Config
+
+BACKENDS = ("faiss", "milvus")
+FACTS = [
+    ("断卡行动打掉了多少个犯罪团伙？", "170余个"),
+    ("青海省禁止向挖矿项目提供什么？", "场所、电力支持"),
+    ("虚拟货币交易为什么很难取证？", "被动监测"),
+    ("被封的微博账号现在显示什么？", "现已无法查看"),
+]
+
+
+def on_backend(config: Config, backend: str, workdir: Path) -> Config:
+    """`config` storing its index in `backend` (Milvus Lite: a file in `workdir`)."""
+    index = replace(config.index, backend=backend, milvus_uri=str(workdir / "milvus.db"), milvus_collection="qa_test")
+    return replace(config, index=index)
+
+
+def build(config: Config) -> None:
+    report = open_backend(config).build()
+    assert report.passages > 0
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """The default corpus (a writable copy) indexed by one backend with the fake embedder."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in DEFAULT_CORPUS.glob("*.md"):
+        (corpus / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    config = on_backend(make_config(corpus, tmp_path / "index"), request.param, tmp_path)
+    build(config)
+    return config
+
+
+def test_questions_are_answered_with_the_passage_that_holds_the_fact(backend_config: Config) -> None:
+    retriever = Retriever.open(backend_config.index.dir, backend_config)
+    try:
+        assert retriever.reader.backend == backend_config.index.backend
+        for question, fact in FACTS:
+            answer = retriever.answer(question)
+            assert answer.answered and fact in answer.hits[0].text, question
+            assert answer.hits[0].citation and answer.hits[0].sentence
+        assert retriever.answer("斷卡行動打掉了多少個犯罪團夥？").hits[0].text.count("170余个") == 1
+        english = retriever.answer("What happened to the bank cards of OTC merchants?", 3)
+        assert "银行卡" in english.hits[0].text and english.hits[0].lexical > 0
+        assert not retriever.answer("明天巴黎的天气怎么样？").answered
+    finally:
+        retriever.close()
+
+
+def test_both_backends_rank_alike(tmp_path: Path) -> None:
+    """The same corpus in both: the same top passage for every fact, the same articles, the
+    same document frequencies and neighbours."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in DEFAULT_CORPUS.glob("*.md"):
+        (corpus / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    base = make_config(corpus, tmp_path / "index")
+    faiss_config, milvus_config = on_backend(base, "faiss", tmp_path), on_backend(base, "milvus", tmp_path)
+    build(faiss_config)
+    build(milvus_config)  # the catalog is unchanged: its embeddings are synced, not recomputed
+    a, b = Retriever.open(base.index.dir, faiss_config), Retriever.open(base.index.dir, milvus_config)
+    try:
+        assert a.reader.count == b.reader.count and a.version == b.version
+        for question, _ in FACTS:
+            assert a.answer(question).hits[0].passage_id == b.answer(question).hits[0].passage_id
+        terms = a.query_terms(FACTS[0][0])
+        assert a.reader.document_frequencies(terms) == b.reader.document_frequencies(terms)
+        assert [x["id"] for x in a.articles()] == [x["id"] for x in b.articles()]
+        first = a.answer(FACTS[1][0]).hits[0]
+        assert [r.id for r in a.context(first.passage_id)] == [r.id for r in b.context(first.passage_id)]
+        assert sorted(a.reader.vocabulary()) == sorted(b.reader.vocabulary())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_edited_article_is_served_after_a_rebuild_and_the_index_checks_clean(backend_config: Config) -> None:
+    retriever = Retriever.open(backend_config.index.dir, backend_config)
+    try:
+        before = retriever.version
+        path = next(Path(backend_config.corpus.dir).glob("*.md"))
+        path.write_text(path.read_text(encoding="utf-8").replace("170余个", "180余个"), encoding="utf-8")
+        (Path(backend_config.corpus.dir) / "extra.md").write_text(
+            "---\ntitle: 内蒙古\nsource: 新华网\ndate: 2021-06-20\n---\n\n"
+            "内蒙古要求全面清理虚拟货币挖矿项目，限期退出。\n",
+            encoding="utf-8",
+        )
+        build(backend_config)
+        assert retriever.refresh() and retriever.version != before
+        assert "180余个" in retriever.answer(QUESTION).hits[0].text
+        assert not any("170余个" in h.text for h in retriever.answer(QUESTION, 10).hits)
+        assert "限期退出" in retriever.answer("内蒙古要求清理什么项目？").hits[0].text
+        version, problems = open_backend(backend_config).check()
+        assert version == retriever.version and problems == []
+    finally:
+        retriever.close()
+
+
+def test_copies_are_quoted_once_with_the_others_cited(backend_config: Config, tmp_path: Path) -> None:
+    corpus = tmp_path / "syndicated"
+    write_syndicated(corpus)
+    config = replace(backend_config, corpus=replace(backend_config.corpus, dir=corpus))
+    config = replace(config, index=replace(config.index, dir=tmp_path / "index2", milvus_collection="qa_copies"))
+    build(config)
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        top = retriever.search(QUESTION, k=3)[0]
+        assert FACT in top.text and top.source == "区块链日报"
+        assert {a.source for a in top.also} == {"新浪财经", "金色财经"}
+        assert retriever.reader.duplicate_groups() > 0
+    finally:
+        retriever.close()
+
+
+@pytest.mark.slow
+def test_the_clis_work_on_either_backend(backend_config: Config, tmp_path: Path) -> None:
+    """`index info`, `index check` and `retrieval --json` on a config file naming the backend;
+    info names it and never prints the token."""
+    index = backend_config.index
+    config_file = write_config(
+        tmp_path / "config.toml",
+        corpus=backend_config.corpus.dir,
+        index=index.dir,
+        index_settings={
+            "backend": index.backend,
+            "milvus_uri": index.milvus_uri,
+            "milvus_collection": index.milvus_collection,
+        },
+    )
+    env = {**os.environ, "MILVUS_TOKEN": "root:s3cret-token"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", *args, "--config", str(config_file)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
+
+    info = run("index", "info")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["backend"] == backend_config.index.backend and "s3cret" not in info.stdout
+    assert described["summary"]["articles"] == 1
+    check = run("index", "check")
+    assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stderr
+    answer = run("retrieval", "--json", QUESTION)
+    assert answer.returncode == 0, answer.stderr
+    assert FACT in json.loads(answer.stdout)["results"][0]["text"]
