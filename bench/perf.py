@@ -112,9 +112,13 @@ class Child:
         return {}
 
 
+# Deployment overrides a developer's shell may hold; the benchmarks run on their own config.
+_DEPLOYMENT_ENV = ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN", "MILVUS_URI", "MILVUS_TOKEN")
+
+
 def child_env(**extra: str | None) -> dict[str, str]:
     """The bench's environment without deployment overrides, plus `extra` (None removes)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in _DEPLOYMENT_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     for key, value in extra.items():
         if value is None:

@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from index.backends import open_backend
 from index.build import build_index
 from retrieval.fusion import METHODS
 from retrieval.search import Retriever
@@ -216,6 +217,14 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = T
             r.close()
         report["sets"]["cmrc-trial"] = cmrc_rows
         report["not_covered"]["answerable: CMRC own paragraph"] = {"all": cmrc_rows["hybrid"]["unanswered"]}
+        report["backends"] = backends_agree(
+            {
+                "seed-dev": (seed_cfg, [q["q"] for q in seed], lambda i, h: seed_hit(h.text, seed[i])),
+                "article-heldout": (seed_cfg, [q["q"] for q in heldout], lambda i, h: seed_hit(h.text, heldout[i])),
+                "cmrc-trial": (cmrc_cfg, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1]),
+            },
+            tmp_path,
+        )
         from bench import conversations  # bench/conversations.py: follow-ups in context vs alone (imports this module)
 
         r = Retriever.open(seed_cfg.index.dir, seed_cfg)
@@ -228,6 +237,26 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = T
     return report
 
 
+def backends_agree(sets: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    """Hybrid hit@k of each set on both backends: the faiss indexes built above, then the same
+    catalogs synced into Milvus Lite (`[index] backend = "milvus"`: no re-embedding)."""
+    out: dict = {}
+    for name, (config, questions, is_hit) in sets.items():
+        row = {}
+        for backend in ("faiss", "milvus"):
+            index = replace(
+                config.index, backend=backend, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection="quality"
+            )
+            on = replace(config, index=index)
+            open_backend(on).build()
+            r = Retriever.open(on.index.dir, on)
+            row[backend] = evaluate(r, questions, is_hit)
+            r.close()
+        row["hit@1 difference"] = abs(row["milvus"]["hit@1"] - row["faiss"]["hit@1"])
+        out[name] = row
+    return out
+
+
 def print_table(report: dict) -> None:
     print(f"fusion={report['fusion']} hybrid dense_weight={report['hybrid_weight']}")
     for set_name, rows in report["sets"].items():
@@ -236,6 +265,10 @@ def print_table(report: dict) -> None:
         print(f"{'mode':<10}" + "".join(f"{c:>18}" for c in cols))
         for mode, row in rows.items():
             print(f"{mode:<10}" + "".join(f"{row.get(c, float('nan')):>18.3f}" for c in cols))
+    if "backends" in report:
+        print("\nhybrid hit@1 by backend: faiss | Milvus Lite (target: within 0.01)")
+        for set_name, row in report["backends"].items():
+            print(f"  {set_name:<18} {row['faiss']['hit@1']:.3f} | {row['milvus']['hit@1']:.3f}")
     if "conversations" in report:
         from bench import conversations
 

@@ -30,7 +30,7 @@ from bench import perf
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality", "many")
+SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality", "many", "backends")
 
 
 def machine() -> dict[str, Any]:
@@ -122,6 +122,19 @@ def section_many(quick: bool) -> dict[str, Any]:
     from bench import many
 
     result = many.evaluate(seeds=(2,) if quick else (2, 3, 4))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def section_backends(quick: bool, work: Path) -> dict[str, Any]:
+    """Both backends on one synthetic corpus, in a child process (Milvus Lite's memory goes with it)."""
+    passages = 20_000 if quick else 100_000
+    args = [perf.PY, "-m", "bench.backends", "--work", str(work / "backends"), "--passages", str(passages)]
+    try:
+        child = perf.run_child(args, timeout=5400).check("backends")
+    finally:
+        shutil.rmtree(work / "backends", ignore_errors=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))
     return result
 
@@ -384,6 +397,37 @@ def table(results: dict[str, Any]) -> list[Row]:
         "on >= off",
         lambda v: v[0] >= v[1],
     )
+    agree = _get(results, "quality", "backends") or {}
+    for set_name, row in agree.items():
+        add(
+            f"quality {set_name}: hybrid hit@1, faiss | Milvus Lite",
+            (row["faiss"]["hit@1"], row["milvus"]["hit@1"]),
+            "{0[0]:.3f} | {0[1]:.3f}",
+            "within 0.01",
+            lambda v: abs(v[0] - v[1]) <= 0.01,
+        )
+    backends = results.get("backends") or {}
+    faiss, lite = backends.get("faiss") or {}, backends.get("milvus") or {}
+    n = f"{faiss['passages'] // 1000}k" if faiss else ""
+    for key, label, fmt in (
+        ("full_build_s", "full build s", "{0[0]:.0f} | {0[1]:.0f} (x{0[2]:.1f})"),
+        ("one_article_rebuild_s", "one-article rebuild s", "{0[0]:.1f} | {0[1]:.1f} (x{0[2]:.2f})"),
+        ("query_p50_ms", "question p50 ms", "{0[0]:.1f} | {0[1]:.1f} (x{0[2]:.1f})"),
+        ("query_p95_ms", "question p95 ms", "{0[0]:.1f} | {0[1]:.1f} (x{0[2]:.1f})"),
+        ("dense_p50_ms", "dense search p50 ms", "{0[0]:.2f} | {0[1]:.2f} (x{0[2]:.1f})"),
+    ):
+        add(
+            f"backends {n}: {label}, faiss | Milvus Lite",
+            (faiss[key], lite[key], lite[key] / max(faiss[key], 1e-9)) if key in lite and key in faiss else None,
+            fmt,
+        )
+    add(
+        f"backends {n}: dense recall@10 vs exact, faiss | Milvus Lite",
+        (faiss["dense_recall_at_10"], lite["dense_recall_at_10"]) if "dense_recall_at_10" in lite else None,
+        "{0[0]:.3f} | {0[1]:.3f}",
+        ">= 0.95",
+        lambda v: min(v) >= 0.95,
+    )
     return rows
 
 
@@ -439,6 +483,7 @@ def main() -> int:
         "scale1m": lambda: section_scale(1_000_000, args.quick, args.work),
         "quality": lambda: section_quality(args.quick),
         "many": lambda: section_many(args.quick),
+        "backends": lambda: section_backends(args.quick, args.work),
     }
     started = time.perf_counter()
     for name in sections:
