@@ -276,8 +276,8 @@ def load_config(path: Path | str | None = None) -> Config:
                 kwargs[key] = _coerce(name, key, value, getattr(defaults, key), base)
             sections[name] = replace(defaults, **kwargs)
         config = Config(**sections, path=file)
-        config = replace(config, index=replace(config.index, milvus_uri=_milvus_uri(config.index.milvus_uri, base)))
         _validate(config)
+        config = replace(config, index=replace(config.index, milvus_uri=_milvus_uri(config.index.milvus_uri, base)))
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
     return _apply_env(config)

@@ -21,6 +21,17 @@ CMRC = PROJECT_ROOT / "bench" / "data" / "cmrc2018_trial.json"
 DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
 
 
+# Deployment settings a developer's shell may hold: no test may read them (subprocesses inherit
+# the cleaned environment too).
+DEPLOYMENT_ENV = ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN", "MILVUS_URI", "MILVUS_TOKEN")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in DEPLOYMENT_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:
     """A config like the committed one, pointed at temporary directories."""
     base = load_config()

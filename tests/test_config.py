@@ -75,6 +75,34 @@ def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
     assert (overridden.corpus.dir, overridden.index.dir) == (tmp_path / "c", tmp_path / "i")
 
 
+def test_milvus_uri_is_a_lite_file_beside_the_config_or_a_server_url(tmp_path, monkeypatch):
+    """A path means Milvus Lite (relative to the config file), a URL a server; MILVUS_URI
+    overrides the file and MILVUS_TOKEN is read only from the environment."""
+    config = load_config(write_config(tmp_path, '[index]\nbackend = "milvus"\nmilvus_uri = "data/qa.db"\n'))
+    assert config.index.backend == "milvus" and config.index.milvus_uri == str(tmp_path / "data" / "qa.db")
+    remote = load_config(write_config(tmp_path, '[index]\nmilvus_uri = "https://milvus.example:19530"\n'))
+    assert remote.index.milvus_uri == "https://milvus.example:19530"
+    monkeypatch.setenv("MILVUS_URI", "http://127.0.0.1:19530")
+    assert load_config(write_config(tmp_path, "")).index.milvus_uri == "http://127.0.0.1:19530"
+    with pytest.raises(ConfigError, match="unknown key 'milvus_token'"):
+        load_config(write_config(tmp_path, '[index]\nmilvus_token = "root:x"\n'))
+    monkeypatch.setenv("MILVUS_TOKEN", "root:x")
+    assert Config().milvus_token == "root:x"
+
+
+def test_the_compose_deployment_config_serves_from_milvus(monkeypatch):
+    """deploy/config.toml: the committed defaults with the index in the compose file's Milvus."""
+    import yaml
+
+    config = load_config(PROJECT_ROOT / "deploy" / "config.toml")
+    assert config.index.backend == "milvus" and config.index.milvus_uri == "http://milvus:19530"
+    assert config.corpus.dir.resolve() == (PROJECT_ROOT / "corpus" / "articles").resolve()
+    compose = yaml.safe_load((PROJECT_ROOT / "deploy" / "docker-compose.yml").read_text(encoding="utf-8"))
+    for service in ("bot", "indexer"):
+        assert "deploy/config.toml" in compose["services"][service]["command"]
+        assert compose["services"][service]["environment"]["MILVUS_URI"] == "http://milvus:19530"
+
+
 def test_token_comes_only_from_the_environment(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown key 'token'"):
         load_config(write_config(tmp_path, '[telegram]\ntoken = "123:abc"\n'))
@@ -127,6 +155,9 @@ BROKEN = {
     ),
     "zero_timeout": ("[ingest]\ntimeout = 0\n", "[ingest] timeout, download_seconds and max_bytes must be greater"),
     "blank_agent": ('[ingest]\nuser_agent = ""\n', "[ingest] user_agent must not be empty"),
+    "bad_backend": ('[index]\nbackend = "elastic"\n', "[index] backend must be faiss or milvus"),
+    "bad_collection": ('[index]\nmilvus_collection = "qa-1"\n', "[index] milvus_collection must be a name"),
+    "empty_milvus_uri": ('[index]\nmilvus_uri = " "\n', "[index] milvus_uri must not be empty"),
 }
 
 
