@@ -44,7 +44,7 @@ IN_CHUNK = 1000  # values per `in [...]` filter
 ITER_BATCH = 4000  # rows per page when reading a whole collection
 
 _SERVER_URI = re.compile(r"^(https?|tcp|grpc|unix)://", re.IGNORECASE)
-_QUIET_LOGGERS = ("pymilvus", "milvus_lite")
+_QUIET_LOGGERS = ("pymilvus", "milvus_lite", "grpc._server")  # Lite serves in-process
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,8 @@ def _create(client: Any, name: str, schema: Any, indexes: Sequence[tuple[str, di
         params.add_index(field, **index)
     # Strong: a query sees every write acknowledged before it (a server's default, Bounded,
     # may not, and the visibility rule needs an article's new passages before its flip).
-    client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+    with quiet():  # pymilvus then waits for the index with a call Lite lacks (logged, harmless)
+        client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
 
 
 def _small(client: Any, name: str, fields: Sequence[tuple[str, Any, dict[str, Any]]]) -> None:

@@ -128,6 +128,10 @@ class _Sync:
             ms.delete_in(client, names.articles, "id", removed)
             ms.delete_in(client, names.passages, "article_id", removed)
         self._groups()
+        # Sealed segments get their indexes; Milvus Lite searches unflushed rows by brute force
+        # (BM25 over 300 passages: ~170 ms a query unflushed, ~7 ms flushed).
+        for kind in ms.KINDS:
+            client.flush(names.of(kind))
         groups = self.db.execute("select count(distinct group_id) from passage_groups").fetchone()[0]
         max_id = self.db.execute("select max(id) from passages").fetchone()[0] or 0
         live = {
