@@ -71,6 +71,7 @@ class MilvusReader(IndexReader):
             self.close()
             raise
         self.names = Names(config.index.milvus_collection, int(live["generation"]))
+        ms.ensure_loaded(self.client, [self.names.of(kind) for kind in ms.KINDS])
         self.version = str(live["version"])
         self.meta = dict(live["catalog"])
         self.count = int(live["passages"])
@@ -347,6 +348,7 @@ class MilvusBackend(IndexBackend):
         if live is None:
             return catalog.name, [f"nothing synced to Milvus at {ms.redact(self.config.index.milvus_uri)}"]
         names = Names(self.meta_names.prefix, int(live["generation"]))
+        ms.ensure_loaded(client, [names.of(kind) for kind in ms.KINDS])
         problems = []
         header, pending = marker(client, self.meta_names)
         if header is not None or pending:

@@ -213,6 +213,7 @@ class _Pool:
                 self._clients[key] = (client, refs - 1)
                 return
             del self._clients[key]
+            _LOADED.difference_update({k for k in _LOADED if k[0] == id(client)})
         with quiet(), contextlib.suppress(Exception):
             client.close()
         if not is_server(uri):
@@ -316,6 +317,22 @@ def create_generation(client: Any, names: Names, dim: int) -> None:
     _small(client, names.terms, [("term", DataType.VARCHAR, key), ("df", DataType.INT64, {})])
 
 
+_LOADED: set[tuple[int, str]] = set()  # (id of a pooled client, collection) known to be loaded
+
+
+def ensure_loaded(client: Any, names: Iterable[str]) -> None:
+    """Load the collections that exist but are not loaded: Milvus Lite reopens a data directory
+    with every collection released (a server after some restarts too). Asked once per client."""
+    from pymilvus.client.types import LoadState
+
+    for name in names:
+        if (id(client), name) in _LOADED or not client.has_collection(name):
+            continue
+        if client.get_load_state(name).get("state") != LoadState.Loaded:
+            client.load_collection(name)
+        _LOADED.add((id(client), name))
+
+
 def generations(client: Any, prefix: str) -> list[int]:
     """The generations that have any collection under `prefix`."""
     pattern = re.compile(rf"{re.escape(prefix)}_(?:{'|'.join(KINDS)})_g(\d+)")
@@ -400,8 +417,9 @@ def count(client: Any, collection: str, expr: str = "") -> int:
 
 
 def get_meta(client: Any, names: Names, key: str) -> dict[str, Any] | None:
-    if not client.has_collection(names.meta):
-        return None
+    ensure_loaded(client, [names.meta])
+    if (id(client), names.meta) not in _LOADED:
+        return None  # no such collection
     rows = client.query(names.meta, filter=f"key == {quote(key)}", output_fields=["value"])
     return json.loads(rows[0]["value"]) if rows else None
 

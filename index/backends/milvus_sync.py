@@ -106,6 +106,7 @@ class _Sync:
                 ms.drop_generation(client, Names(self.prefix, generation))
         if reuse:
             names = Names(self.prefix, live_generation)
+            ms.ensure_loaded(client, [names.of(kind) for kind in ms.KINDS])
             in_milvus = {r["id"]: r["hash"] for r in ms.query_all(client, names.articles, ["id", "hash"])}
         else:
             names = Names(self.prefix, max([*existing, live_generation or 0]) + 1)
