@@ -117,19 +117,30 @@ def is_server(uri: str) -> bool:
     return bool(_SERVER_URI.match(uri))
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = [0]
+_quiet_levels: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence pymilvus and Milvus Lite for calls whose failure is expected and reported by us
-    (they log every RPC error, with a traceback, at ERROR level)."""
-    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
+    (they log every RPC error, with a traceback, at ERROR level). Counted, so overlapping
+    sections in several threads restore the levels only when the last one ends."""
+    with _quiet_lock:
+        if not _quiet_depth[0]:
+            for name in _QUIET_LOGGERS:
+                _quiet_levels[name] = logging.getLogger(name).level
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        _quiet_depth[0] += 1
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        with _quiet_lock:
+            _quiet_depth[0] -= 1
+            if not _quiet_depth[0]:
+                for name, level in _quiet_levels.items():
+                    logging.getLogger(name).setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -240,8 +251,11 @@ def _create(client: Any, name: str, schema: Any, indexes: Sequence[tuple[str, di
         params.add_index(field, **index)
     # Strong: a query sees every write acknowledged before it (a server's default, Bounded,
     # may not, and the visibility rule needs an article's new passages before its flip).
-    with quiet():  # pymilvus then waits for the index with a call Lite lacks (logged, harmless)
-        client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong")
+    client.create_collection(name, schema=schema, consistency_level="Strong")
+    # Not `create_collection(index_params=…)`: pymilvus then polls each index of the empty
+    # collection for 0.5 s (and logs a call Milvus Lite lacks).
+    client.create_index(name, params, sync=False)
+    client.load_collection(name)
 
 
 def _small(client: Any, name: str, fields: Sequence[tuple[str, Any, dict[str, Any]]]) -> None:
