@@ -27,6 +27,7 @@ from bench.synth import make_corpus
 from index import publish, store
 from index.backends import milvus_store as ms
 from index.backends import milvus_sync
+from index.backends.base import ModelMismatchError
 from index.backends.milvus import IndexUnavailableError, MilvusBackend, MilvusReader
 from index.embedder import HashEmbedder
 from settings import PROJECT_ROOT, Config
@@ -220,6 +221,38 @@ def test_incremental_sync_rewrites_only_changes(tmp_path: Path, corpus_dir: Path
             reader.close()
         assert backend.check() == (second, [])
         assert backend.build().notes[-1] == "milvus: up to date"
+    finally:
+        backend.close()
+
+
+def test_model_change_fills_new_collections(tmp_path: Path, corpus_dir: Path) -> None:
+    """Another model (here another document prompt) or `--full` fills a new generation of
+    collections, switches "live" and the aliases to it; a reader opened before keeps reading
+    the old one, which the next build drops."""
+    config = milvus_config(corpus_dir, tmp_path)
+    backend = MilvusBackend(config)
+    try:
+        backend.build()
+        old = backend.open_reader()
+        other = replace(config, model=replace(config.model, document_prompt="passage: "))
+        with pytest.raises(ModelMismatchError):
+            MilvusReader(other)
+        changed = MilvusBackend(other)
+        assert "into new collections" in changed.build().notes[-1]
+        new = changed.open_reader()
+        assert new.names.generation == old.names.generation + 1 and new.count == old.count
+        article_id = new.articles()[0]["id"]
+        old_ids, new_ids = (set(r.neighbours(article_id, 0, 0, 10**6)) for r in (old, new))
+        assert len(old_ids) == len(new_ids) and old_ids.isdisjoint(new_ids)  # re-embedded under new ids
+        assert old.lexical(["新疆"], 5) and new.lexical(["新疆"], 5)
+        aliases = changed.describe()["collections"]
+        assert aliases[f"{config.index.milvus_collection}_passages"] == new.names.passages
+        assert "into new collections" in changed.build(full=True).notes[-1]  # drops generation 1, fills 3
+        assert not old.client.has_collection(old.names.passages)
+        assert changed.check()[1] == [] and changed.open_reader().names.generation == old.names.generation + 2
+        old.close()
+        new.close()
+        changed.close()
     finally:
         backend.close()
 
