@@ -55,7 +55,10 @@ class SyncReport:
         if not self.written and not self.removed and not self.fresh:
             return "milvus: up to date"
         fresh = " into new collections" if self.fresh else ""
-        return f"milvus: {self.written} articles synced{fresh}, {self.removed} removed ({self.passages} passages)"
+        return (
+            f"milvus: {self.written} articles synced{fresh}, {self.removed} removed "
+            f"({self.passages} passages, {self.seconds:.1f}s)"
+        )
 
 
 def sync(client: Any, prefix: str, version: publish.Version, *, fresh: bool = False) -> SyncReport:
@@ -91,8 +94,10 @@ class _Sync:
         meta_names = Names(self.prefix)
         ms.create_meta(client, meta_names)
         live = ms.get_meta(client, meta_names, "live")
-        _, pending = marker(client, meta_names)
+        header, pending = marker(client, meta_names)
         live_generation = live["generation"] if live else None
+        if header is not None and header.get("generation") != live_generation:
+            pending = []  # a killed fill of new collections: dropped below, nothing to repair
         reuse = (
             not fresh
             and live is not None
@@ -128,7 +133,9 @@ class _Sync:
         if removed:
             ms.delete_in(client, names.articles, "id", removed)
             ms.delete_in(client, names.passages, "article_id", removed)
-        self._groups()
+        regrouped = self._groups()
+        if reuse and not touched and not regrouped and live is not None and live["version"] == self.tag:
+            return SyncReport(self.tag, seconds=time.perf_counter() - started)  # up to date: stamp unchanged
         # Sealed segments get their indexes; Milvus Lite searches unflushed rows by brute force
         # (BM25 over 300 passages: ~170 ms a query unflushed, ~7 ms flushed).
         for kind in ms.KINDS:
@@ -243,8 +250,8 @@ class _Sync:
         ms.delete_in(client, names.passages, "article_id", batch, extra=f"tag != {ms.quote(tag)}")
         return len(rows)
 
-    def _groups(self) -> None:
-        """P_groups = the catalog's `passage_groups`: only the differences are written."""
+    def _groups(self) -> bool:
+        """P_groups = the catalog's `passage_groups`: only the differences are written (any?)."""
         client, names = self.client, self.names
         want = dict(self.db.execute("select passage_id, group_id from passage_groups").fetchall())
         have = {r["passage_id"]: r["group_id"] for r in ms.query_all(client, names.groups, ["passage_id", "group_id"])}
@@ -253,3 +260,4 @@ class _Sync:
         gone = [p for p in have if p not in want]
         if gone:
             ms.delete_in(client, names.groups, "passage_id", gone)
+        return bool(put or gone)
