@@ -54,9 +54,7 @@ class IndexConfig:
     # under `dir`) or "milvus" (a Milvus Lite file or a Milvus server; `dir` then holds the
     # build's SQLite catalog). Env override: MILVUS_URI; the token only from MILVUS_TOKEN.
     backend: str = "faiss"
-    milvus_uri: str = str(
-        PROJECT_ROOT / "var" / "milvus.db"
-    )  # a file path (Milvus Lite, relative to the config) or http(s)://host:19530
+    milvus_uri: str = str(PROJECT_ROOT / "var" / "milvus.db")  # a file path (Milvus Lite, relative to the config) or http(s)://host:19530
     milvus_collection: str = "crackdown_qa"  # prefix of the collections and alias
 
 
@@ -205,12 +203,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
 def _validate(config: Config) -> None:
     if config.index.backend not in INDEX_BACKENDS:
         raise ConfigError(f"[index] backend must be faiss or milvus, not {config.index.backend!r}")
-    if not config.index.milvus_uri.strip() or not re.fullmatch(
-        r"[A-Za-z_][A-Za-z0-9_]{0,200}", config.index.milvus_collection
-    ):
-        raise ConfigError(
-            "[index] milvus_uri must not be empty and milvus_collection must be a name of letters, digits and _"
-        )
+    if not config.index.milvus_uri.strip() or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", config.index.milvus_collection):
+        raise ConfigError("[index] milvus_uri must not be empty and milvus_collection must be a name of letters, digits and _")
     if config.index.faiss not in FAISS_KINDS:
         raise ConfigError(f"[index] faiss must be auto, flat, ivf or hnsw, not {config.index.faiss!r}")
     if config.retrieval.fusion not in {"zscore", "minmax", "rrf"}:
