@@ -102,8 +102,13 @@ def build_index(
     embedder: Embedder | None = None,
     progress: Progress | None = None,
     on_wait: Callable[[], None] | None = None,
+    after_publish: Callable[[publish.Version], None] | None = None,
 ) -> BuildReport:
-    """Build and publish a new index version from `config.corpus.dir` into `config.index.dir`."""
+    """Build and publish a new index version from `config.corpus.dir` into `config.index.dir`.
+
+    `after_publish(live version)` runs while the build lock is still held, after publishing
+    and also when nothing changed (another store mirroring the catalog, e.g. Milvus, then
+    catches up even after a killed run; `index.backends.milvus`)."""
     started = time.perf_counter()
     corpus_dir = Path(config.corpus.dir)
     if not corpus_dir.is_dir():
@@ -155,6 +160,8 @@ def build_index(
             finally:
                 db.close()
             if meta.get("faiss_key") == faiss_key(config, vectors.choose_kind(config.index, total)):
+                if after_publish is not None:
+                    after_publish(live)
                 return BuildReport(
                     **counts,
                     passages=total,
@@ -211,6 +218,8 @@ def build_index(
             db.close()
         version = publish.publish(index_dir, name, staging)
         publish.clean_old_versions(index_dir, config.index.keep_versions)
+        if after_publish is not None:
+            after_publish(version)
         return BuildReport(
             **counts,
             passages=total,
