@@ -248,7 +248,8 @@ def backends_agree(sets: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg
                 config.index, backend=backend, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection="quality"
             )
             on = replace(config, index=index)
-            open_backend(on).build()
+            with open_backend(on) as backend:
+                backend.build()
             r = Retriever.open(on.index.dir, on)
             row[backend] = evaluate(r, questions, is_hit)
             r.close()

@@ -53,11 +53,8 @@ def _build(args: argparse.Namespace) -> int:
 
     config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
     try:
-        report = open_backend(config).build(
-            full=args.full,
-            progress=_progress_printer(),
-            on_wait=_waiting,
-        )
+        with open_backend(config) as backend:
+            report = backend.build(full=args.full, progress=_progress_printer(), on_wait=_waiting)
     except (BuildError, BuildLockedError) as exc:
         _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
         print(f"error: {exc}", file=sys.stderr)
@@ -103,7 +100,8 @@ def _backend(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _check(args: argparse.Namespace) -> int:
-    version, problems = _backend(args).check()
+    with _backend(args) as backend:
+        version, problems = backend.check()
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"{version}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
@@ -115,14 +113,14 @@ def _info(args: argparse.Namespace) -> int:
 
     from index import catalog
 
-    backend = _backend(args)
-    described = backend.describe()
-    reader = backend.open_reader()
-    try:
-        articles = catalog.newest_first(reader.articles())
-        summary = catalog.summary(articles, reader.duplicate_groups())
-    finally:
-        reader.close()
+    with _backend(args) as backend:
+        described = backend.describe()
+        reader = backend.open_reader()
+        try:
+            articles = catalog.newest_first(reader.articles())
+            summary = catalog.summary(articles, reader.duplicate_groups())
+        finally:
+            reader.close()
     keep = ("id", "title", "source", "date", "url", "passages")
     articles = [{key: a.get(key) for key in keep} for a in articles]
     print(json.dumps({**described, "summary": summary, "articles": articles}, ensure_ascii=False, indent=2))

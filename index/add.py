@@ -147,7 +147,8 @@ def add_sources(
     if not build or not any(r.status != "skipped" for r in results):
         return AddReport(tuple(results))
     try:
-        report = open_backend(config).build(progress=progress, on_wait=on_wait)
+        with open_backend(config) as backend:
+            report = backend.build(progress=progress, on_wait=on_wait)
     except (BuildError, BuildLockedError, *OPEN_ERRORS) as exc:
         return AddReport(tuple(results), build_error=str(exc))
     return AddReport(tuple(results), build=report)

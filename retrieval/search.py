@@ -134,6 +134,7 @@ class Retriever:
 
     def close(self) -> None:
         self.reader.close()
+        self.backend.close()
 
     @property
     def embedder(self) -> Embedder:
@@ -245,10 +246,14 @@ class Retriever:
         ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
+        rows = snap.rows([i for p in picks for i in p.candidates()])
+        # A live store (Milvus) may delete a replaced passage between the search and this read.
+        picks = [p for p in picks if all(i in rows for i in p.candidates())]
+        if not picks:
+            return Answer(question=original, answered=False, version=snap.version), []
         order = [position_of[p.ranked_id] for p in picks]
         dfs = snap.document_frequencies(query_terms)
         idf = self._idf(snap.count, dfs)
-        rows = snap.rows([i for p in picks for i in p.candidates()])
         quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
         chosen = [rows[passage_id] for passage_id, _ in quoted]
         highlights, undecided = self._best_sentences(question, chosen, query_terms, idf)

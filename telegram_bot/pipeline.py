@@ -281,13 +281,13 @@ def ensure_index(config: Config, progress: Callable[[int, int], None] | None = N
 
     Returns the build report, or None when an index already exists.
     """
-    backend = open_backend(config)
-    if backend.stamp() is not None:
-        return None
-    log.info("no index (%s backend): building it from %s", backend.name, config.corpus.dir)
-    report = backend.build(
-        progress=progress,
-        on_wait=lambda: log.info("another build is running; waiting for it to finish"),
-    )
+    with open_backend(config) as backend:
+        if backend.stamp() is not None:
+            return None
+        log.info("no index (%s backend): building it from %s", backend.name, config.corpus.dir)
+        report = backend.build(
+            progress=progress,
+            on_wait=lambda: log.info("another build is running; waiting for it to finish"),
+        )
     log.info("index built: %s", report.summary())
     return report

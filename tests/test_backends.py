@@ -38,8 +38,8 @@ def on_backend(config: Config, backend: str, workdir: Path) -> Config:
 
 
 def build(config: Config) -> None:
-    report = open_backend(config).build()
-    assert report.passages > 0
+    with open_backend(config) as backend:
+        assert backend.build().passages > 0
 
 
 @pytest.fixture(params=BACKENDS)
@@ -113,7 +113,8 @@ def test_an_edited_article_is_served_after_a_rebuild_and_the_index_checks_clean(
         assert "180余个" in retriever.answer(QUESTION).hits[0].text
         assert not any("170余个" in h.text for h in retriever.answer(QUESTION, 10).hits)
         assert "限期退出" in retriever.answer("内蒙古要求清理什么项目？").hits[0].text
-        version, problems = open_backend(backend_config).check()
+        with open_backend(backend_config) as backend:
+            version, problems = backend.check()
         assert version == retriever.version and problems == []
     finally:
         retriever.close()

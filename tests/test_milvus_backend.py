@@ -27,8 +27,8 @@ from bench.synth import make_corpus
 from index import publish, store
 from index.backends import milvus_store as ms
 from index.backends import milvus_sync
-from index.backends.base import ModelMismatchError
-from index.backends.milvus import IndexUnavailableError, MilvusBackend, MilvusReader
+from index.backends.base import IndexUnavailableError, RebuildRequiredError
+from index.backends.milvus import MilvusBackend, MilvusReader
 from index.embedder import HashEmbedder
 from settings import PROJECT_ROOT, Config
 
@@ -236,7 +236,7 @@ def test_model_change_fills_new_collections(tmp_path: Path, corpus_dir: Path) ->
         backend.build()
         old = backend.open_reader()
         other = replace(config, model=replace(config.model, document_prompt="passage: "))
-        with pytest.raises(ModelMismatchError):
+        with pytest.raises(RebuildRequiredError):
             MilvusReader(other)
         changed = MilvusBackend(other)
         assert "into new collections" in changed.build().notes[-1]
@@ -332,7 +332,8 @@ def test_reader_during_sync_sees_whole_articles(tmp_path: Path, monkeypatch: pyt
 SCRIPT = """
 import sys
 from dataclasses import replace
-from index.backends.milvus import IndexUnavailableError, MilvusBackend
+from index.backends.base import IndexUnavailableError
+from index.backends.milvus import MilvusBackend
 from settings import load_config
 config = load_config(sys.argv[1])
 config = replace(config, index=replace(config.index, backend="milvus", milvus_uri=sys.argv[2]))

@@ -172,6 +172,15 @@ class IndexBackend(ABC):
     def check(self) -> tuple[str, list[str]]:
         """(version, problems) of the live index; no problems means consistent."""
 
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections (for Milvus Lite: the file lock, once no reader holds it)."""
+
+    def __enter__(self) -> IndexBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The backend, where it stores (never a secret) and the live version's metadata."""

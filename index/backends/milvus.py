@@ -27,14 +27,14 @@ import numpy as np
 
 from index import publish, store
 from index.backends import milvus_store as ms
-from index.backends.base import CopyRow, IndexBackend, IndexReader, ModelMismatchError, PassageRow, Progress
-from index.backends.milvus_store import IndexUnavailableError, Names
+from index.backends.base import CopyRow, IndexBackend, IndexReader, PassageRow, Progress, require_model
+from index.backends.milvus_store import Names
 from index.backends.milvus_sync import SyncReport, marker, sync
-from index.build import BuildReport, build_index, model_key
+from index.build import BuildReport, build_index
 from index.embedder import Embedder
 from settings import Config
 
-__all__ = ["IndexUnavailableError", "MilvusBackend", "MilvusReader"]
+__all__ = ["MilvusBackend", "MilvusReader"]
 
 MAX_TOPK = 16_384  # Milvus's largest search limit
 # A search first asks for n + n/4 + 16 hits and grows 4x while too few are visible: hidden
@@ -62,13 +62,7 @@ class MilvusReader(IndexReader):
                     f"nothing synced to Milvus at {ms.redact(self._uri)} (collections "
                     f"{config.index.milvus_collection}_*): run `python -m index build`"
                 )
-            built_with = live["catalog"].get("model_key")
-            if built_with != model_key(config):
-                raise ModelMismatchError(
-                    f"the Milvus index at {ms.redact(self._uri)} was built with model "
-                    f"{str(built_with or '?').split('|')[0]!r} but the config names {config.model.name!r}: "
-                    "rebuild it with `python -m index build`"
-                )
+            require_model(live["catalog"], config, f"Milvus at {ms.redact(self._uri)}")
         except BaseException:
             self.close()
             raise

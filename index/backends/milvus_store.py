@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from index.backends.base import IndexUnavailableError
+
 KINDS = ("passages", "articles", "groups", "terms")
 # Exact inner-product search, the same neighbours as the catalog's flat FAISS index: Milvus
 # Lite's FLAT is one numpy matrix product per segment. On a Milvus server past ~1M passages an
@@ -47,10 +49,6 @@ _SERVER_URI = re.compile(r"^(https?|tcp|grpc|unix)://", re.IGNORECASE)
 _QUIET_LOGGERS = ("pymilvus", "milvus_lite", "grpc._server")  # Lite serves in-process
 
 log = logging.getLogger(__name__)
-
-
-class IndexUnavailableError(Exception):
-    """Milvus cannot be reached or opened; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
