@@ -213,3 +213,54 @@ def test_a_flooding_user_in_a_group_does_not_delay_anyone_else(config_file: Path
     window = 10.0  # the default rate_window; user_rate is 8
     assert len(api.recorded("answerCallbackQuery")) == 40  # each press answered once
     assert to_flooder and max(sum(1 for t in to_flooder if s <= t < s + window) for s in to_flooder) <= 8 + 1
+
+
+def test_the_bot_serves_from_a_milvus_server_while_another_process_builds(
+    tmp_path: Path, server: FakeBotAPIServer, lite_server: str
+) -> None:
+    """`[index] backend = "milvus"` against `milvus-lite server` on loopback (a server's code
+    path): `python -m index build` runs in another process while the bot answers; the bot keeps
+    answering during the build and quotes the edited article once the sync is live."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    config_file = write_config(
+        tmp_path / "config.toml",
+        corpus=corpus,
+        index=tmp_path / "index",
+        telegram={"reload_seconds": 0.5, "user_rate": 1000},
+        index_settings={"backend": "milvus", "milvus_uri": lite_server},
+    )
+    build = [sys.executable, "-m", "index", "build", "--config", str(config_file)]
+    first = subprocess.run(build, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "milvus: " in first.stdout, first.stderr[-2000:]
+    api = server.api
+    p = Payloads()
+    bot = start_bot(config_file, server.base_url)
+    try:
+        api.push(p.message(QUESTION, chat_id=31))
+        assert api.wait_for(lambda: len(replies_to(api, 31)) == 1, WAIT), "no answer from the Milvus index"
+        article = next(corpus.glob("*.md"))
+        article.write_text(article.read_text(encoding="utf-8").replace("170余个", "190余个"), encoding="utf-8")
+        rebuild = subprocess.Popen(build, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        asked = 0
+        while rebuild.poll() is None:  # questions during the build are answered, whole
+            asked += 1
+            api.push(p.message(QUESTION, chat_id=32))
+            assert api.wait_for(lambda n=asked: len(replies_to(api, 32)) == n, WAIT), "no answer during the build"
+        out, err = rebuild.communicate()
+        assert rebuild.returncode == 0 and "1 updated" in out, err[-2000:]
+
+        def answered_new() -> bool:
+            api.push(p.message(QUESTION, chat_id=33))
+            return api.wait_for(lambda: any("190余个" in str(r["text"]) for r in replies_to(api, 33)), 2.0)
+
+        deadline = time.monotonic() + WAIT
+        while not answered_new():
+            assert time.monotonic() < deadline, "the bot never served the rebuilt index"
+    finally:
+        status, output = stop(bot)
+    assert status == 0, output[-3000:]
+    [before] = replies_to(api, 31)
+    assert "170余个" in parse_html(str(before["text"])).text
+    during = [parse_html(str(r["text"])).text for r in replies_to(api, 32)]
+    assert asked >= 1 and all(("170余个" in t) != ("190余个" in t) for t in during)

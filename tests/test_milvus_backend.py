@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -353,38 +352,6 @@ def run_script(config_file: Path, uri: str, action: str) -> subprocess.Completed
     return subprocess.run(
         script_argv(config_file, uri, action), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180
     )
-
-
-@pytest.fixture
-def lite_server(tmp_path: Path) -> Iterator[str]:
-    """`milvus-lite server` over a Lite data directory on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [
-        sys.executable,
-        "-m",
-        "milvus_lite",
-        "server",
-        "--data-dir",
-        str(tmp_path / "served.db"),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("milvus-lite server did not start") from None
-            time.sleep(0.2)
-    yield uri
-    server.terminate()
-    server.wait(10)
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:
