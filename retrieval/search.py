@@ -29,7 +29,7 @@ from index.text import HAN, clean, in_script, sentence_spans, terms
 from retrieval import collapse, dates
 from retrieval.crosslingual import Translation, default_lexicon, pinyin_table, translate
 from retrieval.decide import Evidence, Policy, features
-from retrieval.fusion import fuse
+from retrieval.fusion import fuse, title_match
 from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
 from settings import Config, with_overrides
@@ -236,7 +236,11 @@ class Retriever:
         candidate_ids, dense_scores, lexical_scores = self._candidates(snap, query_terms, qvec, nearest)
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version), []
+        dfs = snap.document_frequencies(query_terms)
+        idf = self._idf(snap.count, dfs)
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion, rrf_k=cfg.rrf_k)
+        if cfg.title_weight:
+            fused = fused + cfg.title_weight * self.title_scores(snap, candidate_ids, query_terms, idf)
         # Dates and periods the question names, "latest"/"first" (`retrieval.dates`).
         fused = dates.adjust(question, served.reference_date, candidate_ids, fused, served.date_rows)
         # Republished copies collapse into one distinct result each (`retrieval.collapse`):
@@ -246,8 +250,6 @@ class Retriever:
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
         order = [position_of[p.ranked_id] for p in picks]
-        dfs = snap.document_frequencies(query_terms)
-        idf = self._idf(snap.count, dfs)
         rows = snap.rows([i for p in picks for i in p.candidates()])
         quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
         chosen = [rows[passage_id] for passage_id, _ in quoted]
@@ -326,6 +328,16 @@ class Retriever:
         dense_scores = np.array([dense[i] for i in candidate_ids])
         lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
         return candidate_ids, dense_scores, lexical_scores
+
+    @staticmethod
+    def title_scores(
+        snap: IndexReader, candidate_ids: Sequence[int], query_terms: Sequence[str], idf: dict[str, float]
+    ) -> np.ndarray:
+        """`fusion.title_match` of each candidate's article title (what `title_weight` weighs)."""
+        rows = snap.rows(candidate_ids)
+        titles = [rows[i].title if i in rows else "" for i in candidate_ids]
+        match = {title: title_match(query_terms, idf, title) for title in set(titles)}
+        return np.array([match[title] for title in titles])
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
