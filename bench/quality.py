@@ -166,7 +166,9 @@ def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
 
 
 def with_weight(config: Config, weight: float) -> Config:
-    return replace(config, retrieval=replace(config.retrieval, dense_weight=weight))
+    """The config with this dense weight; one side alone (0 or 1) also without title evidence."""
+    title = config.retrieval.title_weight if 0.0 < weight < 1.0 else 0.0
+    return replace(config, retrieval=replace(config.retrieval, dense_weight=weight, title_weight=title))
 
 
 def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = True) -> dict:
