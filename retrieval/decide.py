@@ -20,7 +20,10 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
 - `number`: for a question asking a count, an amount or a date (`answer_type`), whether the
   best passage holds such an expression next to the question's rarer words (`type_evidence`:
   1 near, 0.5 elsewhere, 0 none); `cue`: the same for persons, places, reasons and
-  procedures, which only have loose cues. Both are 1 for a question asking neither.
+  procedures, which only have loose cues. Both are 1 for a question asking neither;
+- `typed` / `typed_rare`: that answer-kind evidence times `coverage` / `rare`: both at once,
+  which a sum cannot require (a passage full of the question's words made up for lacking the
+  answer: fitted by cross-validation, these two lowered the answerable questions flagged).
 
 They are combined linearly with non-negative weights (more evidence never makes a question
 less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
