@@ -79,20 +79,25 @@ class RetrievalConfig:
     fusion: str = "zscore"  # or "minmax", "rrf" (retrieval.fusion.METHODS)
     dense_weight: float = 0.55  # chosen by cross-validation: bench/fit_fusion.py
     rrf_k: float = 60.0
+    # Added to the fused score times the share of the question's terms in the candidate's article
+    # title (retrieval.fusion.title_match); chosen by cross-validation: bench/fit_fusion.py.
+    title_weight: float = 6.0
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 5.198
-    evidence_coverage: float = 3.065
-    evidence_rare: float = 1.35
-    evidence_known: float = 1.723
-    evidence_focus: float = 0.332
-    evidence_salient: float = 1.018
-    evidence_specific: float = 1.679
-    evidence_number: float = 4.676
-    evidence_cue: float = 1.521
-    evidence_margin: float = 0.686
-    evidence_threshold: float = 12.263
+    evidence_dense: float = 5.445
+    evidence_coverage: float = 0.975
+    evidence_rare: float = 1.113
+    evidence_known: float = 2.37
+    evidence_focus: float = 0.919
+    evidence_salient: float = 0.857
+    evidence_specific: float = 0.887
+    evidence_number: float = 2.67
+    evidence_cue: float = 0.0
+    evidence_margin: float = 0.871
+    evidence_typed: float = 1.777
+    evidence_typed_rare: float = 0.709
+    evidence_threshold: float = 9.355
     max_query_chars: int = 1000
 
 

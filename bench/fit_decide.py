@@ -1,11 +1,12 @@
 """Fit the "not covered" decision (`retrieval.decide`) by cross-validation, and report it.
 
-    .venv/bin/python -m bench.fit_decide [--folds 5] [--json out.json]
+    .venv/bin/python -m bench.fit_decide [--folds 5] [--json out.json] [--cache vectors.npz]
 
 Labelled questions, each with the decision's features computed by the real retriever:
 
-- the default article: `bench/data/article-answerable.jsonl` (answered) and
-  `bench/data/near-topic.jsonl` (not covered), written for this purpose;
+- the default article: `bench/data/article-answerable.jsonl` and `article-answerable-2.jsonl`
+  (answered), `bench/data/near-topic.jsonl` and `near-topic-2.jsonl` (not covered), written
+  for this purpose; figures are printed per file;
 - CMRC-2018 trial (every paragraph an article): each question against the whole corpus
   (answered), and against the corpus without its own paragraph (not covered: the closest
   other paragraphs are in the same Wikipedia style, often on a related subject). Paragraphs
@@ -19,8 +20,9 @@ score that flags at most `--target` of each corpus's answerable questions, so th
 rare on real questions. Cross-validation holds out a fold of CMRC paragraphs (whole articles:
 their questions on both sides) together with a fold of the article's questions (one article,
 so its questions are split by position). The parameters printed last are fitted on everything and are what
-`config.toml` `[retrieval]` holds. Seed-dev, held-out and the `bench/quality.py` lists are
-never used here.
+`config.toml` `[retrieval]` holds, with their in-sample figures. Seed-dev, held-out and the
+`bench/quality.py` lists are never used here. `--cache` keeps the model's vectors between runs
+(`bench.embed_cache`): a rerun then takes ~3 minutes instead of ~6.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import ANSWERABLE, NEAR, cmrc_paragraphs, seed_questions, write_cmrc_corpus
+from bench.embed_cache import CachedEmbedder
+from bench.quality import ANSWERABLE, ANSWERABLE_2, NEAR, NEAR_2, cmrc_paragraphs, seed_questions, write_cmrc_corpus
 from index.build import build_index
+from index.embedder import Embedder, load_embedder
 from retrieval.decide import FEATURES
 from retrieval.search import Retriever
 from settings import Config, load_config
@@ -49,23 +53,37 @@ def _config(base: Config, corpus: Path, index: Path) -> Config:
     return replace(base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=index))
 
 
-def collect(folds: int, work: Path) -> list[dict]:
-    """Every labelled question: {corpus, group, lang, label (1 = answered), features}."""
+# The article's labelled question files: (set name, path, label).
+ARTICLE_SETS = (
+    ("article-answerable", ANSWERABLE, 1),
+    ("article-answerable-2", ANSWERABLE_2, 1),
+    ("near-topic", NEAR, 0),
+    ("near-topic-2", NEAR_2, 0),
+)
+
+
+def collect(folds: int, work: Path, embedder: Embedder | None = None) -> list[dict]:
+    """Every labelled question: {corpus, set, group, lang, label (1 = answered), q, features}."""
     base = load_config()
     rows: list[dict] = []
-    cfg = replace(base, index=replace(base.index, dir=work / "article-index"))
-    build_index(cfg)
-    retriever = Retriever.open(cfg.index.dir, cfg)
-    article = [(q, label) for path, label in ((ANSWERABLE, 1), (NEAR, 0)) for q in seed_questions(path)]
-    for i, ((q, label), f) in enumerate(zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)):
+
+    def add(corpus: str, name: str, group: int, lang: str, label: int, q: str, f: dict[str, float]) -> None:
         rows.append(
-            {"corpus": "article", "group": i % folds, "lang": q["lang"], "label": label, "q": q["q"], "features": f}
+            {"corpus": corpus, "set": name, "group": group, "lang": lang, "label": label, "q": q, "features": f}
         )
+
+    cfg = replace(base, index=replace(base.index, dir=work / "article-index"))
+    build_index(cfg, embedder=embedder)
+    retriever = Retriever.open(cfg.index.dir, cfg, embedder)
+    article = [(name, q, label) for name, path, label in ARTICLE_SETS for q in seed_questions(path)]
+    asked = [q["q"] for _, q, _ in article]
+    for i, ((name, q, label), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
+        add("article", name, i % folds, q["lang"], label, q["q"], f)
     # Off topic: every third CMRC question (Wikipedia trivia) asked of the crypto article.
     paragraphs = cmrc_paragraphs()
     trivia = [(n, qa["question"]) for n, (_, _, par) in enumerate(paragraphs) for qa in par["qas"]][::3]
     for (n, q), f in zip(trivia, _features(retriever, [q for _, q in trivia]), strict=True):
-        rows.append({"corpus": "off-topic", "group": n % folds, "lang": "zh", "label": 0, "q": q, "features": f})
+        add("off-topic", "off-topic: CMRC asked of the article", n % folds, "zh", 0, q, f)
     retriever.close()
 
     for fold in range(-1, folds):
@@ -73,32 +91,20 @@ def collect(folds: int, work: Path) -> list[dict]:
         corpus.mkdir()
         write_cmrc_corpus(corpus, frozenset(n for n in range(len(paragraphs)) if n % folds == fold))
         cfg = _config(base, corpus, work / f"cmrc-index-{fold}")
-        build_index(cfg)
-        retriever = Retriever.open(cfg.index.dir, cfg)
-        asked = [
+        build_index(cfg, embedder=embedder)
+        retriever = Retriever.open(cfg.index.dir, cfg, embedder)
+        cmrc = [
             (n, qa["question"])
             for n, (_, _, par) in enumerate(paragraphs)
             for qa in par["qas"]
             if fold < 0 or n % folds == fold
         ]
-        for (n, q), f in zip(asked, _features(retriever, [q for _, q in asked]), strict=True):
-            rows.append(
-                {"corpus": "cmrc", "group": n % folds, "lang": "zh", "label": int(fold < 0), "q": q, "features": f}
-            )
+        name = "CMRC own paragraph" if fold < 0 else "CMRC without its paragraph"
+        for (n, q), f in zip(cmrc, _features(retriever, [q for _, q in cmrc]), strict=True):
+            add("cmrc", name, n % folds, "zh", int(fold < 0), q, f)
         if fold < 0:  # off topic the other way: the article's questions asked of Wikipedia paragraphs
-            for i, ((q, _), f) in enumerate(
-                zip(article, _features(retriever, [q["q"] for q, _ in article]), strict=True)
-            ):
-                rows.append(
-                    {
-                        "corpus": "off-topic",
-                        "group": i % folds,
-                        "lang": q["lang"],
-                        "label": 0,
-                        "q": q["q"],
-                        "features": f,
-                    }
-                )
+            for i, ((_, q, _), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
+                add("off-topic", "off-topic: the article's asked of CMRC", i % folds, q["lang"], 0, q["q"], f)
         retriever.close()
     return rows
 
@@ -150,17 +156,16 @@ def matrix(rows: list[dict]) -> np.ndarray:
     return np.array([[r["features"][n] for n in FEATURES] for r in rows])
 
 
-def flagged(rows: list[dict], flags: np.ndarray) -> dict[str, dict[str, float]]:
-    """Share flagged "not covered" per corpus, label and language (n in brackets)."""
+def flagged(rows: list[dict], flags: np.ndarray, by: str = "set") -> dict[str, dict[str, float]]:
+    """Share flagged "not covered" per `by` (a question file, or "corpus"), label and language
+    (`n_<lang>`: how many)."""
     out: dict[str, dict[str, float]] = {}
-    for key in sorted(
-        {(r["corpus"], r["label"], r["lang"]) for r in rows} | {(r["corpus"], r["label"], "all") for r in rows}
-    ):
-        corpus, label, lang = key
-        mask = np.array([r["corpus"] == corpus and r["label"] == label and lang in ("all", r["lang"]) for r in rows])
-        name = f"{corpus} {'answerable' if label else 'not covered'}"
-        out.setdefault(name, {})[lang] = round(float(flags[mask].mean()), 3)
-        out[name][f"n_{lang}"] = int(mask.sum())
+    names = [f"{'answerable' if r['label'] else 'not covered'}: {r[by]}" for r in rows]
+    for name in sorted(set(names)):
+        for lang in ("all", *sorted({r["lang"] for r, n in zip(rows, names, strict=True) if n == name})):
+            mask = np.array([n == name and lang in ("all", r["lang"]) for r, n in zip(rows, names, strict=True)])
+            out.setdefault(name, {})[lang] = round(float(flags[mask].mean()), 3)
+            out[name][f"n_{lang}"] = int(mask.sum())
     return out
 
 
@@ -177,25 +182,42 @@ def cross_validate(rows: list[dict], folds: int, l2: float, target: float) -> np
 
 
 def run(
-    folds: int = 5, target: float = 0.03, l2s: tuple[float, ...] = (1e-4, 1e-3, 1e-2), rows: list | None = None
+    folds: int = 5,
+    target: float = 0.03,
+    l2s: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
+    rows: list | None = None,
+    cache: Path | None = None,
 ) -> dict:
     """Cross-validate the fitting procedure for each regularisation strength, then fit the
-    parameters on everything with the best one. Returns the figures and parameters."""
+    parameters on everything with the best one. Returns the figures and parameters. `cache`:
+    an .npz file of the model's vectors kept between runs (`bench.embed_cache`)."""
     if rows is None:
+        embedder = CachedEmbedder(load_embedder(load_config().model), cache) if cache else None
         with tempfile.TemporaryDirectory() as tmp:
-            rows = collect(folds, Path(tmp))
+            rows = collect(folds, Path(tmp), embedder)
+        if embedder:
+            embedder.save()
     rows = [r for r in rows if r["features"]]  # blank questions are never answered
-    cv = {l2: flagged(rows, cross_validate(rows, folds, l2, target)) for l2 in l2s}
-    chosen = min(cv, key=lambda l2: _errors(cv[l2]))
+    out_of_fold = {l2: cross_validate(rows, folds, l2, target) for l2 in l2s}
+    cv = {l2: flagged(rows, flags) for l2, flags in out_of_fold.items()}
+    chosen = min(cv, key=lambda l2: _errors(flagged(rows, out_of_fold[l2], "corpus")))
     weights, threshold = fit(rows, chosen, target)
     parameters = {f"evidence_{n}": round(float(w), 3) for n, w in zip(FEATURES, weights, strict=True)}
     parameters["evidence_threshold"] = round(threshold, 3)
-    return {"rows": rows, "cv": cv, "l2": chosen, "cv_chosen": cv[chosen], "parameters": parameters}
+    in_sample = flagged(rows, matrix(rows) @ weights < threshold)
+    return {
+        "rows": rows,
+        "cv": cv,
+        "l2": chosen,
+        "cv_chosen": cv[chosen],
+        "in_sample": in_sample,
+        "parameters": parameters,
+    }
 
 
 def _errors(shares: dict[str, dict[str, float]]) -> float:
-    """Cross-validated errors, each corpus and side weighing alike: share of answerable
-    questions flagged plus share of not-covered ones answered."""
+    """Cross-validated errors, each corpus and side weighing alike (`flagged` by corpus): share
+    of answerable questions flagged plus share of not-covered ones answered."""
     return sum(v["all"] if "answerable" in k else 1 - v["all"] for k, v in shares.items())
 
 
@@ -206,13 +228,15 @@ def main() -> int:
     parser.add_argument("--l2", default="0.0001,0.001,0.01", help="regularisation strengths tried by cross-validation")
     parser.add_argument("--rows", type=Path, help="labelled features from an earlier --json, instead of computing them")
     parser.add_argument("--json", type=Path, help="write the labelled features, figures and parameters here")
+    parser.add_argument("--cache", type=Path, help="an .npz file keeping the model's vectors between runs")
     args = parser.parse_args()
     rows = json.loads(args.rows.read_text(encoding="utf-8"))["rows"] if args.rows else None
-    report = run(args.folds, args.target, tuple(float(v) for v in args.l2.split(",")), rows)
-    for l2, shares in report["cv"].items():
-        print(f"\nl2={l2}: cross-validated share flagged not covered")
+    report = run(args.folds, args.target, tuple(float(v) for v in args.l2.split(",")), rows, args.cache)
+    tables = [(f"l2={l2}: cross-validated", shares) for l2, shares in report["cv"].items()]
+    for title, shares in [*tables, (f"l2={report['l2']}: in-sample (fitted on everything)", report["in_sample"])]:
+        print(f"\n{title} share flagged not covered")
         for name, values in shares.items():
-            print(f"  {name:<26}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
+            print(f"  {name:<44}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
     print(f"\nchosen l2={report['l2']}; [retrieval] fitted on everything:")
     for name, value in report["parameters"].items():
         print(f"{name} = {value}")

@@ -34,6 +34,9 @@ CMRC = DATA / "cmrc2018_trial.json"
 # questions on the article, and questions near its topic that it does not answer.
 ANSWERABLE = DATA / "article-answerable.jsonl"
 NEAR = DATA / "near-topic.jsonl"
+# A second batch of both kinds, written later the same way.
+ANSWERABLE_2 = DATA / "article-answerable-2.jsonl"
+NEAR_2 = DATA / "near-topic-2.jsonl"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.
@@ -154,14 +157,18 @@ def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
         "answerable: seed-dev": flagged_by_language(retriever, seed_questions()),
         "answerable: held-out": flagged_by_language(retriever, seed_questions(HELDOUT)),
         "answerable: article-answerable": flagged_by_language(retriever, seed_questions(ANSWERABLE)),
+        "answerable: article-answerable-2": flagged_by_language(retriever, seed_questions(ANSWERABLE_2)),
         "not covered: near-topic.jsonl": flagged_by_language(retriever, seed_questions(NEAR)),
+        "not covered: near-topic-2.jsonl": flagged_by_language(retriever, seed_questions(NEAR_2)),
         "not covered: NEAR_TOPIC": flagged_by_language(retriever, _listed(NEAR_TOPIC)),
         "not covered: OFF_TOPIC": flagged_by_language(retriever, _listed(OFF_TOPIC)),
     }
 
 
 def with_weight(config: Config, weight: float) -> Config:
-    return replace(config, retrieval=replace(config.retrieval, dense_weight=weight))
+    """The config with this dense weight; one side alone (0 or 1) also without title evidence."""
+    title = config.retrieval.title_weight if 0.0 < weight < 1.0 else 0.0
+    return replace(config, retrieval=replace(config.retrieval, dense_weight=weight, title_weight=title))
 
 
 def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = True) -> dict:

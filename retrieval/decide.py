@@ -20,7 +20,10 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
 - `number`: for a question asking a count, an amount or a date (`answer_type`), whether the
   best passage holds such an expression next to the question's rarer words (`type_evidence`:
   1 near, 0.5 elsewhere, 0 none); `cue`: the same for persons, places, reasons and
-  procedures, which only have loose cues. Both are 1 for a question asking neither.
+  procedures, which only have loose cues. Both are 1 for a question asking neither;
+- `typed` / `typed_rare`: that answer-kind evidence times `coverage` / `rare`: both at once,
+  which a sum cannot require (a passage full of the question's words made up for lacking the
+  answer: fitted by cross-validation, these two lowered the answerable questions flagged).
 
 They are combined linearly with non-negative weights (more evidence never makes a question
 less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
@@ -40,7 +43,20 @@ from retrieval.crosslingual import Translation
 from retrieval.highlight import question_cues
 from settings import RetrievalConfig
 
-FEATURES = ("dense", "coverage", "rare", "salient", "specific", "known", "focus", "number", "cue", "margin")
+FEATURES = (
+    "dense",
+    "coverage",
+    "rare",
+    "salient",
+    "specific",
+    "known",
+    "focus",
+    "number",
+    "cue",
+    "margin",
+    "typed",
+    "typed_rare",
+)
 # Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
 _CRISP = frozenset({"date", "amount", "count"})
 # How many of the question's rarest terms `rare` looks at.
@@ -102,7 +118,7 @@ ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
             r"\bwho\b|\bwhom\b|founder|founded|head of|chief"
         ),
         re.compile(
-            r"主任|委员|研究员|记者|总裁|ceo|创始人|董事长|局长|厅长|部长|主席|负责人|人士|教授|行长|经理|演员|歌手|作家|"
+            r"主任|委员(?!会)|研究员|记者|总裁|ceo|创始人|董事长|局长|厅长|部长|主席|负责人|人士|教授|行长|经理|演员|歌手|作家|"
             r"[\u4e00-\u9fff]·[\u4e00-\u9fff]|[\u4e00-\u9fff]{2,4}(?:表示|指出|称|认为|说|担任|出任|饰演|演唱|创作|所著|发明)"
         ),
     ),
@@ -224,10 +240,12 @@ def features(evidence: Evidence) -> dict[str, float]:
     spread = float(dense.std()) if dense.size > 1 else 0.0
     # The best cosine as a z-score among the candidates'; four standard deviations count as full.
     margin = (evidence.top_dense - float(dense.mean())) / spread if spread > 0 else 0.0
+    coverage = _share(terms, present, idf) if terms else 0.0
+    rare = _share(rarest, present, idf) if terms else 0.0
     return {
         "dense": max(0.0, min(1.0, evidence.top_dense)),
-        "coverage": _share(terms, present, idf) if terms else 0.0,
-        "rare": _share(rarest, present, idf) if terms else 0.0,
+        "coverage": coverage,
+        "rare": rare,
         "salient": _share(salient, present, general) if terms else 0.0,
         "specific": max((general[t] for t in present), default=0.0),
         "known": 1.0 - _share(named, absent, general) if named else 0.0,
@@ -235,6 +253,11 @@ def features(evidence: Evidence) -> dict[str, float]:
         "number": typed if kind in _CRISP else 1.0,
         "cue": typed if kind not in _CRISP else 1.0,
         "margin": max(0.0, min(1.0, margin / 4.0)),
+        # Both at once: the kind of answer asked next to the question's words, and those words
+        # (all of them; its rarest) in the passage. A sum alone lets a passage full of the
+        # question's words make up for lacking the answer, and the reverse.
+        "typed": typed * coverage,
+        "typed_rare": typed * rare,
     }
 
 

@@ -29,7 +29,7 @@ from index.text import HAN, clean, in_script, sentence_spans, terms
 from retrieval import collapse, dates
 from retrieval.crosslingual import Translation, default_lexicon, pinyin_table, translate
 from retrieval.decide import Evidence, Policy, features
-from retrieval.fusion import fuse
+from retrieval.fusion import fuse, title_match
 from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
 from settings import Config, with_overrides
@@ -70,6 +70,11 @@ class _Served:
     @functools.cached_property
     def reference_date(self) -> date | None:
         return dates.reference_date(a["date"] for a in self.reader.articles() if a["date"])
+
+    @functools.cached_property
+    def titles(self) -> dict[str, str]:
+        """Article id → title (what `title_weight` compares with the question)."""
+        return {a["id"]: a["title"] or "" for a in self.reader.articles()}
 
     def date_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         return {i: (row.text, row.date) for i, row in self.reader.rows(ids).items()}
@@ -237,7 +242,11 @@ class Retriever:
         candidate_ids, dense_scores, lexical_scores = self._candidates(snap, query_terms, qvec, nearest)
         if not candidate_ids:
             return Answer(question=original, answered=False, version=snap.version), []
+        dfs = snap.document_frequencies(query_terms)
+        idf = self._idf(snap.count, dfs)
         fused = fuse(dense_scores, lexical_scores, cfg.dense_weight, cfg.fusion, rrf_k=cfg.rrf_k)
+        if cfg.title_weight:
+            fused = fused + cfg.title_weight * self.title_scores(served, candidate_ids, query_terms, idf)
         # Dates and periods the question names, "latest"/"first" (`retrieval.dates`).
         fused = dates.adjust(question, served.reference_date, candidate_ids, fused, served.date_rows)
         # Republished copies collapse into one distinct result each (`retrieval.collapse`):
@@ -252,8 +261,6 @@ class Retriever:
         if not picks:
             return Answer(question=original, answered=False, version=snap.version), []
         order = [position_of[p.ranked_id] for p in picks]
-        dfs = snap.document_frequencies(query_terms)
-        idf = self._idf(snap.count, dfs)
         quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
         chosen = [rows[passage_id] for passage_id, _ in quoted]
         highlights, undecided = self._best_sentences(question, chosen, query_terms, idf)
@@ -331,6 +338,16 @@ class Retriever:
         dense_scores = np.array([dense[i] for i in candidate_ids])
         lexical_scores = np.array([lexical.get(i, 0.0) for i in candidate_ids])
         return candidate_ids, dense_scores, lexical_scores
+
+    @staticmethod
+    def title_scores(
+        served: _Served, candidate_ids: Sequence[int], query_terms: Sequence[str], idf: dict[str, float]
+    ) -> np.ndarray:
+        """`fusion.title_match` of each candidate's article title (what `title_weight` weighs)."""
+        article_of, titles = served.reader.article_of(candidate_ids), served.titles
+        found = [titles.get(article_of.get(i, ""), "") for i in candidate_ids]
+        match = {title: title_match(query_terms, idf, title) for title in set(found)}
+        return np.array([match[title] for title in found])
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""

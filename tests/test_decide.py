@@ -48,6 +48,8 @@ def test_answer_type_in_simplified_traditional_and_english(questions, kind):
         ("amount", "当地电价约为每度0.3元。", ["电价"], 1.0),
         ("amount", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
         ("person", "陈晓华向记者表示，这将是一项严峻的挑战。", ["挑战"], 1.0),
+        ("person", "区块链专业委员会主任委员陈晓华接受采访。", ["区块链"], 1.0),
+        ("person", "国务院金融稳定发展委员会召开第五十一次会议。", ["会议"], 0.0),  # a committee is no person
         ("reason", "因为碳中和的目标，挖矿不利于环境。", ["挖矿"], 1.0),
         (None, "任何段落。", [], 1.0),  # nothing asked: no evidence needed
     ],
@@ -82,6 +84,19 @@ def test_features_see_what_the_passage_lacks():
     # and no amount of money stands in the passage
     assert near["rare"] < 1.0 and near["focus"] < 1.0 and near["known"] < 1.0 and near["number"] == 0.0
     assert near["coverage"] < asked["coverage"] and near["cue"] == asked["cue"] == 1.0
+
+
+def test_typed_features_need_the_answer_kind_and_the_questions_words_together():
+    """`typed` is the answer-kind evidence times the coverage: a passage full of the question's
+    words without the kind of answer asked scores 0, as does one with a number but none of them."""
+    df = {"断卡": 2, "行动": 4, "团伙": 1}
+    answers = features(_evidence("断卡行动打掉了多少个团伙？", "断卡行动共打掉违法犯罪团伙170余个。", df))
+    words_only = features(_evidence("断卡行动打掉了多少个团伙？", "断卡行动打掉了违法犯罪团伙。", df))
+    number_only = features(_evidence("断卡行动打掉了多少个团伙？", "另有170余个企业被关停。", df))
+    assert answers["typed"] == pytest.approx(answers["coverage"]) and answers["typed"] > 0.9
+    assert answers["typed_rare"] == pytest.approx(answers["rare"]) == pytest.approx(1.0)
+    assert words_only["coverage"] == pytest.approx(answers["coverage"]) and words_only["typed"] == 0.0
+    assert words_only["typed_rare"] == 0.0 and number_only["coverage"] == number_only["typed"] == 0.0
 
 
 def test_policy_weighs_the_features_against_a_threshold():

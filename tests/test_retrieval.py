@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from index.build import build_index
 from retrieval import Retriever
-from retrieval.fusion import fuse, normalise, reciprocal_ranks
+from retrieval.fusion import fuse, normalise, reciprocal_ranks, title_match
 
 # Questions about the shared article and a fact (verbatim) of the passage that answers them.
 FACTS = [
@@ -298,6 +298,53 @@ def test_other_fusion_forms_also_answer(retriever, fusion):
     try:
         for question, fact in FACTS[:3]:
             assert fact in other.answer(question).hits[0].text
+    finally:
+        other.close()
+
+
+def test_title_match_weighs_the_questions_rare_terms_in_the_title():
+    idf = {"艾纳香": 5.0, "分布": 1.0, "地区": 1.0}
+    question = list(idf)
+    assert title_match(question, idf, "长柄艾纳香") == pytest.approx(5.0 / 7.0)  # a substring of the title's word
+    assert title_match(question, idf, "長柄艾納香") == pytest.approx(5.0 / 7.0)  # traditional title
+    assert title_match(question, idf, "植物的分布") == pytest.approx(1.0 / 7.0)
+    assert title_match(question, idf, "") == title_match([], {}, "长柄艾纳香") == 0.0
+
+
+def test_title_weight_ranks_the_article_whose_title_names_the_subject_first(tmp_path):
+    """Each paragraph its own article, as in CMRC-2018: the answering paragraph never names the
+    plant its title does; another article's paragraph names it in passing. With title evidence
+    the answering article comes first; within one article the title changes nothing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    articles = {
+        "plant": ("长柄艾纳香", "该植物生长在云南南部和广西西部，多见于海拔一千米的山坡草地上。"),
+        "herbs": ("中药材的采集", "艾纳香等草药在民间常用，药材分布的地区遍及南方各省，晒干后保存。"),
+    }
+    for name, (title, text) in articles.items():
+        (corpus / f"{name}.md").write_text(f'---\ntitle: "{title}"\n---\n{text}\n', encoding="utf-8")
+    config = make_config(corpus, tmp_path / "index")
+    build_index(config)
+    question = "长柄艾纳香分布在哪些地区？"
+    plain = Retriever.open(config.index.dir, replace(config, retrieval=replace(config.retrieval, title_weight=0.0)))
+    titled = Retriever.open(config.index.dir, replace(config, retrieval=replace(config.retrieval, title_weight=6.0)))
+    try:
+        assert plain.answer(question).hits[0].article_id == "herbs.md"
+        assert titled.answer(question).hits[0].article_id == "plant.md"
+    finally:
+        plain.close()
+        titled.close()
+
+
+@pytest.mark.parametrize("weight", [0.0, 6.0])
+def test_within_one_article_the_title_changes_no_ranking(retriever, weight):
+    config = replace(retriever.config, retrieval=replace(retriever.config.retrieval, title_weight=weight))
+    other = Retriever.open(retriever.config.index.dir, config)
+    try:
+        for question, _ in FACTS:
+            assert [h.passage_id for h in other.search(question, 5)] == [
+                h.passage_id for h in retriever.search(question, 5)
+            ]
     finally:
         other.close()
 

@@ -102,6 +102,10 @@ class IndexReader(ABC):
         """The passages of `ids` that exist in this state."""
 
     @abstractmethod
+    def article_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """Passage id → its article id, for the ids that name a passage (no text, no vectors)."""
+
+    @abstractmethod
     def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
         """Passage id → cosine with `qvec`, for the ids that name a passage."""
 

@@ -198,6 +198,12 @@ class MilvusReader(IndexReader):
             )
         return out
 
+    def article_of(self, ids: Sequence[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        rows = self._current(ms.query_in(self.client, self.names.passages, "id", ids, ["id", "article_id", "tag"]))
+        return {r["id"]: r["article_id"] for r in rows}
+
     def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
         if not ids:
             return {}

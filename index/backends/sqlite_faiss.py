@@ -42,6 +42,7 @@ where p.id in (select value from json_each(?))
 # Fusion needs only the embeddings of the candidates; full rows are read for the top k. (No
 # join with articles: a build deletes a passage with its article, and `index check` verifies
 # it; the join cost a random B-tree lookup per candidate.)
+_ARTICLE_OF_SQL = "select id, article_id from passages where id in (select value from json_each(?))"
 _EMBEDDING_SQL = "select id, embedding from passages where id in (select value from json_each(?))"
 _BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from json_each(?))"
 _BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
@@ -128,6 +129,9 @@ class SqliteFaissReader(IndexReader):
             return self.faiss.search(np.atleast_2d(qvecs).astype(np.float32), max(1, min(n, self.count)))
         finally:
             faiss.omp_set_num_threads(previous)
+
+    def article_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return dict(self._ids_query(_ARTICLE_OF_SQL, [int(i) for i in ids])) if ids else {}
 
     def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
         if not ids:
