@@ -20,6 +20,7 @@ is chosen by the same cross-validation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -69,5 +70,11 @@ def title_match(question_terms: Sequence[str], idf: Mapping[str, float], title: 
     total = sum(idf[t] for t in question_terms)
     if not total or not title:
         return 0.0
-    text, words = normalize(title), set(terms(title))
+    text, words = _analyzed(title)
     return sum(idf[t] for t in question_terms if t in words or (not t.isascii() and t in text)) / total
+
+
+@functools.lru_cache(maxsize=100_000)
+def _analyzed(title: str) -> tuple[str, frozenset[str]]:
+    """A title's normalised text and terms: the same for every question, so computed once."""
+    return normalize(title), frozenset(terms(title))
