@@ -186,6 +186,11 @@ def table(results: dict[str, Any]) -> list[Row]:
         "{0[0]:.2f} | {0[1]:.2f} ({0[2]:.2f}x)",
     )
     add(
+        "embed 1 question CPU p50 ms: torch | onnx (ratio)",
+        (rt["torch"]["cpu_p50_ms"], rt["onnx"]["cpu_p50_ms"], rt["cpu_p50_ratio"]) if rt.get("onnx") else None,
+        "{0[0]:.2f} | {0[1]:.2f} ({0[2]:.2f}x)",
+    )
+    add(
         "embed passages/s (build calls): torch | onnx",
         (rt["torch"]["passages_per_s"], rt["onnx"]["passages_per_s"]) if rt.get("onnx") else None,
         "{0[0]:.0f} | {0[1]:.0f}",

@@ -52,6 +52,9 @@ Two classes: ``USEm3Model``, the model in plain torch (what the index build and 
 retriever use: importing sentence-transformers costs ~2 s, as much as a one-article
 rebuild spends on everything else), and ``USEm3Encoder``, the sentence-transformers input
 module around it (``load_usem3_sentence_transformer``), with identical vectors (tested).
+On CPU both run the two stages in ONNX Runtime by default (``runtime="onnx"``,
+``index.usem3_onnx``: ~2-3x faster on an AMD EPYC, same vectors up to float rounding),
+with the window planning and the id cache here; torch runs them without onnxruntime.
 
 Importing this module is cheap (no torch, numpy or sentence-transformers): each class is
 built on first access through the module ``__getattr__`` (so it still lives at
@@ -344,7 +347,7 @@ def _build_model_class() -> type[torch.nn.Module]:
     import torch.nn.functional as F
 
     class USEm3Model(torch.nn.Module):
-        """texts -> L2-normalised 512-d USE-m3 vectors, in plain torch.
+        """texts -> L2-normalised 512-d USE-m3 vectors, in torch or ONNX Runtime.
 
         The whole model without sentence-transformers: importing that library costs ~2 s
         (it pulls in transformers and scikit-learn), more than a one-article rebuild spends
