@@ -208,6 +208,9 @@ class OnnxStages:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # The arena saves ~0.3 ms of a question's ~2.5 ms; on the batch session it would keep
+        # ~150 MB more of a build's big chunks resident, at no speed gain.
+        options.enable_cpu_mem_arena = threads == 1
         # idle pool threads sleep instead of spinning on a core other jobs need
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return {

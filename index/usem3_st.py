@@ -469,7 +469,7 @@ def _build_model_class() -> type[torch.nn.Module]:
             # small GEMMs are weight-bandwidth bound: a second thread gains little on an
             # idle machine (~5%) but a fork/join per op costs ~10x when cores are busy
             threads = max(1, min(self.threads or default_threads(), -(-len(ids) // _TOKENS_PER_THREAD)))
-            onnx = self._onnx_stages()
+            onnx = self._onnx_stages() if self.table.is_cpu else None  # ORT runs on the CPU only
             with torch.inference_mode(), _torch_threads(threads):
                 for first, end, t0, t1 in _sentence_chunks(lengths.tolist(), self.dedup_budget):
                     uniq, inv = np.unique(ids[t0:t1], return_inverse=True)
@@ -493,7 +493,7 @@ def _build_model_class() -> type[torch.nn.Module]:
             if self.runtime_used is None:
                 with self._onnx_lock:
                     if self.runtime_used is None:
-                        if self.runtime == "onnx" and self.table.is_cpu:
+                        if self.runtime == "onnx":
                             try:
                                 from index.usem3_onnx import load_stages
 
@@ -522,7 +522,7 @@ def _build_model_class() -> type[torch.nn.Module]:
 
         def _id_rows(self, emb: torch.Tensor, threads: int) -> torch.Tensor:
             """(ids, _ID_ROW): projection + layernorm, then each branch's conv-1 slot products."""
-            if self._onnx is not None:
+            if self._onnx is not None and emb.is_cpu:
                 return torch.from_numpy(self._onnx.id_rows(emb.numpy(), threads))
             rows = torch.empty((len(emb), _ID_ROW), dtype=torch.float32, device=emb.device)
             x = torch.addmm(self.proj_b, emb, self.proj_w)
