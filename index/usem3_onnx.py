@@ -17,7 +17,7 @@ product with a pooling matrix), so the vectors agree up to float rounding order
 * ``tokens``: everything after, per token chunk, as ``USEm3Model._token_stage``, with the
   output projection and the head's first GEMM folded into one matrix (linear in between).
 
-Export happens on the first forward pass, never at import: the ``.onnx`` file goes to
+Export happens on the first forward pass, never at import: the ``.onnx`` files go to
 ``cache_dir`` (default ``$XDG_CACHE_HOME/usem3-onnx`` or ``~/.cache/usem3-onnx``) under a
 key hashing the weights file, the model's source and the torch version, so a changed model
 or exporter never reads a stale graph. An unwritable cache dir means exporting in memory
