@@ -190,11 +190,25 @@ def run_reference(texts_json: Path, threads: int, repeats: int = 1) -> dict[str,
     return result
 
 
+def build_chunks(texts: Sequence[str]) -> list[Sequence[str]]:
+    """`texts` cut like `index build` cuts them for the embedder (~EMBED_CHARS a call)."""
+    from index.build import EMBED_CHARS
+
+    chunks, start = [], 0
+    while start < len(texts):
+        end, chars = start, 0
+        while end < len(texts) and (end == start or chars + len(texts[end]) <= EMBED_CHARS):
+            chars += len(texts[end])
+            end += 1
+        chunks.append(texts[start:end])
+        start = end
+    return chunks
+
+
 def our_encode(texts_json: Path) -> dict[str, Any]:
     """Child entry point: our embedder (config.toml's model) over the texts in the build's
     chunks, in a process that imports only what the build imports."""
     started = time.perf_counter()
-    from index.build import EMBED_CHARS
     from index.embedder import load_embedder
     from settings import load_config
 
@@ -203,14 +217,8 @@ def our_encode(texts_json: Path) -> dict[str, Any]:
     embedder.encode_documents(texts[:8])
     load_s = time.perf_counter() - started
     t = time.perf_counter()
-    start = 0
-    while start < len(texts):
-        end, chars = start, 0
-        while end < len(texts) and (end == start or chars + len(texts[end]) <= EMBED_CHARS):
-            chars += len(texts[end])
-            end += 1
-        embedder.encode_documents(texts[start:end])
-        start = end
+    for chunk in build_chunks(texts):
+        embedder.encode_documents(chunk)
     return {"n": len(texts), "load_s": load_s, "encode_s": time.perf_counter() - t}
 
 

