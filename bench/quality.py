@@ -250,15 +250,14 @@ def backends_agree(sets: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg
     out: dict = {}
     for name, (config, questions, is_hit) in sets.items():
         row = {}
-        for backend in ("faiss", "milvus"):
-            index = replace(
-                config.index, backend=backend, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection="quality"
-            )
+        for kind in ("faiss", "milvus"):
+            collection = "quality_" + config.index.dir.name.replace("-", "_")  # one per catalog
+            index = replace(config.index, backend=kind, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection=collection)
             on = replace(config, index=index)
             with open_backend(on) as backend:
                 backend.build()
             r = Retriever.open(on.index.dir, on)
-            row[backend] = evaluate(r, questions, is_hit)
+            row[kind] = evaluate(r, questions, is_hit)
             r.close()
         row["hit@1 difference"] = abs(row["milvus"]["hit@1"] - row["faiss"]["hit@1"])
         out[name] = row
