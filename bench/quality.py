@@ -252,7 +252,9 @@ def backends_agree(sets: dict, tmp_path: Path) -> dict:  # type: ignore[type-arg
         row = {}
         for kind in ("faiss", "milvus"):
             collection = "quality_" + config.index.dir.name.replace("-", "_")  # one per catalog
-            index = replace(config.index, backend=kind, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection=collection)
+            index = replace(
+                config.index, backend=kind, milvus_uri=str(tmp_path / "milvus.db"), milvus_collection=collection
+            )
             on = replace(config, index=index)
             with open_backend(on) as backend:
                 backend.build()
