@@ -167,3 +167,37 @@ def test_the_clis_work_on_either_backend(backend_config: Config, tmp_path: Path)
     answer = run("retrieval", "--json", QUESTION)
     assert answer.returncode == 0, answer.stderr
     assert FACT in json.loads(answer.stdout)["results"][0]["text"]
+
+
+def test_switching_backends_re_embeds_nothing(tmp_path: Path) -> None:
+    """faiss → milvus → faiss on one catalog: no passage is embedded again. In Milvus mode the
+    catalog's FAISS file is exact (no IVF training per build); switching back rebuilds it for the
+    [index] settings."""
+    from index import publish, store
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in DEFAULT_CORPUS.glob("*.md"):
+        (corpus / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    base = make_config(corpus, tmp_path / "index")
+    base = replace(base, index=replace(base.index, faiss="ivf"))
+    faiss_config, milvus_config = on_backend(base, "faiss", tmp_path), on_backend(base, "milvus", tmp_path)
+
+    def build_kind(config: Config) -> tuple[int, str]:
+        with open_backend(config) as backend:
+            report = backend.build()
+        db = store.open_db(publish.require_current(config.index.dir).db_path, readonly=True)
+        try:
+            return report.embedded, store.get_meta(db)["faiss"]
+        finally:
+            db.close()
+
+    first = build_kind(faiss_config)
+    assert first[0] > 0 and first[1] == "ivf"
+    assert build_kind(milvus_config) == (0, "flat")
+    assert build_kind(faiss_config) == (0, "ivf")
+    retriever = Retriever.open(base.index.dir, faiss_config)
+    try:
+        assert FACTS[0][1] in retriever.answer(FACTS[0][0]).hits[0].text
+    finally:
+        retriever.close()

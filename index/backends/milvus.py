@@ -334,8 +334,12 @@ class MilvusBackend(IndexBackend):
         def after_publish(version: publish.Version) -> None:
             synced.append(sync(self.client, self.config.index.milvus_collection, version, fresh=full))
 
+        # Milvus searches; the catalog's FAISS file is then only a fallback for switching back,
+        # so it is exact (flat): no IVF training in every build. A switch back to `faiss`
+        # rebuilds it for the [index] settings without re-embedding (`index.build.faiss_key`).
+        catalog = replace(self.config, index=replace(self.config.index, faiss="flat"))
         report = build_index(
-            self.config, full=full, embedder=embedder, progress=progress, on_wait=on_wait, after_publish=after_publish
+            catalog, full=full, embedder=embedder, progress=progress, on_wait=on_wait, after_publish=after_publish
         )
         return replace(report, notes=(*report.notes, *(s.note() for s in synced)))
 
