@@ -21,24 +21,16 @@ from index.backends.base import CopyRow
 from retrieval.model import Also
 
 
-@dataclass(frozen=True)
-class _Member:
-    passage_id: int
-    article_id: str
-    source: str
-    date: str
-    title: str
-    url: str
-    aliases: tuple[tuple[str, str, str], ...] = ()  # the article's other (source, date, url)
+def _age_key(member: CopyRow) -> tuple[str, int]:
+    """Oldest first: by article date (undated counts as newest), then by passage id."""
+    return (member.date or "\uffff", member.passage_id)
 
-    @property
-    def age_key(self) -> tuple[str, int]:
-        return (self.date or "\uffff", self.passage_id)
 
-    def citations(self) -> list[Also]:
-        """This copy and its article's other URLs, as `Also` entries."""
-        own = Also(self.source, self.date, self.title, self.url, self.article_id, self.passage_id)
-        return [own] + [Also(s, d, self.title, u, self.article_id, self.passage_id) for s, d, u in self.aliases]
+def _citations(member: CopyRow) -> list[Also]:
+    """This copy and its article's other URLs, as `Also` entries."""
+    m = member
+    own = Also(m.source, m.date, m.title, m.url, m.article_id, m.passage_id)
+    return [own] + [Also(s, d, m.title, u, m.article_id, m.passage_id) for s, d, u in m.aliases]
 
 
 @dataclass(frozen=True)
@@ -47,7 +39,7 @@ class Pick:
     hit's), `members` its whole group, oldest first (empty for a passage without copies)."""
 
     ranked_id: int
-    members: tuple[_Member, ...] = ()
+    members: tuple[CopyRow, ...] = ()
 
     def candidates(self) -> list[int]:
         """The passages `quote` may choose between: the earliest version and the ranked one."""
@@ -65,31 +57,30 @@ class Pick:
             if len(wanted & set(terms[self.ranked_id].split())) > len(wanted & set(terms[quoted].split())):
                 quoted = self.ranked_id
         first = next(m for m in self.members if m.passage_id == quoted)
-        also = first.citations()[1:]
+        also = _citations(first)[1:]
         articles = {first.article_id}
         for m in self.members:
             if m.article_id not in articles:
                 articles.add(m.article_id)
-                also += m.citations()
+                also += _citations(m)
         return quoted, tuple(also)
 
 
-def group_members(rows: Sequence[CopyRow]) -> dict[int, list[_Member]]:
+def group_members(rows: Sequence[CopyRow]) -> dict[int, list[CopyRow]]:
     """Passage id → all members of its group (itself included), oldest first, from the index's
     copy rows (`IndexReader.copies`): passages in a group, or whose article has other URLs."""
-    groups: dict[int, list[_Member]] = {}
+    groups: dict[int, list[CopyRow]] = {}
     for r in rows:
-        member = _Member(r.passage_id, r.article_id, r.source, r.date, r.title, r.url, aliases=r.aliases)
-        groups.setdefault(r.group_id or -r.passage_id, []).append(member)
-    out: dict[int, list[_Member]] = {}
+        groups.setdefault(r.group_id or -r.passage_id, []).append(r)
+    out: dict[int, list[CopyRow]] = {}
     for members in groups.values():
-        members.sort(key=lambda m: m.age_key)
+        members.sort(key=_age_key)
         for member in members:
             out[member.passage_id] = members
     return out
 
 
-def pick(ranked: Sequence[int], groups: dict[int, list[_Member]], k: int) -> list[Pick]:
+def pick(ranked: Sequence[int], groups: dict[int, list[CopyRow]], k: int) -> list[Pick]:
     """The first `k` distinct results of `ranked` (best first), one per group."""
     picks: list[Pick] = []
     seen: set[int] = set()
