@@ -25,7 +25,7 @@ import numpy as np
 
 from index.backends import IndexReader, PassageRow, open_backend
 from index.embedder import Embedder, load_embedder
-from index.text import HAN, clean, in_script, sentence_spans, terms
+from index.text import HAN, clean, in_script, terms
 from retrieval import collapse, dates
 from retrieval.crosslingual import Translation, default_lexicon, pinyin_table, translate
 from retrieval.decide import Evidence, Policy, features
@@ -68,13 +68,17 @@ class _Served:
         return table
 
     @functools.cached_property
+    def _articles(self) -> list[dict[str, Any]]:
+        return self.reader.articles()
+
+    @functools.cached_property
     def reference_date(self) -> date | None:
-        return dates.reference_date(a["date"] for a in self.reader.articles() if a["date"])
+        return dates.reference_date(a["date"] for a in self._articles if a["date"])
 
     @functools.cached_property
     def titles(self) -> dict[str, str]:
         """Article id → title (what `title_weight` compares with the question)."""
-        return {a["id"]: a["title"] or "" for a in self.reader.articles()}
+        return {a["id"]: a["title"] or "" for a in self._articles}
 
     def date_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         return {i: (row.text, row.date) for i, row in self.reader.rows(ids).items()}
@@ -407,7 +411,7 @@ class Retriever:
         results: list[tuple[int, int]] = []
         undecided: list[tuple[int, list[tuple[int, int]]]] = []
         for i, row in enumerate(rows):
-            found = json.loads(row.sentences) if row.sentences is not None else sentence_spans(row.text)
+            found = json.loads(row.sentences)
             spans = [(s, e) for s, e, _ in found]
             scores = sentence_scores(
                 question, [row.text[s:e] for s, e in spans], query_terms, idf, [n for _, _, n in found]

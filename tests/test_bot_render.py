@@ -156,6 +156,7 @@ def as_row(hit: Hit, passage_id: int) -> PassageRow:
         source=hit.source,
         date=hit.date,
         url=hit.url,
+        sentences="[]",
     )
 
 

@@ -54,7 +54,7 @@ class PassageRow:
     source: str
     date: str
     url: str
-    sentences: str | None = None  # JSON [[start, end, normalised text], …]; None: not stored
+    sentences: str  # JSON [[start, end, normalised text], …] (`index.text.sentence_spans`)
 
 
 @dataclass(frozen=True)

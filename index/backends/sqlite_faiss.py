@@ -39,10 +39,10 @@ select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p
 from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?))
 """
+_ARTICLE_OF_SQL = "select id, article_id from passages where id in (select value from json_each(?))"
 # Fusion needs only the embeddings of the candidates; full rows are read for the top k. (No
 # join with articles: a build deletes a passage with its article, and `index check` verifies
 # it; the join cost a random B-tree lookup per candidate.)
-_ARTICLE_OF_SQL = "select id, article_id from passages where id in (select value from json_each(?))"
 _EMBEDDING_SQL = "select id, embedding from passages where id in (select value from json_each(?))"
 _BM25_DF_SQL = "select term, df from bm25_terms where term in (select value from json_each(?))"
 _BM25_POSTINGS_SQL = "select term, top, docs, weights from bm25_terms where term in (select value from json_each(?))"
