@@ -85,19 +85,20 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 5.445
-    evidence_coverage: float = 0.975
-    evidence_rare: float = 1.113
-    evidence_known: float = 2.37
-    evidence_focus: float = 0.919
-    evidence_salient: float = 0.857
-    evidence_specific: float = 0.887
-    evidence_number: float = 2.67
+    evidence_dense: float = 2.282
+    evidence_coverage: float = 1.001
+    evidence_rare: float = 0.433
+    evidence_known: float = 1.613
+    evidence_focus: float = 0.619
+    evidence_salient: float = 0.94
+    evidence_specific: float = 0.959
+    evidence_number: float = 2.111
     evidence_cue: float = 0.0
-    evidence_margin: float = 0.871
-    evidence_typed: float = 1.777
-    evidence_typed_rare: float = 0.709
-    evidence_threshold: float = 9.355
+    evidence_margin: float = 1.163
+    evidence_typed: float = 1.95
+    evidence_typed_rare: float = 1.023
+    evidence_gap: float = 1.079
+    evidence_threshold: float = 7.52
     max_query_chars: int = 1000
 
 

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from index.text import STOP_WORDS, terms
+from index.text import STOP_WORDS, general_idf, terms
 
 # Question words and fillers that the index's stop list does not cover but that never name
 # the topic of a question.
@@ -51,12 +51,13 @@ _PER_PHRASE = 3
 class Translation:
     """Chinese index terms per English phrase of a question, in question order; the
     question's content words, and those of them that the dictionary translates into Chinese
-    words no article uses (`unknown`): what the question asks about that the articles never
-    name (`retrieval.decide`)."""
+    words no article uses (`unknown`, each with how specific its commonest translation is,
+    `index.text.general_idf`): what the question asks about that the articles never name
+    (`retrieval.decide`)."""
 
     phrases: tuple[tuple[str, tuple[str, ...]], ...]
     words: tuple[str, ...] = ()
-    unknown: tuple[str, ...] = ()
+    unknown: tuple[tuple[str, float], ...] = ()
 
     @property
     def terms(self) -> list[str]:
@@ -220,11 +221,14 @@ def translate(
         if kept:
             phrases.append((phrase, tuple(kept[:_PER_PHRASE])))
     # Words the dictionary turns into Chinese words (not stop words) that no article uses.
+    # A translation is as specific as its most specific term; a phrase, as its commonest
+    # translation ("year" → 年 is not "CEO" → 首席执行官).
     kept_phrases = {phrase for phrase, _ in phrases}
-    unknown = [
-        w
-        for phrase, group in found
-        if phrase not in kept_phrases and any(index_terms[c] for c in group)
-        for w in phrase.split()
-    ]
-    return Translation(tuple(phrases), tuple(dict.fromkeys(words)), tuple(dict.fromkeys(unknown)))
+    unknown: dict[str, float] = {}
+    for phrase, group in found:
+        translated = [index_terms[c] for c in group if index_terms[c]]
+        if phrase not in kept_phrases and translated:
+            specificity = min(max(general_idf(t) for t in ts) for ts in translated)
+            for w in phrase.split():
+                unknown.setdefault(w, specificity)
+    return Translation(tuple(phrases), tuple(dict.fromkeys(words)), tuple(unknown.items()))

@@ -23,7 +23,12 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
   procedures, which only have loose cues. Both are 1 for a question asking neither;
 - `typed` / `typed_rare`: that answer-kind evidence times `coverage` / `rare`: both at once,
   which a sum cannot require (a passage full of the question's words made up for lacking the
-  answer: fitted by cross-validation, these two lowered the answerable questions flagged).
+  answer: fitted by cross-validation, these two lowered the answerable questions flagged);
+- `gap`: 1 minus how specific (in general Chinese) the most specific thing the question names
+  is that the best passage lacks ("厅长" in "青海省工信厅厅长是谁？", "CEO"): a maximum, not a
+  share, so one missing role word is not made up for by five topic words present. Numbers
+  (written "五月二十五日" or "5月25日") are left out; an English word counts through its
+  translations.
 
 They are combined linearly with non-negative weights (more evidence never makes a question
 less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
@@ -33,7 +38,7 @@ less answered): answered when `sum(w * f) >= threshold`. Weights and threshold l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +61,7 @@ FEATURES = (
     "margin",
     "typed",
     "typed_rare",
+    "gap",
 )
 # Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
 _CRISP = frozenset({"date", "amount", "count"})
@@ -64,6 +70,8 @@ _RARE_TERMS = 2
 
 _NUM = r"\d+(?:[.,]\d+)*"
 _CN_NUM = r"[一二三四五六七八九十百千万亿两]{1,6}"
+# A count in words, but not a lone "一": "一场会议", "另一家" are articles, not counts.
+_CN_COUNT = r"(?:[一二三四五六七八九十两][一二三四五六七八九十百千万亿两]{1,5}|[二三四五六七八九十两])"
 # Counting and measuring units after a number ("170余个", "八项", "3000米", "40%").
 _UNIT = (
     r"(?:个|名|家|人|位|次|项|种|台|张|座|起|条|枚|户|倍|轮|批|部|本|首|届|场|所|艘|辆|架|只|头|棵|"
@@ -109,7 +117,7 @@ ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
             r"多少|几(?:个|家|名|位|次|项|种|台|张|人|座|万|亿|十|百|千|轮|岁)|数量|人数|比例|占比|年龄|年纪|多大|"
             r"how many|how old|number of|share of|proportion|percentage"
         ),
-        re.compile(rf"{_NUM}\s*(?:余|多)?\s*{_UNIT}|{_CN_NUM}(?:余|多)?{_UNIT}"),
+        re.compile(rf"{_NUM}\s*(?:余|多)?\s*{_UNIT}|{_CN_COUNT}(?:余|多)?{_UNIT}"),
     ),
     (
         "person",
@@ -173,6 +181,9 @@ def type_evidence(kind: str | None, passage: str, question_terms: Sequence[str])
     return 0.5
 
 
+# Numbers and dates, written differently in question and passage ("五月二十五日", "5月25日").
+_NUMERIC = re.compile(r"\d|[一二三四五六七八九十百千万亿两〇零]{2,}|[一二三四五六七八九十]+[年月日号]")
+
 # Terms that are part of the question's wh-word ("第几次", "几个"): not what it is about.
 _ASKING = re.compile(r"几|多少|什么|哪|谁|怎|吗")
 
@@ -192,6 +203,23 @@ class Evidence:
     translation: Translation | None = None  # an English question's words as Chinese index terms
 
 
+def _lacking_weight(term: str, held: Callable[[str], bool]) -> float:
+    """How specific a question term the passage lacks is (`general_idf`). A word jieba only
+    guessed ("矿圈币", "会为": the segmenter's unknown-word model gluing neighbours) is as
+    specific as its dictionary words of two or more characters the passage lacks, or, with
+    none, as its commonest character."""
+    weight = general_idf(term)
+    if weight < 1.0 or term.isascii():
+        return weight
+    pieces = [
+        term[i:j] for i in range(len(term)) for j in range(i + 2, len(term) + 1) if (i, j) != (0, len(term))
+    ]
+    words = [w for w in pieces if general_idf(w) < 1.0]
+    if words:
+        return max((general_idf(w) for w in words if not held(w)), default=0.0)
+    return min(general_idf(c) for c in term)
+
+
 def _share(wanted: Iterable[str], present: set[str], weight: Mapping[str, float]) -> float:
     total = sum(weight[t] for t in wanted)
     return sum(weight[t] for t in wanted if t in present) / total if total else 1.0
@@ -205,7 +233,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         # An English question's own words are absent from Chinese articles by nature: its
         # evidence is the index terms it reached; what it names, its content words.
         terms = [t for t in own if df[t] > 0]
-        named, absent = list(translation.words), set(translation.unknown)
+        named, absent = list(translation.words), {w for w, _ in translation.unknown}
     else:
         terms = named = own
         absent = {t for t in own if df[t] == 0}
@@ -230,8 +258,20 @@ def features(evidence: Evidence) -> dict[str, float]:
                 continue
         if not any(held(t) for t in reached):
             missing.append(word)
+    general = {t: general_idf(t) for t in {*named, *terms, *missing, *own, *(translation.terms if translation else ())}}
+    # The most specific thing the question names that the best passage lacks: a missing
+    # "厅长" or "CEO" is not made up for by five topic words present (a share would be).
+    if translation:
+        lacking = [
+            min(general[t] for t in group)
+            for _, group in translation.phrases
+            if group and not any(held(t) for t in group)
+        ]
+        lacking += [1.0 for t in own if t.isascii() and df[t] > 0 and not held(t)]
+        lacking += [specificity for _, specificity in translation.unknown]
+    else:
+        lacking = [_lacking_weight(t, held) for t in own if not held(t) and not _NUMERIC.search(t)]
     anchors = sorted(present, key=lambda t: -idf[t])[: max(1, len(present) // 2)]
-    general = {t: general_idf(t) for t in {*named, *terms, *missing}}
     mass = sum(general[t] for t in {*named, *missing})
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)
@@ -258,6 +298,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         # question's words make up for lacking the answer, and the reverse.
         "typed": typed * coverage,
         "typed_rare": typed * rare,
+        "gap": 1.0 - max(lacking, default=0.0),
     }
 
 

@@ -58,6 +58,16 @@ def test_candidates_missing_from_the_index_are_dropped(lexicon: Lexicon) -> None
     assert translate("Who froze the cards?", lexicon, {}, known()).phrases == ()
 
 
+def test_words_translated_into_words_no_article_uses_are_unknown_with_their_specificity(lexicon: Lexicon) -> None:
+    """Words that only translate into words the index lacks are unknown, each as specific
+    as its commonest translation (冻结 is rarer in general Chinese than 银行)."""
+    result = translate("Can a bank freeze deposits?", lexicon, {}, known())
+    unknown = dict(result.unknown)
+    assert set(unknown) == {"bank", "freeze"}
+    assert 0.0 < unknown["bank"] < unknown["freeze"] < 1.0
+    assert translate("Which bank cards?", lexicon, {}, known("银行卡")).unknown == ()
+
+
 def test_words_the_index_holds_are_not_translated(lexicon: Lexicon) -> None:
     assert translate("Which bank cards?", lexicon, {}, known("银行卡", "bank")).terms == []
     assert translate("Which bank cards?", lexicon, {}, known("银行卡")).terms == ["银行卡"]

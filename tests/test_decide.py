@@ -42,6 +42,7 @@ def test_answer_type_in_simplified_traditional_and_english(questions, kind):
         ("count", "内蒙古发改委发布了八项措施。", ["措施"], 1.0),  # Chinese numeral with a unit
         ("count", "违法犯罪团伙被打掉。" + "监管越来越严。" * 6 + "北京等23个省区市参与。", ["团伙"], 0.5),  # far away
         ("count", "火币、抹茶等交易所不再对大陆新用户开放合约。", ["火币", "用户"], 0.0),
+        ("count", "比特大陆将在成都举办一场会议，另一家厂商也宣布出海。", ["比特大陆"], 0.0),  # "一场" is no count
         ("date", "比特大陆将于6月19日在成都举办一场闭门会议。", ["比特大陆"], 1.0),
         ("date", "嘉楠科技宣布，6月上旬将在哈萨克斯坦启动自营挖矿。", ["嘉楠"], 1.0),
         ("date", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
@@ -84,6 +85,22 @@ def test_features_see_what_the_passage_lacks():
     # and no amount of money stands in the passage
     assert near["rare"] < 1.0 and near["focus"] < 1.0 and near["known"] < 1.0 and near["number"] == 0.0
     assert near["coverage"] < asked["coverage"] and near["cue"] == asked["cue"] == 1.0
+
+
+def test_gap_is_the_most_specific_thing_the_passage_lacks():
+    """One missing role word ("厅长") is not made up for by the topic words present; a
+    number written another way, or a word jieba glued from neighbours, is no gap."""
+    passage = "青海省工信厅要求各市各州，对现有的各类虚拟货币“挖矿”项目全面关停。"
+    df = {"青海省": 2, "工信厅": 2, "要求": 5, "厅长": 0}
+    answered = features(_evidence("青海省工信厅要求什么？", passage, {t: df[t] for t in ("青海省", "工信厅", "要求")}))
+    lacking = features(_evidence("青海省工信厅厅长是谁？", passage, {t: df[t] for t in ("青海省", "工信厅", "厅长")}))
+    assert answered["gap"] == 1.0 and lacking["gap"] < 0.5
+    assert lacking["coverage"] > 0.5  # a share of the question's words still looks fine
+    dated = "5月25日，内蒙古发改委发布八项措施。"
+    assert features(_evidence("五月二十五日内蒙古发改委发布了什么？", dated, {"五月二十五日": 0, "内蒙古": 3}))["gap"] == 1.0
+    # "会为": jieba's unknown-word model gluing 会 and 为; only common characters
+    glued = features(_evidence("比特大陆会为矿工提供什么？", "比特大陆为矿工提供便利。", {"会为": 0, "比特大陆": 2, "矿工": 3}))
+    assert glued["gap"] > 0.5
 
 
 def test_typed_features_need_the_answer_kind_and_the_questions_words_together():
