@@ -211,9 +211,7 @@ def _lacking_weight(term: str, held: Callable[[str], bool]) -> float:
     weight = general_idf(term)
     if weight < 1.0 or term.isascii():
         return weight
-    pieces = [
-        term[i:j] for i in range(len(term)) for j in range(i + 2, len(term) + 1) if (i, j) != (0, len(term))
-    ]
+    pieces = [term[i:j] for i in range(len(term)) for j in range(i + 2, len(term) + 1) if (i, j) != (0, len(term))]
     words = [w for w in pieces if general_idf(w) < 1.0]
     if words:
         return max((general_idf(w) for w in words if not held(w)), default=0.0)
