@@ -28,7 +28,9 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
   is that the best passage lacks ("厅长" in "青海省工信厅厅长是谁？", "CEO"): a maximum, not a
   share, so one missing role word is not made up for by five topic words present. Numbers
   (written "五月二十五日" or "5月25日") are left out; an English word counts through its
-  translations.
+  translations;
+- `focused`: the kind of answer asked next to the question's focus words in the passage (0
+  when they are absent): the date beside "发布" does not say when a rule "实施".
 
 They are combined linearly with non-negative weights (more evidence never makes a question
 less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
@@ -62,6 +64,7 @@ FEATURES = (
     "typed",
     "typed_rare",
     "gap",
+    "focused",
 )
 # Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
 _CRISP = frozenset({"date", "amount", "count"})
@@ -248,13 +251,17 @@ def features(evidence: Evidence) -> dict[str, float]:
     # the best passage lacks; an English word through its translations (one the dictionary
     # cannot translate is no evidence either way).
     missing: list[str] = []
-    for word in question_cues(evidence.question, tuple(own)).focus:
+    focus_held: list[str] = []
+    focus = question_cues(evidence.question, tuple(own)).focus
+    for word in focus:
         reached = [word] if df.get(word, 0) > 0 else []
         if translation:
             reached += [t for phrase, group in translation.phrases if word in phrase.split() for t in group]
             if not reached and word not in absent:
                 continue
-        if not any(held(t) for t in reached):
+        found = [t for t in reached if held(t)]
+        focus_held += found
+        if not found:
             missing.append(word)
     general = {t: general_idf(t) for t in {*named, *terms, *missing, *own, *(translation.terms if translation else ())}}
     # The most specific thing the question names that the best passage lacks: a missing
@@ -274,6 +281,14 @@ def features(evidence: Evidence) -> dict[str, float]:
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)
     typed = type_evidence(kind, evidence.passage, anchors)
+    # The kind of answer next to what is asked about ("实施" in "什么时候正式实施"), not only
+    # next to the topic: a publication date is no answer to when a rule takes effect. With the
+    # focus absent from the passage, nothing there answers it (cross-validation preferred
+    # this to counting an expression as "elsewhere", 0.5).
+    if focus_held:
+        focused = type_evidence(kind, evidence.passage, focus_held)
+    else:
+        focused = (0.0 if kind else 1.0) if focus else typed
     dense = evidence.dense
     spread = float(dense.std()) if dense.size > 1 else 0.0
     # The best cosine as a z-score among the candidates'; four standard deviations count as full.
@@ -297,6 +312,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         "typed": typed * coverage,
         "typed_rare": typed * rare,
         "gap": 1.0 - max(lacking, default=0.0),
+        "focused": focused,
     }
 
 

@@ -104,6 +104,17 @@ def test_gap_is_the_most_specific_thing_the_passage_lacks():
     assert features(glued)["gap"] > 0.5
 
 
+def test_focused_needs_the_answer_kind_next_to_what_is_asked_about():
+    """A date next to the topic ("发布") does not say when the measures take effect ("实施")."""
+    passage = "5月25日，内蒙古发改委发布八项措施，6月1日起正式实施。"
+    published = "5月25日，内蒙古发改委发布八项措施（征求意见稿）。"
+    df = {"内蒙古": 3, "措施": 4, "实施": 2}
+    answers = features(_evidence("什么时候实施内蒙古的措施？", passage, df))
+    lacks = features(_evidence("什么时候实施内蒙古的措施？", published, df))
+    assert answers["focused"] == answers["number"] == 1.0
+    assert lacks["number"] == 1.0 and lacks["focused"] == 0.0  # a date, but not the asked one
+
+
 def test_typed_features_need_the_answer_kind_and_the_questions_words_together():
     """`typed` is the answer-kind evidence times the coverage: a passage full of the question's
     words without the kind of answer asked scores 0, as does one with a number but none of them."""
