@@ -85,21 +85,21 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 5.512
-    evidence_coverage: float = 1.503
-    evidence_rare: float = 0.976
-    evidence_known: float = 1.841
-    evidence_focus: float = 0.014
-    evidence_salient: float = 1.126
-    evidence_specific: float = 1.08
-    evidence_number: float = 2.867
+    evidence_dense: float = 5.427
+    evidence_coverage: float = 1.47
+    evidence_rare: float = 1.071
+    evidence_known: float = 1.864
+    evidence_focus: float = 0.016
+    evidence_salient: float = 0.976
+    evidence_specific: float = 1.411
+    evidence_number: float = 2.827
     evidence_cue: float = 0.0
-    evidence_margin: float = 0.564
-    evidence_typed: float = 1.245
-    evidence_typed_rare: float = 0.627
-    evidence_focused: float = 1.157
-    evidence_gap: float = 1.346
-    evidence_threshold: float = 9.667
+    evidence_margin: float = 0.603
+    evidence_typed: float = 1.153
+    evidence_typed_rare: float = 0.809
+    evidence_focused: float = 1.173
+    evidence_gap: float = 1.353
+    evidence_threshold: float = 9.847
     max_query_chars: int = 1000
 
 

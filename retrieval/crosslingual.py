@@ -188,10 +188,13 @@ def translate(
     """
     words = [w for w in _WORD.findall(question.lower()) if w not in STOP_WORDS and w not in _FILLERS]
     found: list[tuple[str, list[str]]] = []
+    phrases: list[tuple[str, tuple[str, ...]]] = []
     # A word the articles themselves use ("OTC", "VPN", "OKEx") is matched as it is by BM25;
     # translating it as well would only add noise ("OTC" → 柜台).
     in_index = document_frequency(words)
     used = [in_index.get(w, 0) > 0 for w in words]
+    index_terms: dict[str, list[str]] = {}
+    df: dict[str, int] = {}
     for size in (3, 2, 1):
         for start in range(len(words) - size + 1):
             if any(used[start : start + size]):
@@ -203,32 +206,37 @@ def translate(
                 phrase = " ".join([*span[:-1], head])
                 candidates += lexicon.words(phrase) if lexicon else ()
                 candidates += pinyin.get(phrase.replace(" ", ""), ())
-            if candidates:
-                found.append((" ".join(span), list(dict.fromkeys(candidates))))
+            if not candidates:
+                continue
+            candidates = list(dict.fromkeys(candidates))
+            for c in candidates:
+                index_terms.setdefault(c, [t for t in terms(c) if not t.isascii()])
+            df.update(document_frequency([t for c in candidates for t in index_terms[c] if t not in df]))
+            found.append((" ".join(span), candidates))
+            kept: list[str] = []
+            for candidate in candidates:
+                hits = [t for t in index_terms[candidate] if df.get(t, 0) > 0]
+                # a candidate counts when the index holds it whole (not only a fragment of it)
+                if hits and (candidate in hits or len(hits) == len(index_terms[candidate])):
+                    kept += [t for t in hits if t not in kept]
+                if len(kept) >= _PER_PHRASE:
+                    break
+            if kept:
+                phrases.append((" ".join(span), tuple(kept[:_PER_PHRASE])))
+            # A phrase none of whose translations the articles use ("criminal gang" → 黑帮)
+            # leaves its words to shorter spans ("gang" → 团伙).
+            if kept or size == 1:
                 used[start : start + size] = [True] * size
-    index_terms = {c: [t for t in terms(c) if not t.isascii()] for _, group in found for c in group}
-    df = document_frequency(list({t for ts in index_terms.values() for t in ts}))
-    phrases = []
-    for phrase, group in found:
-        kept: list[str] = []
-        for candidate in group:
-            hits = [t for t in index_terms[candidate] if df.get(t, 0) > 0]
-            # a candidate counts when the index holds it whole (not only a fragment of it)
-            if hits and (candidate in hits or len(hits) == len(index_terms[candidate])):
-                kept += [t for t in hits if t not in kept]
-            if len(kept) >= _PER_PHRASE:
-                break
-        if kept:
-            phrases.append((phrase, tuple(kept[:_PER_PHRASE])))
     # Words the dictionary turns into Chinese words (not stop words) that no article uses.
     # A translation is as specific as its most specific term; a phrase, as its commonest
     # translation ("year" → 年 is not "CEO" → 首席执行官).
-    kept_phrases = {phrase for phrase, _ in phrases}
+    reached = {w for phrase, _ in phrases for w in phrase.split()}
     unknown: dict[str, float] = {}
     for phrase, group in found:
         translated = [index_terms[c] for c in group if index_terms[c]]
-        if phrase not in kept_phrases and translated:
+        if translated:
             specificity = min(max(general_idf(t) for t in ts) for ts in translated)
             for w in phrase.split():
-                unknown.setdefault(w, specificity)
+                if w not in reached:
+                    unknown.setdefault(w, specificity)
     return Translation(tuple(phrases), tuple(dict.fromkeys(words)), tuple(unknown.items()))

@@ -68,6 +68,13 @@ def test_words_translated_into_words_no_article_uses_are_unknown_with_their_spec
     assert translate("Which bank cards?", lexicon, {}, known("银行卡")).unknown == ()
 
 
+def test_a_phrase_the_articles_never_use_leaves_its_words_to_shorter_spans(lexicon: Lexicon) -> None:
+    """The phrase "bank card" → 银行卡 is in no article: "bank" alone still reaches 银行."""
+    result = translate("Which bank cards were frozen?", lexicon, {}, known("银行"))
+    assert result.phrases == (("bank", ("银行",)),)
+    assert "bank" not in dict(result.unknown) and "cards" in dict(result.unknown)
+
+
 def test_words_the_index_holds_are_not_translated(lexicon: Lexicon) -> None:
     assert translate("Which bank cards?", lexicon, {}, known("银行卡", "bank")).terms == []
     assert translate("Which bank cards?", lexicon, {}, known("银行卡")).terms == ["银行卡"]
