@@ -37,6 +37,9 @@ NEAR = DATA / "near-topic.jsonl"
 # A second batch of both kinds, written later the same way.
 ANSWERABLE_2 = DATA / "article-answerable-2.jsonl"
 NEAR_2 = DATA / "near-topic-2.jsonl"
+# A third batch, written after the decision's features were fixed and never fitted on.
+ANSWERABLE_3 = DATA / "article-answerable-3.jsonl"
+NEAR_3 = DATA / "near-topic-3.jsonl"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.
@@ -159,7 +162,9 @@ def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
         "answerable: article-answerable": flagged_by_language(retriever, seed_questions(ANSWERABLE)),
         "answerable: article-answerable-2": flagged_by_language(retriever, seed_questions(ANSWERABLE_2)),
         "not covered: near-topic.jsonl": flagged_by_language(retriever, seed_questions(NEAR)),
+        "answerable: article-answerable-3": flagged_by_language(retriever, seed_questions(ANSWERABLE_3)),
         "not covered: near-topic-2.jsonl": flagged_by_language(retriever, seed_questions(NEAR_2)),
+        "not covered: near-topic-3.jsonl": flagged_by_language(retriever, seed_questions(NEAR_3)),
         "not covered: NEAR_TOPIC": flagged_by_language(retriever, _listed(NEAR_TOPIC)),
         "not covered: OFF_TOPIC": flagged_by_language(retriever, _listed(OFF_TOPIC)),
     }
