@@ -189,6 +189,9 @@ _NUMERIC = re.compile(r"\d|[一二三四五六七八九十百千万亿两〇零]
 
 # Terms that are part of the question's wh-word ("第几次", "几个"): not what it is about.
 _ASKING = re.compile(r"几|多少|什么|哪|谁|怎|吗")
+# Nouns that name the kind of answer ("停产期限是什么时候", "担任什么职务"): the answer
+# itself satisfies them, so a passage need not repeat them.
+_ANSWER_NOUNS = frozenset("时间 日期 时候 期限 原因 理由 数量 人数 名字 名称 职务 职位 身份 地点 位置 角色".split())
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ def _share(wanted: Iterable[str], present: set[str], weight: Mapping[str, float]
 def features(evidence: Evidence) -> dict[str, float]:
     """The decision's features (`FEATURES`), each in [0, 1]."""
     translation, df, idf = evidence.translation, evidence.df, evidence.idf
-    own = [t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t)]
+    own = [t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t) and t not in _ANSWER_NOUNS]
     if translation:
         # An English question's own words are absent from Chinese articles by nature: its
         # evidence is the index terms it reached; what it names, its content words.

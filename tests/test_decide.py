@@ -104,6 +104,14 @@ def test_gap_is_the_most_specific_thing_the_passage_lacks():
     assert features(glued)["gap"] > 0.5
 
 
+def test_nouns_naming_the_kind_of_answer_need_not_be_in_the_passage():
+    """The "职务" of "担任什么职务" is answered by a title, not repeated; "厅长" must be there."""
+    passage = "中国移动通信联合会区块链专业委员会主任委员陈晓华接受记者采访。"
+    role = features(_evidence("陈晓华担任什么职务？", passage, {"陈晓华": 2, "担任": 3, "职务": 0}))
+    asked = features(_evidence("陈晓华的厅长职务是什么？", passage, {"陈晓华": 2, "厅长": 0, "职务": 0}))
+    assert role["gap"] > asked["gap"] and asked["gap"] < 0.5
+
+
 def test_focused_needs_the_answer_kind_next_to_what_is_asked_about():
     """A date next to the topic ("发布") does not say when the measures take effect ("实施")."""
     passage = "5月25日，内蒙古发改委发布八项措施，6月1日起正式实施。"
