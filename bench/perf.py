@@ -415,12 +415,16 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
         retriever.answer_many(batched[start : start + batch])
     batched_ms = 1000 * (time.perf_counter() - t) / max(len(batched), 1)
 
-    # Where the time goes (same calls as _answer_one, timed separately).
+    # Where the time goes: the same calls as _answer_one, timed separately, and per question
+    # the rest of a whole `answer` (fusion, titles, dates, copies, highlighting: retrieval/).
     from index.text import terms
 
     snap = retriever.reader
-    parts: dict[str, list[float]] = {"embed": [], "bm25": [], "faiss": [], "sql": []}
+    parts: dict[str, list[float]] = {"embed": [], "bm25": [], "faiss": [], "cosines": [], "sql": [], "rest": []}
     for q in single[:100]:
+        t = time.perf_counter()
+        retriever.answer(q)
+        whole = time.perf_counter() - t
         t0 = time.perf_counter()
         qvec = retriever.embedder.encode_queries([q])
         t1 = time.perf_counter()
@@ -429,13 +433,16 @@ def api_latency(index: Path, n: int, *, batch: int = 32, seed: int = 2) -> dict[
         _, dense_ids = snap.dense(qvec[0], min(config.retrieval.candidates, snap.count))
         t3 = time.perf_counter()
         dense = set(dense_ids[0].tolist())
-        snap.cosines([i for i in lexical if i not in dense], qvec[0])
-        snap.rows(dense_ids[0][:3].tolist())
+        snap.cosines([i for i in lexical if i not in dense], qvec[0])  # lexical-only candidates
         t4 = time.perf_counter()
+        snap.rows(dense_ids[0][:3].tolist())
+        t5 = time.perf_counter()
         parts["embed"].append(t1 - t0)
         parts["bm25"].append(t2 - t1)
         parts["faiss"].append(t3 - t2)
-        parts["sql"].append(t4 - t3)  # candidates' embeddings + the top rows
+        parts["cosines"].append(t4 - t3)
+        parts["sql"].append(t5 - t4)  # the top rows
+        parts["rest"].append(max(0.0, whole - (t5 - t0)))
     retriever.close()
     return {
         "cpu": cpu_model(),
@@ -527,7 +534,10 @@ def scale_index(
                     pass
         api = api_latency(out, n_api)
         parts = {k: round(v, 2) for k, v in api["component_p50_ms"].items()}
-        log(f"  {api['passages']} (reused) API p50 {api['p50_ms']:.1f} ms p95 {api['p95_ms']:.1f} ms, parts {parts}")
+        log(
+            f"  {api['passages']} (reused) API p50 {api['p50_ms']:.1f} ms p95 {api['p95_ms']:.1f} ms, "
+            f"parts {parts} [{api['cpu']}]"
+        )
         return {"passages": api["passages"], "reused": True, "api": api}
     config = load_config()
     live = publish.require_current(base)
@@ -649,7 +659,7 @@ def scale_index(
         }
         log(
             f"  {n} {kind}: built {build_s:.0f}s, p50 {result['dense'][kind]['p50_ms']:.2f} ms, "
-            f"recall@10 {result['dense'][kind]['recall_at_10']:.3f}"
+            f"recall@10 {result['dense'][kind]['recall_at_10']:.3f} [{cpu_model()}]"
         )
     meta = store.get_meta(db)
     meta.update(passages=n, faiss=kinds[-1], version=name, articles=db["articles"].count)
@@ -661,7 +671,8 @@ def scale_index(
     parts = result["api"]["component_p50_ms"]
     log(
         f"  {n} API p50 {result['api']['p50_ms']:.1f} ms p95 {result['api']['p95_ms']:.1f} ms "
-        f"(embed {parts['embed']:.1f}, bm25 {parts['bm25']:.1f}, faiss {parts['faiss']:.1f}, sql {parts['sql']:.1f})"
+        f"(embed {parts['embed']:.1f}, bm25 {parts['bm25']:.1f}, faiss {parts['faiss']:.1f}, "
+        f"cosines {parts['cosines']:.1f}, sql {parts['sql']:.1f}, rest {parts['rest']:.1f}) [{result['api']['cpu']}]"
     )
     return result
 

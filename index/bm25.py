@@ -38,13 +38,17 @@ class Postings:
         passage holding none of the essential terms might belong to the top `limit` (fewer
         than `limit` passages hold one, or the rest's top weights reach the `limit`-th score),
         or when more than 10·limit candidates could."""
-        with self.lock:
-            acc = self.accumulator
-            for _, docs, weights in essential:
-                acc[docs] += weights
-            postings = essential[0][1] if len(essential) == 1 else np.concatenate([d for _, d, _ in essential])
-            partial = acc[postings]
-            acc[postings] = 0.0
+        if len(essential) == 1:  # one term: its weights are the scores
+            postings, partial = essential[0][1], essential[0][2]
+        else:
+            postings = np.concatenate([d for _, d, _ in essential]).astype(np.intp)
+            with self.lock:
+                acc = self.accumulator
+                # in term order, as `acc[docs] += weights` per term would (same sums), in one
+                # unbuffered pass (numpy >= 2: ~2x faster than a fancy-index += per term)
+                np.add.at(acc, postings, np.concatenate([w for _, _, w in essential]))
+                partial = acc[postings]
+                acc[postings] = 0.0
         spread = len(essential)  # a passage occurs once per essential term it holds
         positions, best = best_distinct(postings, partial, limit, spread)
         if not rest:

@@ -64,6 +64,7 @@ first call of :func:`load_usem3_model` / :func:`load_usem3_sentence_transformer`
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -321,23 +322,51 @@ def _plan_gathers(inv: np.ndarray, lengths: np.ndarray, n_distinct: int) -> dict
     """
     import numpy as np
 
+    # a question is one text: its layout depends on its length only (~20 numpy calls saved)
+    layout = _text_layout(int(lengths[0])) if len(lengths) == 1 else _gather_layout(lengths)
+    source, block, inside, gather2, pool, root_len = layout
+    blocks = _ID_ROW // _CNN_DIM
+    gather1 = np.where(inside, inv[source] * blocks + block, n_distinct * blocks)
+    return {"inv": inv, "gather1": gather1, "gather2": gather2, "pool": pool, "root_len": root_len}
+
+
+def _gather_layout(lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What `_plan_gathers` needs besides the ids: per token and gather1 column the token
+    whose row it reads, the block in that row and whether it lies inside the text; then
+    gather2, pool and root_len, which depend on the lengths only."""
+    import numpy as np
+
     _, pos, inside = _windows(lengths)
-    n_tok, blocks = len(inv), _ID_ROW // _CNN_DIM
-    gather1 = np.empty((n_tok, blocks), dtype=np.int64)
-    gather1[:, : len(_ORDERS)] = inv[:, None] * blocks + np.arange(len(_ORDERS))
+    n_tok, blocks = int(lengths.sum()), _ID_ROW // _CNN_DIM
+    source = np.empty((n_tok, blocks), dtype=np.int64)
+    block = np.empty((n_tok, blocks), dtype=np.int64)
+    valid = np.ones((n_tok, blocks), dtype=bool)
+    source[:, : len(_ORDERS)] = np.arange(n_tok)[:, None]
+    block[:, : len(_ORDERS)] = np.arange(len(_ORDERS))
     gather2 = np.empty((n_tok, _SLOTS), dtype=np.int64)
-    pos_inv = inv[pos]
     for (n, left), base in zip(_ORDERS, _SLOT_BASE, strict=True):
         cols = slice(_MAX_LEFT - left, _MAX_LEFT - left + n)
-        valid = inside[:, cols]
-        slot = np.arange(n)
         first = blocks - _SLOTS + base
-        gather1[:, first : first + n] = np.where(valid, pos_inv[:, cols] * blocks + first + slot, n_distinct * blocks)
-        gather2[:, base : base + n] = np.where(valid, pos[:, cols] * n + slot, n_tok * n + slot)
+        source[:, first : first + n] = pos[:, cols]
+        block[:, first : first + n] = first + np.arange(n)
+        valid[:, first : first + n] = inside[:, cols]
+        slot = np.arange(n)
+        gather2[:, base : base + n] = np.where(inside[:, cols], pos[:, cols] * n + slot, n_tok * n + slot)
     root_len = np.sqrt(lengths.astype(np.float32))[:, None]
     pool = np.zeros((len(lengths), n_tok), dtype=np.float32)
     pool[np.repeat(np.arange(len(lengths)), lengths), np.arange(n_tok)] = np.repeat(1.0 / root_len[:, 0], lengths)
-    return {"inv": inv, "gather1": gather1, "gather2": gather2, "pool": pool, "root_len": root_len}
+    return source, block, valid, gather2, pool, root_len
+
+
+@functools.lru_cache(maxsize=512)
+def _text_layout(length: int) -> tuple[np.ndarray, ...]:
+    """`_gather_layout` of one text, kept per length (read-only arrays, a few KB each)."""
+    import numpy as np
+
+    layout = _gather_layout(np.array([length], dtype=np.int64))
+    for a in layout:
+        a.flags.writeable = False
+    return layout
 
 
 def _build_model_class() -> type[torch.nn.Module]:

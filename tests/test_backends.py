@@ -70,6 +70,30 @@ def test_questions_are_answered_with_the_passage_that_holds_the_fact(backend_con
         retriever.close()
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_lookups_by_id_agree_with_the_stored_rows(backend_config: Config, kind: str) -> None:
+    """`cosines` and `article_of` (FAISS's vectors and an in-memory map in the embedded backend,
+    whatever the FAISS kind) give what the stored rows hold; ids not in the index are left out."""
+    if kind != "flat" and backend_config.index.backend != "faiss":
+        pytest.skip("the FAISS kind only matters to the embedded backend")
+    config = replace(backend_config, index=replace(backend_config.index, faiss=kind))
+    build(config)  # a changed FAISS kind is rebuilt without re-embedding
+    retriever = Retriever.open(config.index.dir, config)
+    try:
+        reader = retriever.reader
+        rows = reader.rows(list(range(1, 2 * reader.count + 10)))
+        assert len(rows) == reader.count > 10
+        asked = [*sorted(rows), 10**9]
+        assert reader.article_of(asked) == {i: row.article_id for i, row in rows.items()}
+        qvec = retriever.embedder.encode_queries([FACTS[0][0]])[0]
+        cosines = reader.cosines(asked, qvec)
+        assert set(cosines) == set(rows)
+        assert all(cosines[i] == pytest.approx(float(row.embedding @ qvec), abs=1e-6) for i, row in rows.items())
+        assert reader.article_of([]) == {} and reader.cosines([], qvec) == {}
+    finally:
+        retriever.close()
+
+
 def test_both_backends_rank_alike(tmp_path: Path) -> None:
     """The same corpus in both: the same top passage for every fact, the same articles, the
     same document frequencies and neighbours."""

@@ -39,7 +39,8 @@ select p.id, p.article_id, p.ordinal, p.section, p.paragraph, p.paragraph_end, p
 from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?))
 """
-_ARTICLE_OF_SQL = "select id, article_id from passages where id in (select value from json_each(?))"
+# Every passage's article, grouped (a scan of the (article_id, ordinal) index, not of the rows).
+_ARTICLE_MAP_SQL = "select article_id, group_concat(id, ' ') from passages group by article_id"
 # Fusion needs only the embeddings of the candidates; full rows are read for the top k. (No
 # join with articles: a build deletes a passage with its article, and `index check` verifies
 # it; the join cost a random B-tree lookup per candidate.)
@@ -91,11 +92,15 @@ class SqliteFaissReader(IndexReader):
             row = self.db.execute("select ids from bm25_docs where id = 1").fetchone()
             self.postings = Postings(np.frombuffer(row[0] if row else b"", dtype="<i8"))
             self.faiss = vectors.read_faiss(version.faiss_path, ef_search)
+            vectors.enable_reconstruct(self.faiss)
         except BaseException:
             self.db.close()
             raise
         self.count = int(self.faiss.ntotal)
         self._df_cache: dict[str, int] = {}
+        # (article ids, passage ids ascending, each one's article index), on first need
+        self._article_map: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        self._article_map_lock = threading.Lock()
 
     def close(self) -> None:
         self.db.close()
@@ -131,16 +136,45 @@ class SqliteFaissReader(IndexReader):
             faiss.omp_set_num_threads(previous)
 
     def article_of(self, ids: Sequence[int]) -> dict[int, str]:
-        return dict(self._ids_query(_ARTICLE_OF_SQL, [int(i) for i in ids])) if ids else {}
-
-    def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
+        """From an in-memory map of the version (immutable): a question asks for ~200
+        candidates' articles, a random row lookup each in SQLite (~2 ms at 1M passages)."""
         if not ids:
             return {}
-        rows = self._ids_query(_EMBEDDING_SQL, [int(i) for i in ids])
-        if not rows:
+        names, all_ids, codes = self._article_map or self._load_article_map()
+        asked = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(all_ids, asked), max(len(all_ids) - 1, 0))
+        found = all_ids[at] == asked if len(all_ids) else np.zeros(len(asked), dtype=bool)
+        return {i: names[c] for i, c in zip(asked[found].tolist(), codes[at[found]].tolist(), strict=True)}
+
+    def _load_article_map(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Built once per reader from the (article_id, ordinal) index: ~1 s and ~25 MB at 1M
+        passages (the retriever's warm-up pays it), ~10 ms at 6k."""
+        with self._article_map_lock:
+            if self._article_map is None:
+                with self.lock:
+                    groups = self.db.execute(_ARTICLE_MAP_SQL).fetchall()
+                counts = np.fromiter((g[1].count(" ") + 1 for g in groups), dtype=np.int64, count=len(groups))
+                ids = np.array(" ".join(g[1] for g in groups).split(), dtype=np.int64)
+                codes = np.repeat(np.arange(len(groups), dtype=np.int32), counts)
+                by_id = np.argsort(ids)
+                self._article_map = ([g[0] for g in groups], ids[by_id], codes[by_id])
+            return self._article_map
+
+    def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
+        """From the vectors FAISS holds (the same float32 as SQLite's, memory-mapped): reading
+        ~100 embeddings from SQLite rows cost ~1.5 ms at 1M passages, FAISS ~0.3 ms."""
+        if not ids:
             return {}
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-        return dict(zip([r[0] for r in rows], (matrix @ qvec).tolist(), strict=True))
+        asked = np.asarray(ids, dtype=np.int64)
+        try:
+            matrix = self.faiss.reconstruct_batch(asked)
+        except RuntimeError:  # an id this version does not hold (FAISS refuses the batch)
+            rows = self._ids_query(_EMBEDDING_SQL, asked.tolist())
+            if not rows:
+                return {}
+            asked = np.array([r[0] for r in rows], dtype=np.int64)
+            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return dict(zip(asked.tolist(), (matrix @ qvec).tolist(), strict=True))
 
     def lexical(self, terms: Sequence[str], limit: int) -> dict[int, float]:
         """FTS5's BM25 over our own postings: FTS5 calls its bm25() once per matching row
