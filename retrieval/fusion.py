@@ -20,7 +20,9 @@ is chosen by the same cross-validation.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -67,11 +69,33 @@ def title_match(question_terms: Sequence[str], idf: Mapping[str, float], title: 
     name) counts for much, a common one for little. The same for every passage of an article,
     so it only ranks articles against each other. Chinese terms also count as substrings (the
     segmenter may cut a short title differently from a question)."""
+    return title_matches(question_terms, idf, [title])[0]
+
+
+def title_matches(question_terms: Sequence[str], idf: Mapping[str, float], titles: Sequence[str]) -> list[float]:
+    """`title_match` of each of `titles` (distinct, as a question's candidates have them). Each
+    term is looked for once in all the titles' normalised texts joined, not once per title:
+    a question's ~150 candidate articles cost ~50 µs, not ~1 ms."""
     total = sum(idf[t] for t in question_terms)
-    if not total or not title:
-        return 0.0
-    text, words = _analyzed(title)
-    return sum(idf[t] for t in question_terms if t in words or (not t.isascii() and t in text)) / total
+    if not total or not titles:
+        return [0.0] * len(titles)
+    analyzed = [_analyzed(title) for title in titles]
+    # "\x00" never occurs in a term, so a match never straddles two titles.
+    joined = "\x00".join(text for text, _ in analyzed)
+    starts = list(itertools.accumulate((len(text) + 1 for text, _ in analyzed[:-1]), initial=0))
+    held: dict[int, set[str]] = {}
+    for term in question_terms:
+        at = joined.find(term)
+        while at >= 0:
+            position = bisect.bisect_right(starts, at) - 1
+            # An English term counts only as a whole word of the title (a term of its own).
+            if not term.isascii() or term in analyzed[position][1]:
+                held.setdefault(position, set()).add(term)
+            at = joined.find(term, at + 1)
+    scores = [0.0] * len(titles)
+    for position, found in held.items():
+        scores[position] = sum(idf[t] for t in question_terms if t in found) / total
+    return scores
 
 
 @functools.lru_cache(maxsize=100_000)

@@ -82,10 +82,11 @@ def _type_bonus(sentence: str, lowered: str, cues: QuestionCues) -> float:
     return 0.15
 
 
-def _contains(text: str, term: str) -> bool:
-    if term.isascii():
-        return re.search(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])", text) is not None
-    return term in text
+@lru_cache(maxsize=4096)
+def _word(term: str) -> re.Pattern[str] | None:
+    """How `term` is found in a normalised sentence: an English term as a whole word (this
+    pattern), a Chinese one as a substring (None)."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])") if term.isascii() else None
 
 
 def sentence_scores(
@@ -100,10 +101,11 @@ def sentence_scores(
     cues = question_cues(question, tuple(query_terms))
     weight = {t: idf.get(t, 0.0) * cues.weights.get(t, 1.0) for t in query_terms}
     total = sum(weight.values()) or 1.0
+    checks = [(t, w, _word(t)) for t, w in weight.items()]
     scores = []
     for sentence, lowered in zip(sentences, normalized, strict=True):
         # Substring matching, not re-segmentation: jieba may cut the same word differently
         # in another context ("打掉" vs "共打/掉").
-        overlap = sum(w for t, w in weight.items() if _contains(lowered, t)) / total
+        overlap = sum(w for t, w, word in checks if (t in lowered if word is None else word.search(lowered))) / total
         scores.append(overlap + (_type_bonus(sentence, lowered, cues) if overlap > 0 else 0.0))
     return scores

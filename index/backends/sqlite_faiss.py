@@ -8,6 +8,7 @@ never mix versions; the retriever swaps readers between questions. Lexical searc
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -60,6 +61,11 @@ from passages p join articles a on a.id = p.article_id
 where p.id in (select value from json_each(?1))
   and not exists (select 1 from passage_groups g where g.passage_id = p.id)
   and exists (select 1 from article_aliases al where al.article_id = p.article_id)
+"""
+_COPIED_SQL = """
+select passage_id from passage_groups
+union
+select p.id from passages p where p.article_id in (select article_id from article_aliases)
 """
 _ALIASES_SQL = (
     "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
@@ -133,9 +139,35 @@ class SqliteFaissReader(IndexReader):
     def article_of(self, ids: Sequence[int]) -> dict[int, str]:
         return dict(self._ids_query(_ARTICLE_OF_SQL, [int(i) for i in ids])) if ids else {}
 
+    @functools.cached_property
+    def _flat_vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(vectors, passage ids ascending, their rows in `vectors`) when FAISS holds every
+        vector flat in memory (a flat index, or HNSW's storage; not IVF): then `cosines` reads
+        them there, not from SQLite (~10 µs a candidate). The vectors are the very float32
+        values the build stored in both places."""
+        import faiss
+
+        inner = faiss.downcast_index(self.faiss.index)
+        storage = faiss.downcast_index(inner.storage) if hasattr(inner, "storage") else inner
+        if not isinstance(storage, faiss.IndexFlat) or storage.ntotal == 0:
+            return None
+        vectors = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)
+        ids = faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        return vectors, ids[order], order
+
     def cosines(self, ids: Sequence[int], qvec: np.ndarray) -> dict[int, float]:
         if not ids:
             return {}
+        flat = self._flat_vectors
+        if flat is not None:
+            vectors, known, rows = flat
+            # Ascending distinct ids, the order the SQL below yields (the same products, bit for bit).
+            wanted = np.unique(np.asarray(ids, dtype=np.int64))
+            at = np.minimum(np.searchsorted(known, wanted), len(known) - 1)
+            present = known[at] == wanted
+            matrix = vectors[rows[at[present]]]
+            return dict(zip(wanted[present].tolist(), (matrix @ qvec).tolist(), strict=True))
         rows = self._ids_query(_EMBEDDING_SQL, [int(i) for i in ids])
         if not rows:
             return {}
@@ -211,7 +243,16 @@ class SqliteFaissReader(IndexReader):
         with self.lock:
             return [r[0] for r in self.db.execute("select term from bm25_terms")]
 
+    @functools.cached_property
+    def _copied(self) -> frozenset[int]:
+        """Passages in a copy group or whose article has aliases: only these have `copies`
+        (most candidates have none, and then no query is needed)."""
+        with self.lock:
+            return frozenset(r[0] for r in self.db.execute(_COPIED_SQL))
+
     def copies(self, ids: Sequence[int]) -> list[CopyRow]:
+        copied = self._copied
+        ids = [i for i in ids if i in copied]
         if not ids:
             return []
         rows = self._ids_query(_COPIES_SQL, [int(i) for i in ids])
