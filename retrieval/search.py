@@ -51,18 +51,18 @@ class _PendingHighlight:
 
 
 class _PerPassage(Generic[V]):
-    """Passage id → a fact read once per reader: a reader is one immutable state, so a fact
-    never goes stale (a new version gets a new `_Served`). Past `LIMIT` passages it starts
-    afresh (at 1M passages it would otherwise grow to the whole index). Thread-safe: a thread
-    may read a fact another is reading too; both store the same value."""
+    """Passage id → a fact read once per reader. Safe because a passage id always names the
+    same passage (ids are never reused) and a reader is one state of the index: a new
+    version gets a new `_Served`. Past `limit` passages it starts afresh (at 1M passages it
+    would otherwise grow to the whole index). Thread-safe: a thread may read a fact another
+    is reading too; both store the same value."""
 
-    LIMIT = 200_000
-
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
         self.values: dict[int, V] = {}
 
     def _store(self, found: dict[int, V]) -> None:
-        if len(self.values) + len(found) > self.LIMIT:
+        if len(self.values) + len(found) > self.limit:
             self.values = {}  # threads holding the old dict keep reading it
         self.values.update(found)
 
@@ -96,6 +96,7 @@ class _Served:
         self._article_of: _PerPassage[str] = _PerPassage()
         self._date_rows: _PerPassage[tuple[str, str]] = _PerPassage()
         self._sentences: _PerPassage[tuple[list[tuple[int, int]], list[str]]] = _PerPassage()
+        self._rows: _PerPassage[PassageRow] = _PerPassage(limit=20_000)  # ~3 kB each (text, vector)
 
     def pinyin(self) -> dict[str, tuple[str, ...]]:
         table = self._pinyin
@@ -129,6 +130,10 @@ class _Served:
             return {i: (row.text, row.date) for i, row in self.reader.rows(missing).items()}
 
         return self._date_rows.many(ids, read)
+
+    def rows(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        """The passages quoted: the same popular ones answer many questions."""
+        return self._rows.many(ids, self.reader.rows)
 
     def sentences(self, row: PassageRow) -> tuple[list[tuple[int, int]], list[str]]:
         """The passage's stored sentence spans and their normalised texts (`PassageRow.sentences`)."""
@@ -315,7 +320,7 @@ class Retriever:
         ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
-        rows = snap.rows([i for p in picks for i in p.candidates()])
+        rows = served.rows([i for p in picks for i in p.candidates()])
         # A live store (Milvus) may delete a replaced passage between the search and this read.
         picks = [p for p in picks if all(i in rows for i in p.candidates())]
         if not picks:
