@@ -317,7 +317,7 @@ class Retriever:
         # Republished copies collapse into one distinct result each (`retrieval.collapse`):
         # `order` holds the positions of the members that earned the ranks, `chosen` the
         # versions quoted (the earliest, unless a later copy holds more of the question).
-        ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
+        ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable").tolist()]
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
         rows = served.rows([i for p in picks for i in p.candidates()])
@@ -409,11 +409,12 @@ class Retriever:
         served: _Served, candidate_ids: Sequence[int], query_terms: Sequence[str], idf: dict[str, float]
     ) -> np.ndarray:
         """`fusion.title_match` of each candidate's article title (what `title_weight` weighs)."""
-        article_of, titles = served.article_of(candidate_ids), served.titles
-        found = [titles.get(article_of.get(i, ""), "") for i in candidate_ids]
-        distinct = list(dict.fromkeys(found))
-        match = dict(zip(distinct, title_matches(query_terms, idf, distinct), strict=True))
-        return np.array([match[title] for title in found])
+        article_of = served.article_of(candidate_ids)
+        articles = [article_of.get(i, "") for i in candidate_ids]
+        distinct = list(dict.fromkeys(articles))
+        titles = served.titles
+        match = dict(zip(distinct, title_matches(query_terms, idf, [titles.get(a, "") for a in distinct]), strict=True))
+        return np.array([match[a] for a in articles])
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
