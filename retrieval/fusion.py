@@ -79,17 +79,18 @@ def title_matches(question_terms: Sequence[str], idf: Mapping[str, float], title
     total = sum(idf[t] for t in question_terms)
     if not total or not titles:
         return [0.0] * len(titles)
-    analyzed = [_analyzed(title) for title in titles]
+    texts = [_normalized(title) for title in titles]
     # "\x00" never occurs in a term, so a match never straddles two titles.
-    joined = "\x00".join(text for text, _ in analyzed)
-    starts = list(itertools.accumulate((len(text) + 1 for text, _ in analyzed[:-1]), initial=0))
+    joined = "\x00".join(texts)
+    starts = list(itertools.accumulate((len(text) + 1 for text in texts[:-1]), initial=0))
     held: dict[int, set[str]] = {}
     for term in question_terms:
         at = joined.find(term)
         while at >= 0:
             position = bisect.bisect_right(starts, at) - 1
-            # An English term counts only as a whole word of the title (a term of its own).
-            if not term.isascii() or term in analyzed[position][1]:
+            # An English term counts only as a whole word of the title (a term of its own;
+            # every term of a title is a substring of its normalised text).
+            if not term.isascii() or term in _words(titles[position]):
                 held.setdefault(position, set()).add(term)
             at = joined.find(term, at + 1)
     scores = [0.0] * len(titles)
@@ -98,7 +99,13 @@ def title_matches(question_terms: Sequence[str], idf: Mapping[str, float], title
     return scores
 
 
+# A title's normalised text and its terms are the same for every question: computed once. The
+# terms (jieba, ~0.5 ms a title) only for a title an English term occurs in.
 @functools.lru_cache(maxsize=100_000)
-def _analyzed(title: str) -> tuple[str, frozenset[str]]:
-    """A title's normalised text and terms: the same for every question, so computed once."""
-    return normalize(title), frozenset(terms(title))
+def _normalized(title: str) -> str:
+    return normalize(title)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _words(title: str) -> frozenset[str]:
+    return frozenset(terms(title))
