@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from index.text import STOP_WORDS, normalize
+from index.text import STOP_WORDS, cut, normalize
 
 _QUESTION_WORDS = frozenset(
     "多少 几 几个 几家 几名 什么 哪 哪些 哪个 哪里 哪儿 哪家 谁 何时 什么时候 为什么 为何 "
@@ -41,10 +41,8 @@ class QuestionCues:
 @lru_cache(maxsize=4096)
 def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
     """Focus weights for `query_terms` and the expected answer type of `question`."""
-    import jieba
-
     text = normalize(question)
-    tokens = [t.strip() for t in jieba.cut(text) if t.strip()]
+    tokens = [t.strip() for t in cut(text) if t.strip()]
     wh_positions = [i for i, t in enumerate(tokens) if t in _QUESTION_WORDS or _QUANTITY.fullmatch(t)]
     weights: dict[str, float] = {}
     focus: set[str] = set()
