@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -129,8 +129,27 @@ def terms(text: str) -> list[str]:
 @lru_cache(maxsize=50_000)
 def _cached_terms(text: str) -> tuple[str, ...]:
     # Cached: highlighting re-segments the sentences of popular passages on every question.
-    words = _jieba().cut_for_search(normalize(text))
+    words = _search_words(normalize(text))
     return tuple(w for w in (w.strip() for w in words) if w and _WORDLIKE.search(w) and w not in STOP_WORDS)
+
+
+@lru_cache(maxsize=4096)
+def cut(text: str) -> tuple[str, ...]:
+    """jieba's words of `text` (accurate mode, HMM for unknown words), cut once: a question's
+    search terms and its analysis for highlighting (`retrieval.highlight`) both start from it."""
+    return tuple(_jieba().cut(text))
+
+
+def _search_words(text: str) -> Iterator[str]:
+    """jieba's search mode (`Tokenizer.cut_for_search`, the same order) over `cut`: each word,
+    preceded by its two- and three-character parts that the dictionary holds."""
+    known = _jieba().dt.FREQ
+    for word in cut(text):
+        if len(word) > 2:
+            yield from (word[i : i + 2] for i in range(len(word) - 1) if known.get(word[i : i + 2]))
+        if len(word) > 3:
+            yield from (word[i : i + 3] for i in range(len(word) - 2) if known.get(word[i : i + 3]))
+        yield word
 
 
 def general_idf(term: str) -> float:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 
 import numpy as np
 
@@ -258,5 +259,11 @@ def adjust(
 
 
 def _mentions(text: str, published: date, periods: Iterable[Period]) -> bool:
-    mentioned = periods_in(text, published, days_alone=True)
+    mentioned = _mentioned(text, published)
     return any((m.overlaps(p) and (m.end - m.start).days < 31) or m == p for m in mentioned for p in periods)
+
+
+@lru_cache(maxsize=20_000)
+def _mentioned(text: str, published: date) -> tuple[Period, ...]:
+    """The periods a passage names: the same for every dated question it is a candidate of."""
+    return tuple(periods_in(text, published, days_alone=True))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from index.text import STOP_WORDS, normalize
+from index.text import STOP_WORDS, cut, normalize
 
 _QUESTION_WORDS = frozenset(
     "多少 几 几个 几家 几名 什么 哪 哪些 哪个 哪里 哪儿 哪家 谁 何时 什么时候 为什么 为何 "
@@ -41,10 +41,8 @@ class QuestionCues:
 @lru_cache(maxsize=4096)
 def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
     """Focus weights for `query_terms` and the expected answer type of `question`."""
-    import jieba
-
     text = normalize(question)
-    tokens = [t.strip() for t in jieba.cut(text) if t.strip()]
+    tokens = [t.strip() for t in cut(text) if t.strip()]
     wh_positions = [i for i, t in enumerate(tokens) if t in _QUESTION_WORDS or _QUANTITY.fullmatch(t)]
     weights: dict[str, float] = {}
     focus: set[str] = set()
@@ -82,10 +80,11 @@ def _type_bonus(sentence: str, lowered: str, cues: QuestionCues) -> float:
     return 0.15
 
 
-def _contains(text: str, term: str) -> bool:
-    if term.isascii():
-        return re.search(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])", text) is not None
-    return term in text
+@lru_cache(maxsize=4096)
+def _word(term: str) -> re.Pattern[str] | None:
+    """How `term` is found in a normalised sentence: an English term as a whole word (this
+    pattern), a Chinese one as a substring (None)."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])") if term.isascii() else None
 
 
 def sentence_scores(
@@ -100,10 +99,11 @@ def sentence_scores(
     cues = question_cues(question, tuple(query_terms))
     weight = {t: idf.get(t, 0.0) * cues.weights.get(t, 1.0) for t in query_terms}
     total = sum(weight.values()) or 1.0
+    checks = [(t, w, _word(t)) for t, w in weight.items()]
     scores = []
     for sentence, lowered in zip(sentences, normalized, strict=True):
         # Substring matching, not re-segmentation: jieba may cut the same word differently
         # in another context ("打掉" vs "共打/掉").
-        overlap = sum(w for t, w in weight.items() if _contains(lowered, t)) / total
+        overlap = sum(w for t, w, word in checks if (t in lowered if word is None else word.search(lowered))) / total
         scores.append(overlap + (_type_bonus(sentence, lowered, cues) if overlap > 0 else 0.0))
     return scores

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -66,7 +66,10 @@ class Hit:
         return self.text[self.highlight_start : self.highlight_end]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # What `dataclasses.asdict` returns (fields in order, `also` as a tuple of dicts)
+        # without its deep copy of every value: ~60 µs a hit, a fifth of a batch question.
+        data = dict(vars(self))
+        data["also"] = tuple(dict(vars(a)) for a in self.also)
         data["score"] = round(self.score, 4)
         data["dense"] = round(self.dense, 4)
         data["lexical"] = round(self.lexical, 4)

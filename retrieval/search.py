@@ -14,12 +14,12 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -29,12 +29,13 @@ from index.text import HAN, clean, in_script, terms
 from retrieval import collapse, dates
 from retrieval.crosslingual import Translation, default_lexicon, pinyin_table, translate
 from retrieval.decide import Evidence, Policy, features
-from retrieval.fusion import fuse, title_match
+from retrieval.fusion import fuse, title_matches
 from retrieval.highlight import sentence_scores
 from retrieval.model import Answer, Hit, format_citation
 from settings import Config, with_overrides
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 
 @dataclass
@@ -49,14 +50,53 @@ class _PendingHighlight:
     qvec: np.ndarray
 
 
+class _PerPassage(Generic[V]):
+    """Passage id → a fact read once per reader. Safe because a passage id always names the
+    same passage (ids are never reused) and a reader is one state of the index: a new
+    version gets a new `_Served`. Past `limit` passages it starts afresh (at 1M passages it
+    would otherwise grow to the whole index). Thread-safe: a thread may read a fact another
+    is reading too; both store the same value."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.values: dict[int, V] = {}
+
+    def _store(self, found: dict[int, V]) -> None:
+        if len(self.values) + len(found) > self.limit:
+            self.values = {}  # threads holding the old dict keep reading it
+        self.values.update(found)
+
+    def many(self, ids: Sequence[int], read: Callable[[list[int]], dict[int, V]]) -> dict[int, V]:
+        """The facts of the `ids` that name a passage, `read(ids)` for those not known yet."""
+        values = self.values
+        missing = [i for i in ids if i not in values]
+        if not missing:
+            return {i: values[i] for i in ids}
+        found = read(missing)
+        self._store(found)
+        return {i: values[i] if i in values else found[i] for i in ids if i in values or i in found}
+
+    def one(self, passage_id: int, make: Callable[[], V]) -> V:
+        value = self.values.get(passage_id)
+        if value is None:
+            value = make()
+            self._store({passage_id: value})
+        return value
+
+
 class _Served:
     """A reader with what retrieval derives from it once: the pinyin table English questions
-    need (~0.2 s per 16,000 terms, built on the first one) and the newest article date."""
+    need (~0.2 s per 16,000 terms, built on the first one), the newest article date, and the
+    per-passage facts questions read again and again (`_PerPassage`)."""
 
     def __init__(self, reader: IndexReader) -> None:
         self.reader = reader
         self._pinyin: dict[str, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
+        self._article_of: _PerPassage[str] = _PerPassage()
+        self._date_rows: _PerPassage[tuple[str, str]] = _PerPassage()
+        self._sentences: _PerPassage[tuple[list[tuple[int, int]], list[str]]] = _PerPassage()
+        self._rows: _PerPassage[PassageRow] = _PerPassage(limit=20_000)  # ~3 kB each (text, vector)
 
     def pinyin(self) -> dict[str, tuple[str, ...]]:
         table = self._pinyin
@@ -80,8 +120,29 @@ class _Served:
         """Article id → title (what `title_weight` compares with the question)."""
         return {a["id"]: a["title"] or "" for a in self._articles}
 
+    def article_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return self._article_of.many(ids, self.reader.article_of)
+
     def date_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        return {i: (row.text, row.date) for i, row in self.reader.rows(ids).items()}
+        """Passage id → (text, its article's date): what `dates.adjust` reads."""
+
+        def read(missing: list[int]) -> dict[int, tuple[str, str]]:
+            return {i: (row.text, row.date) for i, row in self.reader.rows(missing).items()}
+
+        return self._date_rows.many(ids, read)
+
+    def rows(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        """The passages quoted: the same popular ones answer many questions."""
+        return self._rows.many(ids, self.reader.rows)
+
+    def sentences(self, row: PassageRow) -> tuple[list[tuple[int, int]], list[str]]:
+        """The passage's stored sentence spans and their normalised texts (`PassageRow.sentences`)."""
+
+        def decode() -> tuple[list[tuple[int, int]], list[str]]:
+            found = json.loads(row.sentences)
+            return [(s, e) for s, e, _ in found], [n for _, _, n in found]
+
+        return self._sentences.one(row.id, decode)
 
 
 class Retriever:
@@ -256,10 +317,10 @@ class Retriever:
         # Republished copies collapse into one distinct result each (`retrieval.collapse`):
         # `order` holds the positions of the members that earned the ranks, `chosen` the
         # versions quoted (the earliest, unless a later copy holds more of the question).
-        ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable")]
+        ranked = [candidate_ids[position] for position in np.argsort(-fused, kind="stable").tolist()]
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
-        rows = snap.rows([i for p in picks for i in p.candidates()])
+        rows = served.rows([i for p in picks for i in p.candidates()])
         # A live store (Milvus) may delete a replaced passage between the search and this read.
         picks = [p for p in picks if all(i in rows for i in p.candidates())]
         if not picks:
@@ -267,7 +328,7 @@ class Retriever:
         order = [position_of[p.ranked_id] for p in picks]
         quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
         chosen = [rows[passage_id] for passage_id, _ in quoted]
-        highlights, undecided = self._best_sentences(question, chosen, query_terms, idf)
+        highlights, undecided = self._best_sentences(served, question, chosen, query_terms, idf)
         hits = []
         for rank, (position, row, (start, end), (_, also)) in enumerate(
             zip(order, chosen, highlights, quoted, strict=True), start=1
@@ -348,10 +409,12 @@ class Retriever:
         served: _Served, candidate_ids: Sequence[int], query_terms: Sequence[str], idf: dict[str, float]
     ) -> np.ndarray:
         """`fusion.title_match` of each candidate's article title (what `title_weight` weighs)."""
-        article_of, titles = served.reader.article_of(candidate_ids), served.titles
-        found = [titles.get(article_of.get(i, ""), "") for i in candidate_ids]
-        match = {title: title_match(query_terms, idf, title) for title in set(found)}
-        return np.array([match[title] for title in found])
+        article_of = served.article_of(candidate_ids)
+        articles = [article_of.get(i, "") for i in candidate_ids]
+        distinct = list(dict.fromkeys(articles))
+        titles = served.titles
+        match = dict(zip(distinct, title_matches(query_terms, idf, [titles.get(a, "") for a in distinct]), strict=True))
+        return np.array([match[a] for a in articles])
 
     def query_terms(self, question: str) -> list[str]:
         """The index terms BM25, coverage and highlighting use for `question`."""
@@ -394,6 +457,7 @@ class Retriever:
 
     def _best_sentences(
         self,
+        served: _Served,
         question: str,
         rows: Sequence[PassageRow],
         query_terms: Sequence[str],
@@ -411,11 +475,8 @@ class Retriever:
         results: list[tuple[int, int]] = []
         undecided: list[tuple[int, list[tuple[int, int]]]] = []
         for i, row in enumerate(rows):
-            found = json.loads(row.sentences)
-            spans = [(s, e) for s, e, _ in found]
-            scores = sentence_scores(
-                question, [row.text[s:e] for s, e in spans], query_terms, idf, [n for _, _, n in found]
-            )
+            spans, normalized = served.sentences(row)
+            scores = sentence_scores(question, [row.text[s:e] for s, e in spans], query_terms, idf, normalized)
             best = int(np.argmax(scores))
             results.append(spans[best])
             if len(spans) > 1 and scores[best] == 0.0:

@@ -8,6 +8,7 @@ never mix versions; the retriever swaps readers between questions. Lexical searc
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -62,6 +63,15 @@ where p.id in (select value from json_each(?1))
   and not exists (select 1 from passage_groups g where g.passage_id = p.id)
   and exists (select 1 from article_aliases al where al.article_id = p.article_id)
 """
+# Passages with copies: their group (0 for a passage alone whose article has aliases).
+_COPIED_SQL = """
+select passage_id, group_id from passage_groups
+union all
+select p.id, 0 from passages p
+where p.article_id in (select article_id from article_aliases)
+  and not exists (select 1 from passage_groups g where g.passage_id = p.id)
+"""
+COPY_CACHE = 50_000  # copy groups (with their rows) a reader keeps
 _ALIASES_SQL = (
     "select article_id, source, date, url from article_aliases where article_id in (select value from json_each(?))"
 )
@@ -101,6 +111,7 @@ class SqliteFaissReader(IndexReader):
         # (article ids, passage ids ascending, each one's article index), on first need
         self._article_map: tuple[list[str], np.ndarray, np.ndarray] | None = None
         self._article_map_lock = threading.Lock()
+        self._copy_rows: dict[tuple[int, int], list[CopyRow]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -245,15 +256,37 @@ class SqliteFaissReader(IndexReader):
         with self.lock:
             return [r[0] for r in self.db.execute("select term from bm25_terms")]
 
+    @functools.cached_property
+    def _copy_keys(self) -> dict[int, tuple[int, int]]:
+        """Passage id → its key in `_copy_rows` for the passages that have `copies`: in a copy
+        group (its group), or alone with an aliased article (itself). Most candidates have
+        none, and then no query is needed."""
+        with self.lock:
+            return {
+                passage_id: (group_id, 0) if group_id else (0, passage_id)
+                for passage_id, group_id in self.db.execute(_COPIED_SQL)
+            }
+
     def copies(self, ids: Sequence[int]) -> list[CopyRow]:
-        if not ids:
+        keys = self._copy_keys
+        wanted = {keys[i]: int(i) for i in ids if i in keys}  # one passage asks for each group
+        if not wanted:
             return []
-        rows = self._ids_query(_COPIES_SQL, [int(i) for i in ids])
-        aliases: dict[str, list[tuple[str, str, str]]] = {}
-        if rows:
+        known = self._copy_rows  # a local reference: another thread may swap in a fresh dict
+        missing = [i for key, i in wanted.items() if key not in known]
+        found: dict[tuple[int, int], list[CopyRow]] = {}
+        if missing:
+            rows = self._ids_query(_COPIES_SQL, missing)
+            aliases: dict[str, list[tuple[str, str, str]]] = {}
             for article_id, *alias in self._ids_query(_ALIASES_SQL, sorted({r[2] for r in rows})):
                 aliases.setdefault(article_id, []).append(tuple(alias))  # type: ignore[arg-type]
-        return [CopyRow(*r, aliases=tuple(aliases.get(r[2], ()))) for r in rows]
+            for r in rows:
+                key = (r[0], 0) if r[0] else (0, r[1])
+                found.setdefault(key, []).append(CopyRow(*r, aliases=tuple(aliases.get(r[2], ()))))
+            if len(known) + len(found) > COPY_CACHE:
+                self._copy_rows = {}
+            self._copy_rows.update(found)
+        return [row for key in wanted for row in (known[key] if key in known else found.get(key, ()))]
 
     def duplicate_groups(self) -> int:
         with self.lock:
