@@ -169,9 +169,18 @@ def type_evidence(kind: str | None, passage: str, question_terms: Sequence[str])
     of `question_terms` (or no kind is asked for), 0.5 when it holds one elsewhere, else 0."""
     if kind is None:
         return 1.0
-    pattern = next(p for name, _, p in ANSWER_TYPES if name == kind)
     text = normalize(passage)
-    spans = [(m.start(), m.end()) for m in pattern.finditer(text)]
+    return _nearness(text, _kind_spans(kind, text), question_terms)
+
+
+def _kind_spans(kind: str, text: str) -> list[tuple[int, int]]:
+    """Where `text` (normalised) holds an expression of answer kind `kind`."""
+    pattern = next(p for name, _, p in ANSWER_TYPES if name == kind)
+    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+
+
+def _nearness(text: str, spans: Sequence[tuple[int, int]], question_terms: Sequence[str]) -> float:
+    """`type_evidence` given the expressions' `spans` in `text`."""
     if not spans:
         return 0.0
     for term in question_terms:
@@ -266,7 +275,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         focus_held += found
         if not found:
             missing.append(word)
-    general = {t: general_idf(t) for t in {*named, *terms, *missing, *own, *(translation.terms if translation else ())}}
+    general = {t: general_idf(t) for t in {*named, *own, *missing, *(translation.terms if translation else ())}}
     # The most specific thing the question names that the best passage lacks: a missing
     # "厅长" or "CEO" is not made up for by five topic words present (a share would be).
     if translation:
@@ -283,13 +292,15 @@ def features(evidence: Evidence) -> dict[str, float]:
     mass = sum(general[t] for t in {*named, *missing})
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)
-    typed = type_evidence(kind, evidence.passage, anchors)
+    # The passage's expressions of that kind, found once for both anchorings below.
+    spans = _kind_spans(kind, text) if kind else []
+    typed = _nearness(text, spans, anchors) if kind else 1.0
     # The kind of answer next to what is asked about ("实施" in "什么时候正式实施"), not only
     # next to the topic: a publication date is no answer to when a rule takes effect. With the
     # focus absent from the passage, nothing there answers it (cross-validation preferred
     # this to counting an expression as "elsewhere", 0.5).
     if focus_held:
-        focused = type_evidence(kind, evidence.passage, focus_held)
+        focused = _nearness(text, spans, focus_held) if kind else 1.0
     else:
         focused = (0.0 if kind else 1.0) if focus else typed
     dense = evidence.dense
