@@ -288,7 +288,9 @@ def features(evidence: Evidence) -> dict[str, float]:
         lacking += [specificity for _, specificity in translation.unknown]
     else:
         lacking = [_lacking_weight(t, held) for t in own if not held(t) and not _NUMERIC.search(t)]
-    anchors = sorted(present, key=lambda t: -idf[t])[: max(1, len(present) // 2)]
+    # The rarer half of the shared terms; ties in question order (a set's order varies with
+    # the interpreter's hash seed, and so did the decision).
+    anchors = sorted((t for t in terms if t in present), key=lambda t: -idf[t])[: max(1, len(present) // 2)]
     mass = sum(general[t] for t in {*named, *missing})
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)

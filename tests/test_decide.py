@@ -4,6 +4,9 @@ of the default article built with the fake embedder."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -121,6 +124,34 @@ def test_focused_needs_the_answer_kind_next_to_what_is_asked_about():
     lacks = features(_evidence("什么时候实施内蒙古的措施？", published, df))
     assert answers["focused"] == answers["number"] == 1.0
     assert lacks["number"] == 1.0 and lacks["focused"] == 0.0  # a date, but not the asked one
+
+
+_TIED = """
+import numpy as np
+from index.text import segment_for_index
+from retrieval.decide import Evidence, features
+passage = "矿场" + "监管越来越严。" * 6 + "北美6月19日开会。"
+df = {"矿场": 2, "北美": 2}
+idf = dict.fromkeys(df, 2.0)
+e = Evidence("矿场和北美什么时候？", list(df), df, idf, passage, segment_for_index(passage), np.array([0.4, 0.2]), 0.4)
+print(features(e)["number"])
+"""
+
+
+def test_the_decision_does_not_depend_on_the_hash_seed():
+    """Two shared terms equally rare: the anchor is the first in question order, in every
+    process (a set's order follows PYTHONHASHSEED)."""
+    found = {
+        subprocess.run(
+            [sys.executable, "-c", _TIED],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in range(6)
+    }
+    assert found == {"0.5"}  # 矿场, asked first, is far from the date
 
 
 def test_typed_features_need_the_answer_kind_and_the_questions_words_together():
