@@ -90,6 +90,18 @@ def test_lookups_by_id_agree_with_the_stored_rows(backend_config: Config, kind: 
         assert set(cosines) == set(rows)
         assert all(cosines[i] == pytest.approx(float(row.embedding @ qvec), abs=1e-6) for i, row in rows.items())
         assert reader.article_of([]) == {} and reader.cosines([], qvec) == {}
+        if config.index.backend == "faiss":
+            # A batch search (BLAS in FAISS) gives each question exactly what it gets alone:
+            # its cosines, nearest first.
+            qvecs = retriever.embedder.encode_queries([q for q, _ in FACTS] * 2)
+            sims, ids = reader.dense(qvecs, 10)
+            for row, vector in enumerate(qvecs):
+                alone_sims, alone_ids = reader.dense(vector, 10)
+                assert ids[row].tolist() == alone_ids[0].tolist() and sims[row].tolist() == alone_sims[0].tolist()
+                found = ids[row].tolist()
+                assert min(found) >= 0 and list(sims[row]) == sorted(sims[row], reverse=True)
+                cosines = reader.cosines(found, vector)
+                assert sims[row].tolist() == pytest.approx([cosines[i] for i in found], abs=1e-6)
     finally:
         retriever.close()
 
