@@ -32,6 +32,10 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
 - `focused`: the kind of answer asked next to the question's focus words in the passage (0
   when they are absent): the date beside "发布" does not say when a rule "实施".
 
+Words that name the kind of answer (the wh-word, "期限", "职务", and the word after a
+determining question word: "国家" in "在哪个国家") are the question's form, not what it is
+about: the answer itself satisfies them, so no feature asks the passage to repeat them.
+
 They are combined linearly with non-negative weights (more evidence never makes a question
 less answered): answered when `sum(w * f) >= threshold`. Weights and threshold live in
 `config.toml` `[retrieval]`, fitted by cross-validation (`bench/fit_decide.py`).
@@ -47,7 +51,7 @@ import numpy as np
 
 from index.text import general_idf, normalize
 from retrieval.crosslingual import Translation
-from retrieval.highlight import question_cues
+from retrieval.highlight import kind_nouns, question_cues
 from settings import RetrievalConfig
 
 FEATURES = (
@@ -241,12 +245,21 @@ def _share(wanted: Iterable[str], present: set[str], weight: Mapping[str, float]
 def features(evidence: Evidence) -> dict[str, float]:
     """The decision's features (`FEATURES`), each in [0, 1]."""
     translation, df, idf = evidence.translation, evidence.df, evidence.idf
-    own = [t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t) and t not in _ANSWER_NOUNS]
+    # Words naming the kind of answer ("国家" in "在哪个国家"), like the answer nouns, are
+    # satisfied by the answer itself; an English one also through its translations.
+    kinds = set(kind_nouns(evidence.question))
+    if translation:
+        kinds |= {t for phrase, group in translation.phrases if set(phrase.split()) <= kinds for t in group}
+    own = [
+        t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t) and t not in _ANSWER_NOUNS and t not in kinds
+    ]
     if translation:
         # An English question's own words are absent from Chinese articles by nature: its
         # evidence is the index terms it reached; what it names, its content words.
         terms = [t for t in own if df[t] > 0]
-        named, absent = list(translation.words), {w for w, _ in translation.unknown}
+        named = [w for w in translation.words if w not in kinds]
+        unknown = [(w, specificity) for w, specificity in translation.unknown if w not in kinds]
+        absent = {w for w, _ in unknown}
     else:
         terms = named = own
         absent = {t for t in own if df[t] == 0}
@@ -281,11 +294,11 @@ def features(evidence: Evidence) -> dict[str, float]:
     if translation:
         lacking = [
             min(general[t] for t in group)
-            for _, group in translation.phrases
-            if group and not any(held(t) for t in group)
+            for phrase, group in translation.phrases
+            if group and not any(held(t) for t in group) and not set(phrase.split()) <= kinds
         ]
         lacking += [1.0 for t in own if t.isascii() and df[t] > 0 and not held(t)]
-        lacking += [specificity for _, specificity in translation.unknown]
+        lacking += [specificity for _, specificity in unknown]
     else:
         lacking = [_lacking_weight(t, held) for t in own if not held(t) and not _NUMERIC.search(t)]
     # The rarer half of the shared terms; ties in question order (a set's order varies with

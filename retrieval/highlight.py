@@ -38,6 +38,33 @@ class QuestionCues:
     answer_type: re.Pattern[str] | None
 
 
+# A question word used as a determiner: the word after it names the kind of answer ("哪个国家",
+# "什么职务", "which country"), which the answer itself instantiates.
+_DETERMINERS = re.compile(r"哪(?:个|些|几个|几|家|位|种|类|一个|一家|一位|一种)?|什么|which|what")
+# Measure words between the determiner and its noun ("哪一家公司", "哪几个省份").
+_MEASURES = re.compile(r"[一几]?(?:个|家|位|种|类|项|座|所)")
+
+
+@lru_cache(maxsize=4096)
+def kind_nouns(question: str) -> frozenset[str]:
+    """Words of `question` that name the kind of answer it asks for: the content word right
+    after a determining question word ("国家" in "在哪个国家", "country" in "which country").
+    A passage naming Kazakhstan answers "which country" without the word "country"."""
+    tokens = [t.strip() for t in cut(normalize(question)) if t.strip()]
+    found: set[str] = set()
+    for i, token in enumerate(tokens[:-1]):
+        if not _DETERMINERS.fullmatch(token):
+            continue
+        following = tokens[i + 1 :]
+        if following and _MEASURES.fullmatch(following[0]) and len(following) > 1:
+            following = following[1:]
+        noun = following[0]
+        content = noun.isalnum() and noun not in STOP_WORDS and noun not in _QUESTION_WORDS
+        if content and not _QUANTITY.fullmatch(noun):
+            found.add(noun)
+    return frozenset(found)
+
+
 @lru_cache(maxsize=4096)
 def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
     """Focus weights for `query_terms` and the expected answer type of `question`."""

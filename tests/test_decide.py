@@ -17,6 +17,7 @@ from index.build import build_index
 from index.text import segment_for_index
 from retrieval import Retriever
 from retrieval.decide import FEATURES, Evidence, Policy, answer_type, features, type_evidence
+from retrieval.highlight import kind_nouns
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,31 @@ def test_nouns_naming_the_kind_of_answer_need_not_be_in_the_passage():
     role = features(_evidence("陈晓华担任什么职务？", passage, {"陈晓华": 2, "担任": 3, "职务": 0}))
     asked = features(_evidence("陈晓华的厅长职务是什么？", passage, {"陈晓华": 2, "厅长": 0, "职务": 0}))
     assert role["gap"] > asked["gap"] and asked["gap"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("question", "nouns"),
+    [
+        ("嘉楠科技要在哪個國家啟動自營挖礦？", {"国家"}),
+        ("币安是哪一家公司？", {"公司"}),
+        ("陈晓华担任什么职务？", {"职务"}),
+        ("Which country will Canaan mine in?", {"country"}),
+        ("什么是区块链？", set()),
+        ("青海省要求什么？", set()),
+        ("What did Binance say?", set()),
+    ],
+)
+def test_the_word_after_a_determining_question_word_names_the_kind_of_answer(question, nouns):
+    assert kind_nouns(question) == nouns
+
+
+def test_a_passage_answering_which_country_need_not_say_country():
+    passage = "此前另一家矿机制造商嘉楠科技也宣布，6月上旬将在哈萨克斯坦启动自营挖矿。"
+    df = {"嘉楠": 1, "科技": 3, "国家": 2, "启动": 1, "自营": 1, "挖矿": 9}
+    which = features(_evidence("嘉楠科技要在哪个国家启动自营挖矿？", passage, df))
+    assert which["gap"] == which["focus"] == which["coverage"] == 1.0
+    lacking = features(_evidence("嘉楠科技在哪个国家的工厂启动自营挖矿？", passage, df | {"工厂": 2}))
+    assert lacking["gap"] < 1.0 and lacking["coverage"] < 1.0
 
 
 def test_focused_needs_the_answer_kind_next_to_what_is_asked_about():
