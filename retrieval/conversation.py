@@ -52,11 +52,13 @@ class Limits:
 LIMITS = Limits()
 
 _END = r"\s*[?？!！。.…~～]*\s*$"
-# "(那)X呢", "X怎么样", "至于X呢", "X也是吗" (simplified and traditional).
+# "(那)X呢", "X怎么样", "至于X呢", "X也是吗", "那X怎么说" (simplified and traditional).
 _ZH_ELLIPTICAL = re.compile(
     r"^(?:那么|那|还有|還有|至于|至於|而|另外)?\s*[,，]?\s*(?P<x>.+?)\s*"
     r"(?:的情况|的情況|方面|那边|那邊)?\s*"
     r"(?:呢|怎么样|怎麼樣|怎样|怎樣|如何|又如何|又怎样|又怎樣|也是吗|也是嗎|也一样吗|也一樣嗎)" + _END
+    # "那X怎么说": only after 那/还有, since "业内人士怎么看？" alone asks a question of its own
+    + r"|^(?:那么|那|还有|還有|而)\s*[,，]?\s*(?P<y>.+?)\s*(?:怎么说|怎麼說|怎么看|怎麼看)" + _END
 )
 # "what/how about X", "and X?", "what of X", "same for X", "X too?".
 _EN_ELLIPTICAL = re.compile(
@@ -73,8 +75,11 @@ _QUESTION_WORD = re.compile(
 _ZH_PRONOUN = re.compile(
     r"(?<![其吉])(?:他们|她们|它们|他們|她們|它們|[他她它](?![人国國乡鄉]))|其(?![他它中实實余餘次])"
 )
-# A leading demonstrative, with its measure word: "该通知", "这次行动", "那份文件".
-_ZH_DEMONSTRATIVE = re.compile(r"^(?:那么|那)?\s*(?:该|該|此|这|這|那)(?:[个個次项項份些家位种種里裡])?(?=\S)")
+# A leading demonstrative, with its measure word: "该通知", "这次行动", "那份文件". A bare 那
+# before a name is "then" ("那OKEx怎么说？"), not "that".
+_ZH_DEMONSTRATIVE = re.compile(
+    r"^(?:那么|那)?\s*(?:(?:该|該|此|这|這)(?:[个個次项項份些家位种種里裡])?|那[个個次项項份些家位种種里裡])(?=\S)"
+)
 # ("it" not as the dummy subject of "is it true/possible that…")
 _EN_PRONOUN = re.compile(
     r"\b(?:he|she|him|his|her|hers|they|them|their|theirs|its|it(?!\s+(?:true|possible|likely|that)\b))\b",
@@ -86,6 +91,8 @@ _EN_DEMONSTRATIVE = re.compile(
     + r"|\b(?:who|what|when|where|why|how|did|does|do|was|were|is|are|has|have)\s+(?:this|that|these|those)\b",
     re.IGNORECASE,
 )  # fmt: skip
+# Question phrases whose characters search terms would keep ("哪天" → 天, "几号").
+_WH_PHRASE = re.compile(r"哪一?[天年月日个些里儿位家种次]|几[号月点年天日次]|多少|什么时候|何时|何日")
 # Words that carry no topic of their own in a bare follow-up ("什么时候发布的？", "When was it held?").
 _GENERIC = frozenset(
     "发布 提出 宣布 发生 开始 举行 举办 回复 回应 时间 日期 地点 原因 具体 人 事 "
@@ -244,8 +251,9 @@ def _names_something(question: str) -> bool:
 
 
 def _is_bare(question: str) -> bool:
-    """A question with no subject or topic word: only question words and generic verbs."""
-    return all(t in _GENERIC for t in terms(question))
+    """A question with no subject or topic word: only question words and generic verbs
+    ("哪天發布的？": the search terms of 哪天 and 几号 keep their 天 and 几号)."""
+    return all(t in _GENERIC for t in terms(_WH_PHRASE.sub(" ", to_simplified(question))))
 
 
 def _english_pronoun(question: str) -> bool:

@@ -44,11 +44,16 @@ CONVERSATIONS = PROJECT_ROOT / "bench" / "data" / "conversations.jsonl"
         ("断卡行动打掉了多少个犯罪团伙？", "这次行动抓了多少人？", "断卡行动抓了多少人？", "pronoun"),
         (f"{FSDC}强调了什么？", "它什么时候开的会？", f"{FSDC}什么时候开的会？", "pronoun"),
         (QINGHAI, "什么时候？", f"{QINGHAI} 什么时候？", "bare"),
+        ("火币怎么回应关键词被屏蔽？", "那OKEx怎么说？", "OKEx怎么回应关键词被屏蔽？", "elliptical"),
+        ("陈晓华怎么看交易所监管？", "那蔡凯龙怎么看？", "蔡凯龙怎么看交易所监管？", "elliptical"),
+        ("青海省工信厅发布了什么通知？", "那份通知要求什么？", "青海省工信厅通知要求什么？", "pronoun"),
+        ("内蒙古发改委发布了什么？", "哪天发布的？", "内蒙古发改委发布了什么？ 哪天发布的？", "bare"),
         # traditional Chinese
         ("青海省工業和信息化廳發布了什麼通知？", "該通知要求什麼？", "青海省工業和信息化廳通知要求什麼？", "pronoun"),
         ("青海省工業和信息化廳發布了什麼通知？", "新疆呢？", "新疆發布了什麼通知？", "elliptical"),
         ("昌吉州的通知叫什麼？", "青海省的呢？", "青海省的通知叫什麼？", "elliptical"),
         ("哪些幣圈大V的微博被封了？", "誰說的？", "哪些幣圈大V的微博被封了？ 誰說的？", "bare"),
+        ("內蒙古發改委發布了什麼？", "幾號發布的？", "內蒙古發改委發布了什麼？ 幾號發布的？", "bare"),
         # English
         (CAI, "What did he say about carbon neutrality?", f"What did Cai Kailong say about {CARBON}", "pronoun"),
         ("How did Binance respond to the frozen bank cards?", "What about Huobi?",
@@ -73,6 +78,7 @@ STANDALONE = [
     "其他交易所被屏蔽了吗？",  # 其他 is "other", not a pronoun
     "交易所的跨境监管难度如何？",  # "X如何" whose X asks something of its own
     "今天天气怎么样？",
+    "业内人士怎么看？",  # "X怎么看" without 那 asks a question of its own
     "斷卡行動有多少個省區市參加？",
     "What did Chen Xiaohua say about exchanges?",
     "Is it true that Huobi replied?",  # a dummy "it"
