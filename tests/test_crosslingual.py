@@ -220,15 +220,17 @@ def test_english_question_finds_the_chinese_passage_lexically(built_hash_index) 
         retriever.close()
 
 
-@pytest.mark.parametrize(
-    ("question", "expected"),
-    [
-        ("Which platforms stopped offering futures and leverage?", "杠杆"),  # futures → 期货/合约, not 未来
-        ("Which crypto influencers had their Weibo accounts blocked?", "大V"),  # 大V, 账号, 封锁
-        ("Which association warned against crypto speculation?", "协会"),
-        ("Where are miners moving their mining farms?", "矿场"),
-    ],
-)
+# English questions of ours on the default article whose passages need the glossary's words,
+# with a string of the passage that answers them.
+DOMAIN_QUESTIONS = [
+    ("Which platforms stopped offering futures and leverage?", "杠杆"),  # futures → 期货/合约, not 未来
+    ("Which crypto influencers had their Weibo accounts blocked?", "大V"),  # 大V, 账号, 封锁
+    ("Which association warned against crypto speculation?", "协会"),
+    ("Where are miners moving their mining farms?", "矿场"),
+]
+
+
+@pytest.mark.parametrize(("question", "expected"), DOMAIN_QUESTIONS)
 def test_domain_words_bring_english_questions_to_their_passage(built_hash_index, question: str, expected: str) -> None:  # type: ignore[no-untyped-def]
     """On the default corpus with the fake embedder (dense noise for English), the glossary's
     terms alone put the passage first."""
@@ -248,5 +250,17 @@ def test_police_and_suspects_reach_the_arrests(built_hash_index) -> None:  # typ
         answer = retriever.answer("How many suspects did the police catch in the card-breaking operation?", k=3)
         assert {"公安", "嫌疑人", "断卡"} <= set(retriever.query_terms(answer.question))
         assert "1100" in max(answer.hits, key=lambda h: h.lexical).text
+    finally:
+        retriever.close()
+
+
+@pytest.mark.slow
+def test_real_model_english_domain_questions_find_their_passage(real_config) -> None:  # type: ignore[no-untyped-def]
+    """With the real model too (before the glossary, three of these five missed at hit@1)."""
+    questions = [*DOMAIN_QUESTIONS, ("How many suspects did the police catch in the card-breaking operation?", "1100")]
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        answers = retriever.answer_many([q for q, _ in questions], 3)
+        assert [expected in a.hits[0].text for a, (_, expected) in zip(answers, questions, strict=True)] == [True] * 5
     finally:
         retriever.close()
