@@ -251,7 +251,11 @@ class Retriever:
         nearest passages of all of them, and at most one more model call embeds the sentences
         of every hit that shares no term with its question (see `_best_sentences`); a model
         call costs about as much for one text as for dozens."""
-        k = self.clamp_k(k)
+        return self._answer_batch(questions, self.clamp_k(k), again=True)
+
+    def _answer_batch(self, questions: Sequence[str], k: int, again: bool) -> list[Answer]:
+        """`answer_many`; with `again`, a question a live store changed under while it was
+        answered (`_answer_one` returns None) is asked once more, from the store's new state."""
         served = self._served
         reader = served.reader
         cleaned = [self._prepare(reader, q) for q in questions]
@@ -262,16 +266,25 @@ class Retriever:
         query_vectors = self.embedder.encode_queries([cleaned[i] for i in todo])
         sims, ids = reader.dense(query_vectors, min(self.config.retrieval.candidates, reader.count))
         pending: list[_PendingHighlight] = []
+        changed: list[int] = []
         for row, i in enumerate(todo):
-            answers[i], spans = self._answer_one(
-                served, questions[i], cleaned[i], query_vectors[row], (sims[row], ids[row]), k
+            answer, spans = self._answer_one(
+                served, questions[i], cleaned[i], query_vectors[row], (sims[row], ids[row]), k, settled=again
             )
+            if answer is None:
+                changed.append(i)
+                continue
+            answers[i] = answer
             pending += [
                 _PendingHighlight(i, position, answers[i].hits[position].text, s, query_vectors[row])
                 for position, s in spans
             ]
         if pending:
             self._highlight_by_embedding(answers, pending)
+        if changed:
+            again_answers = self._answer_batch([questions[i] for i in changed], k, again=False)
+            for i, answer in zip(changed, again_answers, strict=True):
+                answers[i] = answer
         return answers
 
     def _highlight_by_embedding(self, answers: list[Answer], pending: Sequence[_PendingHighlight]) -> None:
@@ -296,10 +309,13 @@ class Retriever:
         qvec: np.ndarray,
         nearest: tuple[np.ndarray, np.ndarray],
         k: int,
-    ) -> tuple[Answer, list[tuple[int, list[tuple[int, int]]]]]:
+        settled: bool = False,
+    ) -> tuple[Answer | None, list[tuple[int, list[tuple[int, int]]]]]:
         """The answer, and (hit position, sentence spans) of hits whose best sentence only
         sentence embeddings can pick (`answer_many` embeds them for the whole batch).
-        `nearest`: this question's row of the batch's FAISS search (similarities, ids)."""
+        `nearest`: this question's row of the batch's FAISS search (similarities, ids).
+        With `settled`, None when the store changed while the question was answered (see
+        below), so that it is asked again rather than answered from half of each state."""
         cfg = self.config.retrieval
         snap = served.reader
         query_terms, translation = self._question_terms(served, question)
@@ -321,13 +337,19 @@ class Retriever:
         picks = collapse.distinct(snap.copies, ranked, k)
         position_of = {passage_id: position for position, passage_id in enumerate(candidate_ids)}
         rows = served.rows([i for p in picks for i in p.candidates()])
-        # A live store (Milvus) may delete a replaced passage between the search and this read.
-        picks = [p for p in picks if all(i in rows for i in p.candidates())]
+        # A live store (Milvus) may replace an article between the searches and this read:
+        # a found passage deleted since, or an old and a new version of one paragraph both
+        # found (one search before the swap, one after). A version of the SQLite backend never
+        # changes, so neither happens there.
+        kept = [p for p in picks if all(i in rows for i in p.candidates())]
+        quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in kept]
+        chosen = [rows[passage_id] for passage_id, _ in quoted]
+        if settled and (len(kept) < len(picks) or len({(r.article_id, r.ordinal) for r in chosen}) < len(chosen)):
+            return None, []
+        picks = kept
         if not picks:
             return Answer(question=original, answered=False, version=snap.version), []
         order = [position_of[p.ranked_id] for p in picks]
-        quoted = [p.quote({i: rows[i].terms for i in p.candidates()}, query_terms) for p in picks]
-        chosen = [rows[passage_id] for passage_id, _ in quoted]
         highlights, undecided = self._best_sentences(served, question, chosen, query_terms, idf)
         hits = []
         for rank, (position, row, (start, end), (_, also)) in enumerate(
