@@ -46,11 +46,18 @@ _MEASURES = re.compile(r"[一几]?(?:个|家|位|种|类|项|座|所)")
 
 
 @lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[str, ...]:
+    """The jieba words of a normalised question, blanks dropped: what `question_cues` and
+    `kind_nouns` both read a question's structure from."""
+    return tuple(t.strip() for t in cut(text) if t.strip())
+
+
+@lru_cache(maxsize=4096)
 def kind_nouns(question: str) -> frozenset[str]:
     """Words of `question` that name the kind of answer it asks for: the content word right
     after a determining question word ("国家" in "在哪个国家", "country" in "which country").
     A passage naming Kazakhstan answers "which country" without the word "country"."""
-    tokens = [t.strip() for t in cut(normalize(question)) if t.strip()]
+    tokens = _tokens(normalize(question))
     found: set[str] = set()
     for i, token in enumerate(tokens[:-1]):
         if not _DETERMINERS.fullmatch(token):
@@ -69,7 +76,7 @@ def kind_nouns(question: str) -> frozenset[str]:
 def question_cues(question: str, query_terms: tuple[str, ...]) -> QuestionCues:
     """Focus weights for `query_terms` and the expected answer type of `question`."""
     text = normalize(question)
-    tokens = [t.strip() for t in cut(text) if t.strip()]
+    tokens = _tokens(text)
     wh_positions = [i for i, t in enumerate(tokens) if t in _QUESTION_WORDS or _QUANTITY.fullmatch(t)]
     weights: dict[str, float] = {}
     focus: set[str] = set()
