@@ -85,21 +85,21 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 5.2
-    evidence_coverage: float = 1.736
-    evidence_rare: float = 0.933
-    evidence_known: float = 2.266
-    evidence_focus: float = 0.094
+    evidence_dense: float = 5.037
+    evidence_coverage: float = 1.643
+    evidence_rare: float = 0.93
+    evidence_known: float = 2.247
+    evidence_focus: float = 0.005
     evidence_salient: float = 0.0
-    evidence_specific: float = 2.069
-    evidence_number: float = 2.615
+    evidence_specific: float = 2.146
+    evidence_number: float = 2.505
     evidence_cue: float = 0.0
-    evidence_margin: float = 0.566
-    evidence_typed: float = 1.492
-    evidence_typed_rare: float = 0.532
-    evidence_focused: float = 1.151
-    evidence_gap: float = 2.027
-    evidence_threshold: float = 10.951
+    evidence_margin: float = 0.683
+    evidence_typed: float = 1.719
+    evidence_typed_rare: float = 0.381
+    evidence_focused: float = 1.308
+    evidence_gap: float = 2.265
+    evidence_threshold: float = 10.921
     max_query_chars: int = 1000
 
 

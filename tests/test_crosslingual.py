@@ -191,6 +191,27 @@ def test_glossary_words_no_article_uses_are_unknown(domain: Lexicon) -> None:
     assert "police" not in dict(translate("Did the police act?", domain, {}, known("警方")).unknown)
 
 
+@pytest.mark.parametrize(
+    ("question", "relation", "chinese"),
+    [
+        ("Where is Huobi headquartered?", "headquartered", "总部"),
+        ("Who founded Binance?", "founded", "创办"),
+        ("When do the rules take effect?", "take effect", "生效"),
+        ("Who is the editor-in-chief?", "editor chief", "主编"),
+    ],
+)
+def test_relation_words_are_read_so_their_absence_is_evidence(question: str, relation: str, chinese: str) -> None:
+    """What a question near the articles' topic asks about is often a relation ("headquartered",
+    "founded") that CEDICT cannot read: the glossary's sense makes it a term when the articles
+    use it, and something the articles never name (unknown) when they do not, rather than no
+    evidence either way (the shipped glossary alone)."""
+    glossary = Lexicon.from_files(glossary=GLOSSARY)
+    held = translate(question, glossary, {}, known(chinese))
+    assert (relation, (chinese,)) in held.phrases
+    missing = translate(question, glossary, {}, known())
+    assert set(relation.split()) <= {word for word, _ in missing.unknown}
+
+
 def test_shipped_glossary_parses() -> None:
     entries = read_glossary(GLOSSARY)
     keys = [key for key, _ in entries]
