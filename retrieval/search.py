@@ -45,6 +45,7 @@ class _PendingHighlight:
 
     answer: int  # index of the answer in the batch
     position: int  # index of the hit in its answer
+    passage_id: int
     text: str
     spans: list[tuple[int, int]]
     qvec: np.ndarray
@@ -97,6 +98,8 @@ class _Served:
         self._date_rows: _PerPassage[tuple[str, str]] = _PerPassage()
         self._sentences: _PerPassage[tuple[list[tuple[int, int]], list[str]]] = _PerPassage()
         self._rows: _PerPassage[PassageRow] = _PerPassage(limit=20_000)  # ~3 kB each (text, vector)
+        # ~2 kB a sentence, ~5 sentences a passage: at most ~40 MB.
+        self._sentence_vectors: _PerPassage[np.ndarray] = _PerPassage(limit=4_096)
 
     def pinyin(self) -> dict[str, tuple[str, ...]]:
         table = self._pinyin
@@ -143,6 +146,21 @@ class _Served:
             return [(s, e) for s, e, _ in found], [n for _, _, n in found]
 
         return self._sentences.one(row.id, decode)
+
+    def sentence_vectors(
+        self, passages: dict[int, tuple[str, list[tuple[int, int]]]], embed: Callable[[list[str]], np.ndarray]
+    ) -> dict[int, np.ndarray]:
+        """Each passage's sentence embeddings (one row per span), `embed`ding in one call the
+        distinct sentences of those not embedded before: the same popular passages lack a
+        shared term with question after question (English ones above all)."""
+
+        def read(missing: list[int]) -> dict[int, np.ndarray]:
+            sentences = list(dict.fromkeys(passages[i][0][s:e] for i in missing for s, e in passages[i][1]))
+            row_of = {sentence: row for row, sentence in enumerate(sentences)}
+            vectors = embed(sentences)
+            return {i: vectors[[row_of[passages[i][0][s:e]] for s, e in passages[i][1]]] for i in missing}
+
+        return self._sentence_vectors.many(list(passages), read)
 
 
 class Retriever:
@@ -276,25 +294,28 @@ class Retriever:
                 continue
             answers[i] = answer
             pending += [
-                _PendingHighlight(i, position, answers[i].hits[position].text, s, query_vectors[row])
+                _PendingHighlight(i, position, hit.passage_id, hit.text, s, query_vectors[row])
                 for position, s in spans
+                for hit in [answers[i].hits[position]]
             ]
         if pending:
-            self._highlight_by_embedding(answers, pending)
+            self._highlight_by_embedding(served, answers, pending)
         if changed:
             again_answers = self._answer_batch([questions[i] for i in changed], k, again=False)
             for i, answer in zip(changed, again_answers, strict=True):
                 answers[i] = answer
         return answers
 
-    def _highlight_by_embedding(self, answers: list[Answer], pending: Sequence[_PendingHighlight]) -> None:
+    def _highlight_by_embedding(
+        self, served: _Served, answers: list[Answer], pending: Sequence[_PendingHighlight]
+    ) -> None:
         """Set each pending hit's highlight to its sentence closest to the question, embedding
-        the batch's distinct sentences in one model call (popular passages recur)."""
-        sentences = list(dict.fromkeys(item.text[s:e] for item in pending for s, e in item.spans))
-        row_of = {sentence: row for row, sentence in enumerate(sentences)}
-        vectors = self.embedder.encode_documents(sentences)
+        in one model call the sentences of the batch's passages not embedded before."""
+        vectors = served.sentence_vectors(
+            {item.passage_id: (item.text, item.spans) for item in pending}, self.embedder.encode_documents
+        )
         for item in pending:
-            sims = vectors[[row_of[item.text[s:e]] for s, e in item.spans]] @ item.qvec
+            sims = vectors[item.passage_id] @ item.qvec
             start, end = item.spans[int(np.argmax(sims))]
             answer = answers[item.answer]
             hits = list(answer.hits)

@@ -18,6 +18,7 @@ from test_many import QUESTION, write_syndicated
 from index import publish
 from index.backends import open_backend
 from index.build import build_index
+from index.embedder import HashEmbedder
 from index.text import normalize, terms
 from retrieval import Retriever
 from retrieval.fusion import title_matches
@@ -74,6 +75,39 @@ def test_warm_caches_and_batches_answer_like_fresh_reads(corpus: Config) -> None
         assert retriever.answer_many(QUESTIONS, 5) == expected  # cold
         assert retriever.answer_many(QUESTIONS, 5) == expected  # every fact now from the caches
         assert [retriever.answer(q, 5) for q in reversed(QUESTIONS)] == expected[::-1]
+    finally:
+        retriever.close()
+
+
+class CountingEmbedder(HashEmbedder):
+    """The test model, recording the texts of each document call (sentence embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.documents: list[list[str]] = []
+
+    def encode_documents(self, texts):  # type: ignore[no-untyped-def]
+        self.documents.append(list(texts))
+        return super().encode_documents(texts)
+
+
+def test_sentences_are_embedded_once_per_passage(corpus: Config) -> None:
+    """An English question shares no term with most passages, so their best sentence is picked
+    by sentence embeddings: the first time a passage needs them, never again for that version."""
+    english = [q for q in QUESTIONS if q.isascii()]
+    expected = fresh_answers(corpus)
+    embedder = CountingEmbedder()
+    retriever = Retriever.open(corpus.index.dir, corpus, embedder)
+    try:
+        first = retriever.answer_many(english, 5)
+        assert embedder.documents, "the English question needs sentence embeddings"
+        embedded = [sentence for call in embedder.documents for sentence in call]
+        assert len(embedded) == len(set(embedded))
+        calls = len(embedder.documents)
+        again = [retriever.answer(q, 5) for q in english]
+        assert len(embedder.documents) == calls  # asked alone, afterwards: every sentence known
+        assert first == again == [a for a, q in zip(expected, QUESTIONS, strict=True) if q.isascii()]
+        assert retriever.answer_many(QUESTIONS, 5) == expected
     finally:
         retriever.close()
 
