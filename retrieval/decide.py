@@ -121,7 +121,7 @@ ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
     (
         "count",
         re.compile(
-            r"多少|几(?:个|家|名|位|次|项|种|台|张|人|座|万|亿|十|百|千|轮|岁)|数量|人数|比例|占比|年龄|年纪|多大|"
+            r"多少|(?<!哪)几(?:个|家|名|位|次|项|种|台|张|人|座|万|亿|十|百|千|轮|岁)|数量|人数|比例|占比|年龄|年纪|多大|"
             r"how many|how old|number of|share of|proportion|percentage"
         ),
         re.compile(rf"{_NUM}\s*(?:余|多)?\s*{_UNIT}|{_CN_COUNT}(?:余|多)?{_UNIT}"),
