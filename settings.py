@@ -85,21 +85,21 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 5.032
-    evidence_coverage: float = 1.642
-    evidence_rare: float = 0.917
-    evidence_known: float = 2.246
-    evidence_focus: float = 0.003
-    evidence_salient: float = 0.0
-    evidence_specific: float = 2.16
-    evidence_number: float = 2.527
+    evidence_dense: float = 4.722
+    evidence_coverage: float = 1.725
+    evidence_rare: float = 1.289
+    evidence_known: float = 1.478
+    evidence_focus: float = 0.027
+    evidence_salient: float = 0.162
+    evidence_specific: float = 1.834
+    evidence_number: float = 2.807
     evidence_cue: float = 0.0
-    evidence_margin: float = 0.666
-    evidence_typed: float = 1.721
-    evidence_typed_rare: float = 0.394
-    evidence_focused: float = 1.304
-    evidence_gap: float = 2.255
-    evidence_threshold: float = 10.894
+    evidence_margin: float = 0.506
+    evidence_typed: float = 0.725
+    evidence_typed_rare: float = 0.0
+    evidence_focused: float = 1.121
+    evidence_gap: float = 1.992
+    evidence_threshold: float = 8.842
     max_query_chars: int = 1000
 
 

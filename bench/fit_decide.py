@@ -4,9 +4,9 @@
 
 Labelled questions, each with the decision's features computed by the real retriever:
 
-- the default article: `bench/data/article-answerable.jsonl` and `article-answerable-2.jsonl`
-  (answered), `bench/data/near-topic.jsonl` and `near-topic-2.jsonl` (not covered), written
-  for this purpose; figures are printed per file;
+- the default article: `bench/data/article-answerable*.jsonl` (answered) and
+  `near-topic*.jsonl` (not covered) of batches 1-4, written for this purpose; figures are
+  printed per file. Batch 5 is held out (`bench/quality.py` reports it);
 - CMRC-2018 trial (every paragraph an article): each question against the whole corpus
   (answered), and against the corpus without its own paragraph (not covered: the closest
   other paragraphs are in the same Wikipedia style, often on a related subject). Paragraphs
@@ -37,7 +37,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.embed_cache import CachedEmbedder
-from bench.quality import ANSWERABLE, ANSWERABLE_2, NEAR, NEAR_2, cmrc_paragraphs, seed_questions, write_cmrc_corpus
+from bench.quality import (
+    ANSWERABLE,
+    ANSWERABLE_2,
+    ANSWERABLE_3,
+    ANSWERABLE_4,
+    NEAR,
+    NEAR_2,
+    NEAR_3,
+    NEAR_4,
+    cmrc_paragraphs,
+    seed_questions,
+    write_cmrc_corpus,
+)
 from index.build import build_index
 from index.embedder import Embedder, load_embedder
 from retrieval.decide import FEATURES
@@ -59,6 +71,10 @@ ARTICLE_SETS = (
     ("article-answerable-2", ANSWERABLE_2, 1),
     ("near-topic", NEAR, 0),
     ("near-topic-2", NEAR_2, 0),
+    ("article-answerable-3", ANSWERABLE_3, 1),
+    ("near-topic-3", NEAR_3, 0),
+    ("article-answerable-4", ANSWERABLE_4, 1),
+    ("near-topic-4", NEAR_4, 0),
 )
 
 

@@ -37,9 +37,15 @@ NEAR = DATA / "near-topic.jsonl"
 # A second batch of both kinds, written later the same way.
 ANSWERABLE_2 = DATA / "article-answerable-2.jsonl"
 NEAR_2 = DATA / "near-topic-2.jsonl"
-# A third batch, written after the decision's features were fixed and never fitted on.
+# A third and a fourth batch, each written blind after the one before; the fourth showed the
+# first three had not been enough (paraphrased and detail questions), so both are fitted on now.
 ANSWERABLE_3 = DATA / "article-answerable-3.jsonl"
 NEAR_3 = DATA / "near-topic-3.jsonl"
+ANSWERABLE_4 = DATA / "article-answerable-4.jsonl"
+NEAR_4 = DATA / "near-topic-4.jsonl"
+# A fifth batch, written blind after the fourth: held out from fitting.
+ANSWERABLE_5 = DATA / "article-answerable-5.jsonl"
+NEAR_5 = DATA / "near-topic-5.jsonl"
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.
@@ -159,12 +165,23 @@ def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
     return {
         "answerable: seed-dev": flagged_by_language(retriever, seed_questions()),
         "answerable: held-out": flagged_by_language(retriever, seed_questions(HELDOUT)),
-        "answerable: article-answerable": flagged_by_language(retriever, seed_questions(ANSWERABLE)),
-        "answerable: article-answerable-2": flagged_by_language(retriever, seed_questions(ANSWERABLE_2)),
-        "not covered: near-topic.jsonl": flagged_by_language(retriever, seed_questions(NEAR)),
-        "answerable: article-answerable-3": flagged_by_language(retriever, seed_questions(ANSWERABLE_3)),
-        "not covered: near-topic-2.jsonl": flagged_by_language(retriever, seed_questions(NEAR_2)),
-        "not covered: near-topic-3.jsonl": flagged_by_language(retriever, seed_questions(NEAR_3)),
+        **{
+            f"{'answerable' if label else 'not covered'}: {path.name}": flagged_by_language(
+                retriever, seed_questions(path)
+            )
+            for path, label in (
+                (ANSWERABLE, 1),
+                (ANSWERABLE_2, 1),
+                (ANSWERABLE_3, 1),
+                (ANSWERABLE_4, 1),
+                (ANSWERABLE_5, 1),
+                (NEAR, 0),
+                (NEAR_2, 0),
+                (NEAR_3, 0),
+                (NEAR_4, 0),
+                (NEAR_5, 0),
+            )
+        },
         "not covered: NEAR_TOPIC": flagged_by_language(retriever, _listed(NEAR_TOPIC)),
         "not covered: OFF_TOPIC": flagged_by_language(retriever, _listed(OFF_TOPIC)),
     }

@@ -71,7 +71,7 @@ FEATURES = (
     "focused",
 )
 # Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
-_CRISP = frozenset({"date", "amount", "count"})
+_CRISP = frozenset({"duration", "date", "amount", "count"})
 # How many of the question's rarest terms `rare` looks at.
 _RARE_TERMS = 2
 
@@ -85,6 +85,9 @@ _UNIT = (
     r"米|公里|千米|厘米|毫米|英尺|英里|平方|公顷|亩|吨|公斤|千克|克|磅|升|度|瓦|伏|岁|个月|天|周|小时|分钟|秒|"
     r"元|美元|美金|港元|欧元|英镑|日元|块|万|亿|%|％)"
 )
+# Units of a span of time after a number ("3年", "两个月", "48小时"); not 月 or 日 alone, which
+# name a date ("6月", "19日").
+_SPAN = r"(?:年(?![\d底初末代])|个多?月|周|星期|天|小时|分钟)"
 _MONEY_UNIT = r"(?:元|美元|美金|港元|欧元|英镑|日元|块钱|度|千瓦时|瓦|kwh|btc|usdt|比特币|%|％)"
 
 # What a question asks for, on its normalised text (simplified, lower case; traditional
@@ -98,6 +101,18 @@ ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
         "reason",
         re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
         re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
+    ),
+    (
+        # How long: a span of time, not a point in it ("持续多久", "工作了几年", "how long").
+        "duration",
+        re.compile(
+            r"多久|多长时间|多长的|多少年|几年|多少天|几天|几个月|多少个月|几个小时|多少小时|几周|几个星期|"
+            r"how long|how many (?:years|months|weeks|days|hours)"
+        ),
+        re.compile(
+            rf"(?<![\d.,])(?!(?:19|20)\d\d年){_NUM}\s*(?:余|多)?\s*(?:万|亿)?\s*{_SPAN}|"
+            rf"[一二三四五六七八九十两半百千万]+(?:余|多)?{_SPAN}|半年|长期|永久"
+        ),
     ),
     (
         "date",

@@ -27,6 +27,7 @@ from retrieval.highlight import kind_nouns
         (("比特大陆的市值是多少？", "比特大陸的市值是多少？", "What is Bitmain's market value?"), "amount"),
         (("矿机的价格是多少？", "礦機的價格是多少？", "How much does a mining machine cost?"), "amount"),
         (("以太坊什么时候转PoS？", "以太坊什麼時候轉PoS？", "When will Ethereum switch to proof of stake?"), "date"),
+        (("停产整顿要持续多久？", "停產整頓要持續多長時間？", "How long will the shutdown last?"), "duration"),
         (("币安的创始人是谁？", "幣安的創始人是誰？", "Who founded Binance?"), "person"),
         (("火币的总部在哪里？", "火幣的總部在哪裡？", "Where is Huobi headquartered?"), "place"),
         (("为什么交易很难取证？", "為什麼交易很難取證？", "Why is it hard to gather evidence?"), "reason"),
@@ -50,6 +51,10 @@ def test_answer_type_in_simplified_traditional_and_english(questions, kind):
         ("date", "比特大陆将于6月19日在成都举办一场闭门会议。", ["比特大陆"], 1.0),
         ("date", "嘉楠科技宣布，6月上旬将在哈萨克斯坦启动自营挖矿。", ["嘉楠"], 1.0),
         ("date", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
+        ("duration", "昌吉州要求停产整顿三个月。", ["停产"], 1.0),
+        ("duration", "條約有效期為二十年。", ["有效期"], 1.0),
+        ("duration", "整改须在48小时内完成。", ["整改"], 1.0),
+        ("duration", "昌吉州6月9日要求停产，2021年完成整顿。", ["停产"], 0.0),  # dates are no span of time
         ("amount", "当地电价约为每度0.3元。", ["电价"], 1.0),
         ("amount", "比特大陆会建设北美稳定优质的大负荷矿场。", ["比特大陆"], 0.0),
         ("person", "陈晓华向记者表示，这将是一项严峻的挑战。", ["挑战"], 1.0),
