@@ -398,7 +398,10 @@ def table(results: dict[str, Any]) -> list[Row]:
 
     add(
         "quality: near-topic questions flagged not covered, written files pooled | worst file",
-        (pooled("not covered: near-topic"), min(v["all"] for k, v in covered.items() if k.endswith(".jsonl")))
+        (
+            pooled("not covered: near-topic"),
+            min(v["all"] for k, v in covered.items() if k.startswith("not covered: near-topic")),
+        )
         if covered
         else None,
         "{0[0]:.3f} | {0[1]:.3f}",
