@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -37,6 +38,8 @@ from settings import Config
 __all__ = ["MilvusBackend", "MilvusReader"]
 
 MAX_TOPK = 16_384  # Milvus's largest search limit
+# Reads of an article's tag and passages before its neighbours are taken to be none.
+_NEIGHBOUR_READS = 4
 # A search first asks for n + n/4 + 16 hits and grows 4x while too few are visible: hidden
 # rows exist only during a sync (or after a killed one), and Milvus Lite's cost grows with
 # the limit (~0.2 ms a hit: 17 ms for 10, ~50 ms for 216 at 3,000 passages).
@@ -216,16 +219,19 @@ class MilvusReader(IndexReader):
         return dict(zip([r["id"] for r in rows], (matrix @ np.asarray(qvec, dtype=np.float32)).tolist(), strict=True))
 
     def neighbours(self, article_id: str, ordinal: int, before: int, after: int) -> list[int]:
-        """Read the article's tag first, then its passages of that tag; if a sync flipped and
-        cleaned the article in between (none left), once more with the new tag."""
+        """Read the article's tag first, then its passages of that tag. None found means a sync
+        flipped and cleaned the article in between, or (under load, Milvus Lite) the tag was
+        read from a state older than the passages': read both again, a few times, briefly
+        apart. A passage's neighbours include itself, so an empty answer is rare and final
+        only for an article removed or a range its current version lacks."""
         low, high = int(ordinal - before), int(ordinal + after)
         expr = f"article_id == {ms.quote(article_id)} and ordinal >= {low} and ordinal <= {high}"
-        tag = None
-        for _ in range(3):
-            latest = self._tags([article_id]).get(article_id)
-            if latest is None or latest == tag:
-                return []
-            tag = latest
+        for attempt in range(_NEIGHBOUR_READS):
+            if attempt:
+                time.sleep(0.005 * attempt)
+            tag = self._tags([article_id]).get(article_id)
+            if tag is None:
+                continue
             rows = self.client.query(
                 self.names.passages, filter=f"{expr} and tag == {ms.quote(tag)}", output_fields=["id", "ordinal"]
             )
