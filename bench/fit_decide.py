@@ -5,8 +5,9 @@
 Labelled questions, each with the decision's features computed by the real retriever:
 
 - the default article: `bench/data/article-answerable*.jsonl` (answered) and
-  `near-topic*.jsonl` (not covered) of batches 1-4, written for this purpose; figures are
-  printed per file. Batch 5 is held out (`bench/quality.py` reports it);
+  `near-topic*.jsonl` (not covered) of `bench.quality.FITTED_BATCHES`, written for this
+  purpose; figures are printed per file. The `HELD_OUT_BATCHES` are never fitted on: they
+  are decided by the parameters fitted on everything and reported apart;
 - CMRC-2018 trial (every paragraph an article): each question against the whole corpus
   (answered), and against the corpus without its own paragraph (not covered: the closest
   other paragraphs are in the same Wikipedia style, often on a related subject). Paragraphs
@@ -37,19 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.embed_cache import CachedEmbedder
-from bench.quality import (
-    ANSWERABLE,
-    ANSWERABLE_2,
-    ANSWERABLE_3,
-    ANSWERABLE_4,
-    NEAR,
-    NEAR_2,
-    NEAR_3,
-    NEAR_4,
-    cmrc_paragraphs,
-    seed_questions,
-    write_cmrc_corpus,
-)
+from bench.quality import DECISION_SETS, cmrc_paragraphs, seed_questions, write_cmrc_corpus
 from index.build import build_index
 from index.embedder import Embedder, load_embedder
 from retrieval.decide import FEATURES
@@ -65,36 +54,37 @@ def _config(base: Config, corpus: Path, index: Path) -> Config:
     return replace(base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=index))
 
 
-# The article's labelled question files: (set name, path, label).
-ARTICLE_SETS = (
-    ("article-answerable", ANSWERABLE, 1),
-    ("article-answerable-2", ANSWERABLE_2, 1),
-    ("near-topic", NEAR, 0),
-    ("near-topic-2", NEAR_2, 0),
-    ("article-answerable-3", ANSWERABLE_3, 1),
-    ("near-topic-3", NEAR_3, 0),
-    ("article-answerable-4", ANSWERABLE_4, 1),
-    ("near-topic-4", NEAR_4, 0),
-)
-
-
 def collect(folds: int, work: Path, embedder: Embedder | None = None) -> list[dict]:
-    """Every labelled question: {corpus, set, group, lang, label (1 = answered), q, features}."""
+    """Every labelled question: {corpus, set, group, lang, label (1 = answered), q, features,
+    held_out}. The article's held-out batches get features too, to be decided, not fitted."""
     base = load_config()
     rows: list[dict] = []
 
-    def add(corpus: str, name: str, group: int, lang: str, label: int, q: str, f: dict[str, float]) -> None:
+    def add(
+        corpus: str, name: str, group: int, lang: str, label: int, q: str, f: dict[str, float], held_out: bool = False
+    ) -> None:
         rows.append(
-            {"corpus": corpus, "set": name, "group": group, "lang": lang, "label": label, "q": q, "features": f}
+            {
+                "corpus": corpus,
+                "set": name,
+                "group": group,
+                "lang": lang,
+                "label": label,
+                "q": q,
+                "features": f,
+                "held_out": held_out,
+            }
         )
 
     cfg = replace(base, index=replace(base.index, dir=work / "article-index"))
     build_index(cfg, embedder=embedder)
     retriever = Retriever.open(cfg.index.dir, cfg, embedder)
-    article = [(name, q, label) for name, path, label in ARTICLE_SETS for q in seed_questions(path)]
-    asked = [q["q"] for _, q, _ in article]
-    for i, ((name, q, label), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
-        add("article", name, i % folds, q["lang"], label, q["q"], f)
+    article = [(labelled, q) for labelled in DECISION_SETS for q in seed_questions(labelled.path)]
+    asked = [q["q"] for _, q in article]
+    for i, ((labelled, q), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
+        add("article", labelled.name, i % folds, q["lang"], int(labelled.answered), q["q"], f, not labelled.fitted)
+    article = [(labelled, q) for labelled, q in article if labelled.fitted]
+    asked = [q["q"] for _, q in article]
     # Off topic: every third CMRC question (Wikipedia trivia) asked of the crypto article.
     paragraphs = cmrc_paragraphs()
     trivia = [(n, qa["question"]) for n, (_, _, par) in enumerate(paragraphs) for qa in par["qas"]][::3]
@@ -119,7 +109,7 @@ def collect(folds: int, work: Path, embedder: Embedder | None = None) -> list[di
         for (n, q), f in zip(cmrc, _features(retriever, [q for _, q in cmrc]), strict=True):
             add("cmrc", name, n % folds, "zh", int(fold < 0), q, f)
         if fold < 0:  # off topic the other way: the article's questions asked of Wikipedia paragraphs
-            for i, ((_, q, _), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
+            for i, ((_, q), f) in enumerate(zip(article, _features(retriever, asked), strict=True)):
                 add("off-topic", "off-topic: the article's asked of CMRC", i % folds, q["lang"], 0, q["q"], f)
         retriever.close()
     return rows
@@ -214,6 +204,8 @@ def run(
         if embedder:
             embedder.save()
     rows = [r for r in rows if r["features"]]  # blank questions are never answered
+    held_out = [r for r in rows if r.get("held_out")]
+    rows = [r for r in rows if not r.get("held_out")]
     out_of_fold = {l2: cross_validate(rows, folds, l2, target) for l2 in l2s}
     cv = {l2: flagged(rows, flags) for l2, flags in out_of_fold.items()}
     chosen = min(cv, key=lambda l2: _errors(flagged(rows, out_of_fold[l2], "corpus")))
@@ -222,11 +214,12 @@ def run(
     parameters["evidence_threshold"] = round(threshold, 3)
     in_sample = flagged(rows, matrix(rows) @ weights < threshold)
     return {
-        "rows": rows,
+        "rows": rows + held_out,
         "cv": cv,
         "l2": chosen,
         "cv_chosen": cv[chosen],
         "in_sample": in_sample,
+        "held_out": flagged(held_out, matrix(held_out) @ weights < threshold) if held_out else {},
         "parameters": parameters,
     }
 
@@ -249,7 +242,11 @@ def main() -> int:
     rows = json.loads(args.rows.read_text(encoding="utf-8"))["rows"] if args.rows else None
     report = run(args.folds, args.target, tuple(float(v) for v in args.l2.split(",")), rows, args.cache)
     tables = [(f"l2={l2}: cross-validated", shares) for l2, shares in report["cv"].items()]
-    for title, shares in [*tables, (f"l2={report['l2']}: in-sample (fitted on everything)", report["in_sample"])]:
+    tables += [
+        (f"l2={report['l2']}: in-sample (fitted on everything)", report["in_sample"]),
+        ("held out (decided by the parameters fitted on everything)", report["held_out"]),
+    ]
+    for title, shares in tables:
         print(f"\n{title} share flagged not covered")
         for name, values in shares.items():
             print(f"  {name:<44}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))

@@ -17,7 +17,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from index.backends import open_backend
@@ -30,22 +30,37 @@ DATA = PROJECT_ROOT / "bench" / "data"
 SEED = DATA / "seed-dev.jsonl"
 HELDOUT = DATA / "article-heldout.jsonl"
 CMRC = DATA / "cmrc2018_trial.json"
-# Written to fit and check the "not covered" decision (bench/fit_decide.py): more answerable
-# questions on the article, and questions near its topic that it does not answer.
-ANSWERABLE = DATA / "article-answerable.jsonl"
-NEAR = DATA / "near-topic.jsonl"
-# A second batch of both kinds, written later the same way.
-ANSWERABLE_2 = DATA / "article-answerable-2.jsonl"
-NEAR_2 = DATA / "near-topic-2.jsonl"
-# A third and a fourth batch, each written blind after the one before; the fourth showed the
-# first three had not been enough (paraphrased and detail questions), so both are fitted on now.
-ANSWERABLE_3 = DATA / "article-answerable-3.jsonl"
-NEAR_3 = DATA / "near-topic-3.jsonl"
-ANSWERABLE_4 = DATA / "article-answerable-4.jsonl"
-NEAR_4 = DATA / "near-topic-4.jsonl"
-# A fifth batch, written blind after the fourth: held out from fitting.
-ANSWERABLE_5 = DATA / "article-answerable-5.jsonl"
-NEAR_5 = DATA / "near-topic-5.jsonl"
+# Written to fit and check the "not covered" decision (bench/fit_decide.py), in batches: per
+# batch, answerable questions on the article and questions near its topic that it does not
+# answer. Each batch was written blind after the one before; a held-out batch is measured
+# here and by fit_decide, never fitted on.
+FITTED_BATCHES = (1, 2, 3, 4, 5)
+HELD_OUT_BATCHES = (6,)
+
+
+@dataclass(frozen=True)
+class DecisionSet:
+    """One file of labelled questions for the "not covered" decision."""
+
+    path: Path
+    answered: bool  # the article answers its questions
+    fitted: bool  # fit_decide fits on it (else held out)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def key(self) -> str:
+        """How reports name it: "answerable: <file>" or "not covered: <file>"."""
+        return f"{'answerable' if self.answered else 'not covered'}: {self.path.name}"
+
+
+DECISION_SETS = tuple(
+    DecisionSet(DATA / f"{stem}{'' if batch == 1 else f'-{batch}'}.jsonl", answered, batch in FITTED_BATCHES)
+    for batch in (*FITTED_BATCHES, *HELD_OUT_BATCHES)
+    for stem, answered in (("article-answerable", True), ("near-topic", False))
+)
 
 # Generic questions the articles do not cover (not the hidden test set: ordinary chit-chat
 # and other topics), to measure the `answered` flag from the other side.
@@ -165,23 +180,7 @@ def not_covered(retriever: Retriever) -> dict[str, dict[str, float]]:
     return {
         "answerable: seed-dev": flagged_by_language(retriever, seed_questions()),
         "answerable: held-out": flagged_by_language(retriever, seed_questions(HELDOUT)),
-        **{
-            f"{'answerable' if label else 'not covered'}: {path.name}": flagged_by_language(
-                retriever, seed_questions(path)
-            )
-            for path, label in (
-                (ANSWERABLE, 1),
-                (ANSWERABLE_2, 1),
-                (ANSWERABLE_3, 1),
-                (ANSWERABLE_4, 1),
-                (ANSWERABLE_5, 1),
-                (NEAR, 0),
-                (NEAR_2, 0),
-                (NEAR_3, 0),
-                (NEAR_4, 0),
-                (NEAR_5, 0),
-            )
-        },
+        **{labelled.key: flagged_by_language(retriever, seed_questions(labelled.path)) for labelled in DECISION_SETS},
         "not covered: NEAR_TOPIC": flagged_by_language(retriever, _listed(NEAR_TOPIC)),
         "not covered: OFF_TOPIC": flagged_by_language(retriever, _listed(OFF_TOPIC)),
     }
