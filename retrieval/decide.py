@@ -220,6 +220,15 @@ _ASKING = re.compile(r"几|多少|什么|哪|谁|怎|吗")
 # Nouns that name the kind of answer ("停产期限是什么时候", "担任什么职务"): the answer
 # itself satisfies them, so a passage need not repeat them.
 _ANSWER_NOUNS = frozenset("时间 日期 时候 期限 原因 理由 数量 人数 名字 名称 职务 职位 身份 地点 位置 角色".split())
+# Classes whose members an answer names without the class word: "杭州" answers "哪个城市",
+# "公安部" "哪个部门". After a determining question word any other noun is asked for by name
+# and its answer says it ("哪家酒店" → "…酒店"), so a passage lacking it lacks the answer.
+_CLASS_NOUNS = frozenset(
+    "国家 城市 省 省份 省区 地区 地方 州 县 市 城 区 国 人 人物 人士 领导 官员 专家 公司 企业 机构 部门 单位 组织 部委 "
+    "country countries city cities province provinces state states region regions place places person people "
+    "company companies firm firms organisation organization organisations organizations agency agencies "
+    "department departments official officials".split()
+)
 
 
 @dataclass(frozen=True)
@@ -262,9 +271,10 @@ def features(evidence: Evidence) -> dict[str, float]:
     translation, df, idf = evidence.translation, evidence.df, evidence.idf
     # Words naming the kind of answer ("国家" in "在哪个国家"), like the answer nouns, are
     # satisfied by the answer itself; an English one also through its translations.
-    kinds = set(kind_nouns(evidence.question))
+    kinds = {noun for noun in kind_nouns(evidence.question) if noun in _CLASS_NOUNS}
+    kind_phrases = {p for p, _ in translation.phrases if set(p.split()) <= kinds} if translation else set()
     if translation:
-        kinds |= {t for phrase, group in translation.phrases if set(phrase.split()) <= kinds for t in group}
+        kinds |= {t for phrase, group in translation.phrases if phrase in kind_phrases for t in group}
     own = [
         t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t) and t not in _ANSWER_NOUNS and t not in kinds
     ]
@@ -310,7 +320,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         lacking = [
             min(general[t] for t in group)
             for phrase, group in translation.phrases
-            if group and not any(held(t) for t in group) and not set(phrase.split()) <= kinds
+            if group and not any(held(t) for t in group) and phrase not in kind_phrases
         ]
         lacking += [1.0 for t in own if t.isascii() and df[t] > 0 and not held(t)]
         lacking += [specificity for _, specificity in unknown]
@@ -323,7 +333,10 @@ def features(evidence: Evidence) -> dict[str, float]:
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
     kind = answer_type(evidence.question)
     # The passage's expressions of that kind, found once for both anchorings below.
-    spans = _kind_spans(kind, text) if kind else []
+    # An expression the question itself holds ("第五轮" in "第五轮收网抓了多少人") is what it
+    # asks about, not its answer.
+    asked = normalize(evidence.question)
+    spans = [(s, e) for s, e in _kind_spans(kind, text) if text[s:e] not in asked] if kind else []
     typed = _nearness(text, spans, anchors) if kind else 1.0
     # The kind of answer next to what is asked about ("实施" in "什么时候正式实施"), not only
     # next to the topic: a publication date is no answer to when a rule takes effect. With the

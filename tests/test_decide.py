@@ -146,6 +146,28 @@ def test_a_passage_answering_which_country_need_not_say_country():
     assert lacking["gap"] < 1.0 and lacking["coverage"] < 1.0
 
 
+def test_a_noun_asked_for_by_name_must_be_in_the_passage_a_class_noun_need_not():
+    """ "哪个城市" is answered by "成都"; "哪家酒店" only by a passage naming a hotel."""
+    passage = "比特大陆将于6月19日在成都举办出海会议。"
+    df = {"比特大陆": 2, "会议": 3, "举办": 2}
+    city = features(_evidence("比特大陆的会议在哪个城市举办？", passage, df | {"城市": 1}))
+    hotel = features(_evidence("比特大陆的会议在哪家酒店举办？", passage, df | {"酒店": 1}))
+    named = features(_evidence("比特大陆的会议在哪家酒店举办？", "比特大陆的会议在成都某酒店举办。", df | {"酒店": 1}))
+    assert city["gap"] == city["coverage"] == 1.0
+    assert hotel["gap"] < 0.5 and hotel["coverage"] < 1.0
+    assert named["gap"] == 1.0
+
+
+def test_an_expression_the_question_holds_is_not_its_answer():
+    """ "第五轮" in the passage repeats the question's own words; it does not say how many."""
+    df = {"断卡": 2, "行动": 3, "收网": 2}
+    question = "断卡行动第五轮收网抓了多少人？"
+    repeats = features(_evidence(question, "全国断卡行动开展第五轮集中收网。", df))
+    answers = features(_evidence(question, "全国断卡行动开展第五轮集中收网，抓获1200人。", df))
+    assert repeats["number"] == 0.0
+    assert answers["number"] == 1.0
+
+
 def test_focused_needs_the_answer_kind_next_to_what_is_asked_about():
     """A date next to the topic ("发布") does not say when the measures take effect ("实施")."""
     passage = "5月25日，内蒙古发改委发布八项措施，6月1日起正式实施。"
