@@ -85,21 +85,21 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 4.722
-    evidence_coverage: float = 1.725
-    evidence_rare: float = 1.289
-    evidence_known: float = 1.478
-    evidence_focus: float = 0.027
-    evidence_salient: float = 0.162
-    evidence_specific: float = 1.834
-    evidence_number: float = 2.807
+    evidence_dense: float = 4.962
+    evidence_coverage: float = 1.175
+    evidence_rare: float = 1.302
+    evidence_known: float = 1.052
+    evidence_focus: float = 0.0
+    evidence_salient: float = 0.521
+    evidence_specific: float = 2.192
+    evidence_number: float = 2.898
     evidence_cue: float = 0.0
-    evidence_margin: float = 0.506
-    evidence_typed: float = 0.725
-    evidence_typed_rare: float = 0.0
-    evidence_focused: float = 1.121
-    evidence_gap: float = 1.992
-    evidence_threshold: float = 8.842
+    evidence_margin: float = 0.132
+    evidence_typed: float = 0.755
+    evidence_typed_rare: float = 0.089
+    evidence_focused: float = 1.11
+    evidence_gap: float = 1.614
+    evidence_threshold: float = 7.689
     max_query_chars: int = 1000
 
 
