@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -176,15 +177,31 @@ def flagged(rows: list[dict], flags: np.ndarray, by: str = "set") -> dict[str, d
 
 
 def cross_validate(rows: list[dict], folds: int, l2: float, target: float) -> np.ndarray:
-    """Out-of-fold "not covered" flags: each fold decided by parameters fitted on the others."""
-    flags = np.zeros(len(rows), dtype=bool)
+    """Out-of-fold margins (score minus threshold; below 0 is flagged "not covered"): each
+    fold decided by parameters fitted on the others."""
+    margins = np.zeros(len(rows))
     groups = np.array([r["group"] for r in rows])
     for fold in range(folds):
         train = [r for r, g in zip(rows, groups, strict=True) if g != fold]
         w, t = fit(train, l2, target)
         test = groups == fold
-        flags[test] = matrix([r for r, g in zip(rows, groups, strict=True) if g == fold]) @ w < t
-    return flags
+        margins[test] = matrix([r for r, g in zip(rows, groups, strict=True) if g == fold]) @ w - t
+    return margins
+
+
+def tradeoff(rows: list[dict], margins: np.ndarray, shifts: Iterable[float]) -> list[dict[str, float]]:
+    """The article's questions flagged on each side if the threshold moved by each shift: what
+    any threshold of these features could reach (near-topic flagged vs answerable flagged)."""
+    article = np.array([r["corpus"] == "article" for r in rows])
+    answerable = np.array([r["label"] == 1 for r in rows])
+    return [
+        {
+            "shift": shift,
+            "near-topic flagged": round(float((margins[article & ~answerable] < shift).mean()), 3),
+            "answerable flagged": round(float((margins[article & answerable] < shift).mean()), 3),
+        }
+        for shift in shifts
+    ]
 
 
 def run(
@@ -207,9 +224,10 @@ def run(
     held_out = [r for r in rows if r.get("held_out")]
     rows = [r for r in rows if not r.get("held_out")]
     out_of_fold = {l2: cross_validate(rows, folds, l2, target) for l2 in l2s}
-    cv = {l2: flagged(rows, flags) for l2, flags in out_of_fold.items()}
-    chosen = min(cv, key=lambda l2: _errors(flagged(rows, out_of_fold[l2], "corpus")))
+    cv = {l2: flagged(rows, margins < 0) for l2, margins in out_of_fold.items()}
+    chosen = min(cv, key=lambda l2: _errors(flagged(rows, out_of_fold[l2] < 0, "corpus")))
     weights, threshold = fit(rows, chosen, target)
+    held_margins = matrix(held_out) @ weights - threshold if held_out else np.zeros(0)
     parameters = {f"evidence_{n}": round(float(w), 3) for n, w in zip(FEATURES, weights, strict=True)}
     parameters["evidence_threshold"] = round(threshold, 3)
     in_sample = flagged(rows, matrix(rows) @ weights < threshold)
@@ -219,7 +237,11 @@ def run(
         "l2": chosen,
         "cv_chosen": cv[chosen],
         "in_sample": in_sample,
-        "held_out": flagged(held_out, matrix(held_out) @ weights < threshold) if held_out else {},
+        "held_out": flagged(held_out, held_margins < 0) if held_out else {},
+        # Out of fold for the fitted questions, decided by the final fit for the held-out ones.
+        "tradeoff": tradeoff(
+            rows + held_out, np.concatenate([out_of_fold[chosen], held_margins]), np.arange(-2.0, 4.01, 0.5)
+        ),
         "parameters": parameters,
     }
 
@@ -250,6 +272,9 @@ def main() -> int:
         print(f"\n{title} share flagged not covered")
         for name, values in shares.items():
             print(f"  {name:<44}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
+    print("\nthe article's questions (cross-validated, and held out) flagged if the threshold moved by:")
+    for row in report["tradeoff"]:
+        print("  " + "  ".join(f"{k} {v:+.1f}" if k == "shift" else f"{k} {v:.3f}" for k, v in row.items()))
     print(f"\nchosen l2={report['l2']}; [retrieval] fitted on everything:")
     for name, value in report["parameters"].items():
         print(f"{name} = {value}")
