@@ -271,7 +271,7 @@ def main() -> int:
     for title, shares in tables:
         print(f"\n{title} share flagged not covered")
         for name, values in shares.items():
-            print(f"  {name:<44}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
+            print(f"  {name:<52}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
     print("\nthe article's questions (cross-validated, and held out) flagged if the threshold moved by:")
     for row in report["tradeoff"]:
         print("  " + "  ".join(f"{k} {v:+.1f}" if k == "shift" else f"{k} {v:.3f}" for k, v in row.items()))

@@ -308,11 +308,11 @@ def print_table(report: dict) -> None:
 def print_not_covered(report: dict) -> None:
     print("\nshare flagged not covered (hybrid); language: zh, zh-Hant, en")
     for name, shares in report.get("not_covered", {}).items():
-        print(f"  {name:<36}" + "  ".join(f"{k} {v:.3f}" if k != "n" else f"n {v}" for k, v in shares.items()))
+        print(f"  {name:<48}" + "  ".join(f"{k} {v:.3f}" if k != "n" else f"n {v}" for k, v in shares.items()))
     if "not_covered_cv" in report:
         print("cross-validated (bench/fit_decide.py: folds of articles held out):")
         for name, shares in report["not_covered_cv"].items():
-            print(f"  {name:<36}" + "  ".join(f"{k} {v}" for k, v in shares.items() if not k.startswith("n_")))
+            print(f"  {name:<48}" + "  ".join(f"{k} {v}" for k, v in shares.items() if not k.startswith("n_")))
 
 
 def main() -> int:
