@@ -519,8 +519,9 @@ def scale_index(
     real passages each vector mixes, terms from their segmentation), BM25 postings by
     `index.store.write_bm25` as a build writes them. FAISS built by `index.vectors` for each
     kind in `kinds` (the last one is published and queried through the Python API). Measures
-    dense-only latency and recall@10 against exact search for each kind, then API latency. With `reuse`, an index
-    already published in `out` is only queried (API latency), to iterate on the query side."""
+    dense-only latency and recall@10 against exact search for each kind, then API latency.
+    With `reuse`, an index already published in `out` is only queried (API latency), to
+    iterate on the query side."""
     from dataclasses import replace
 
     import numpy as np
@@ -566,9 +567,9 @@ def scale_index(
     real_sentences: list[list[tuple[str, list, str]]] = []  # per real passage: (text, spans, terms)
     for text, stored in conn.execute("select text, sentences from passages order by id"):
         sentences = []
-        for start, end, _ in json.loads(stored):
+        for start, end, norm in json.loads(stored):
             sentence = text[start:end]
-            sentences.append((sentence, sentence_spans(sentence), segment_for_index(sentence)))
+            sentences.append((sentence, [(0, end - start, norm)], segment_for_index(sentence)))
         real_sentences.append(sentences or [(text, sentence_spans(text), segment_for_index(text))])
     rng = random.Random(5)
     started = time.perf_counter()
