@@ -37,7 +37,7 @@ def test_committed_config_loads_with_documented_defaults(monkeypatch):
     assert config.corpus.min_chars < config.corpus.max_chars
     assert isinstance(config.telegram.allowlist, tuple)
     # auto: exact search below 50k passages, IVF above (bench/README.md)
-    assert (config.index.faiss, config.index.hnsw_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
+    assert (config.index.faiss, config.index.ivf_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
     assert config.ingest == Config().ingest  # config.toml states the built-in defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.retrieval.k = 10  # type: ignore[misc]
