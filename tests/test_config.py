@@ -65,6 +65,16 @@ def test_every_faiss_kind_is_accepted(tmp_path, kind):
     assert config.index.faiss == kind and config.index.ivf_nprobe == 16
 
 
+def test_the_old_name_of_ivf_threshold_is_read_with_one_notice(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="settings"):
+        config = load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1234\n"))
+    assert config.index.ivf_threshold == 1234
+    [notice] = [r.getMessage() for r in caplog.records]
+    assert "hnsw_threshold is now called ivf_threshold" in notice
+    with pytest.raises(ConfigError, match="both hnsw_threshold and ivf_threshold"):
+        load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1\nivf_threshold = 2\n"))
+
+
 def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("QA_INDEX_DIR", str(tmp_path / "env-index"))
     monkeypatch.setenv("TELEGRAM_BASE_URL", "http://127.0.0.1:8081/bot")
