@@ -7,12 +7,15 @@ as one clear message. Secrets and URLs come from the environment, never from the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
@@ -38,11 +41,10 @@ class CorpusConfig:
 class IndexConfig:
     dir: Path = PROJECT_ROOT / "var" / "index"
     # "flat" is exact; "ivf" and "hnsw" are approximate and fast for large corpora; "auto"
-    # is flat below hnsw_threshold passages and ivf from there up (the key keeps its name so
-    # existing files still load). IVF kept recall@10 ~0.96 up to 1M synthetic vectors where
-    # HNSW fell to ~0.6 (bench/README.md).
+    # is flat below ivf_threshold passages and ivf from there up. IVF kept recall@10 ~0.96 up
+    # to 1M synthetic vectors where HNSW fell to ~0.6 (bench/README.md).
     faiss: str = "auto"
-    hnsw_threshold: int = 50_000
+    ivf_threshold: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     # IVF lists searched per query, written into the index at build time; 0 = automatic:
@@ -89,11 +91,9 @@ class RetrievalConfig:
     evidence_coverage: float = 1.175
     evidence_rare: float = 1.302
     evidence_known: float = 1.052
-    evidence_focus: float = 0.0
     evidence_salient: float = 0.521
     evidence_specific: float = 2.192
     evidence_number: float = 2.898
-    evidence_cue: float = 0.0
     evidence_margin: float = 0.132
     evidence_typed: float = 0.755
     evidence_typed_rare: float = 0.089
@@ -175,6 +175,10 @@ _SECTIONS = {
     "ingest": IngestConfig,
     "conversation": ConversationConfig,
 }
+
+
+# Keys renamed since a release: the old name is still read, with a notice, so existing files load.
+_RENAMED = {("index", "hnsw_threshold"): "ivf_threshold"}
 
 
 def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any:
@@ -278,6 +282,12 @@ def load_config(path: Path | str | None = None) -> Config:
             known = {f.name for f in fields(cls)}
             kwargs = {}
             for key, value in values.items():
+                renamed = _RENAMED.get((name, key))
+                if renamed is not None:
+                    if renamed in values:
+                        raise ConfigError(f"[{name}] has both {key} and {renamed}: keep only {renamed}")
+                    log.warning("%s: [%s] %s is now called %s; rename it", file, name, key, renamed)
+                    key = renamed
                 if key not in known:
                     raise ConfigError(f"unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})")
                 kwargs[key] = _coerce(name, key, value, getattr(defaults, key), base)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index.usem3_st import default_threads
+from index.usem3_torch import default_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def ours_only(
     import numpy as np
     import torch
 
-    from index.usem3_st import load_usem3_sentence_transformer
+    from index.usem3_torch import load_usem3_sentence_transformer
 
     texts = json.loads(texts_json.read_text(encoding="utf-8"))
     queries = json.loads(queries_json.read_text(encoding="utf-8"))

@@ -72,7 +72,7 @@ def later_hits(runs: list[list[dict]], chosen: list[int]) -> float:
 
 
 def name(limits: Limits) -> str:
-    return f"topic={limits.topic_units},fallback={limits.fallback_units},coverage={limits.adopt_coverage}"
+    return f"topic={limits.topic_words},fallback={limits.fallback_words},coverage={limits.adopt_coverage}"
 
 
 def best(runs_by_params: dict[Limits, list[list[dict]]], chosen: list[int]) -> Limits:
@@ -80,7 +80,7 @@ def best(runs_by_params: dict[Limits, list[list[dict]]], chosen: list[int]) -> L
     more conservative rule (shorter limits and a higher bar rewrite fewer questions)."""
     return max(
         runs_by_params,
-        key=lambda p: (later_hits(runs_by_params[p], chosen), -p.topic_units, -p.fallback_units, p.adopt_coverage),
+        key=lambda p: (later_hits(runs_by_params[p], chosen), -p.topic_words, -p.fallback_words, p.adopt_coverage),
     )
 
 

@@ -33,7 +33,7 @@ def child(runtime: str, work: Path, n_warm: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from index.usem3_st import default_threads, load_usem3_model
+    from index.usem3_torch import default_threads, load_usem3_model
 
     questions = json.loads((work / "questions.json").read_text(encoding="utf-8"))
     passages = json.loads((work / "passages.json").read_text(encoding="utf-8"))

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fit_fusion [--folds 5] [--repeats 5] [--json out.json]
 
 Every CMRC-2018 trial paragraph is an article of one index (as in `bench/quality.py`). For
-each question the real retrieval pipeline (`Retriever._candidates`) yields the candidates
+each question the real retrieval pipeline (`Retriever.candidates`) yields the candidates
 with their cosine and BM25 scores; every fusion form and parameter is then scored offline.
 Articles (not questions) are split into folds, so no paragraph lends its questions to both
 the choice and the test: for each fold the form + weight with the best hit@1 (ties: mean
@@ -59,7 +59,7 @@ class Question:
     gold: np.ndarray  # bool per candidate: a passage of the question's own paragraph
     dense_all: tuple[float, float]  # mean, std of the cosine over every passage
     lexical_all: tuple[float, float]  # mean, std of BM25 over every passage (0 = no match)
-    title: np.ndarray  # `Retriever.title_scores` per candidate
+    title: np.ndarray  # `fusion.title_match` of each candidate's article title
 
 
 def gather(index_dir: Path, pairs: list[tuple[str, str]], embedder: Embedder | None = None) -> list[Question]:
@@ -69,31 +69,25 @@ def gather(index_dir: Path, pairs: list[tuple[str, str]], embedder: Embedder | N
     snap = retriever.reader
     matrix = np.concatenate([v for _, v in store.iter_embeddings(snap.db)])
     article_of = {r[0]: r[1] for r in snap.db.execute("select id, article_id from passages")}
-    prepared = [retriever._prepare(snap, q) for q, _ in pairs]
-    qvecs = retriever.embedder.encode_queries(prepared)
-    sims, nearest = snap.dense(qvecs, min(config.retrieval.candidates, snap.count))
     out = []
-    for row, ((text, article), question, qvec) in enumerate(zip(pairs, prepared, qvecs, strict=True)):
-        query_terms = retriever.query_terms(question)
-        ids, dense, lexical = retriever._candidates(snap, query_terms, qvec, (sims[row], nearest[row]))
-        if not ids:
+    for (text, article), found in zip(pairs, retriever.candidates([q for q, _ in pairs]), strict=True):
+        if not found.ids:
             continue
-        cosines = matrix @ qvec
+        cosines = matrix @ found.query_vector
         bm25 = np.zeros(snap.count)
-        scored = list(snap.lexical(query_terms, snap.count).values())
+        scored = list(snap.lexical(list(found.question.terms), snap.count).values())
         bm25[: len(scored)] = scored
-        gold = np.array([article_of[i] == article for i in ids])
-        idf = retriever._idf(snap.count, snap.document_frequencies(query_terms))
+        gold = np.array([article_of[i] == article for i in found.ids])
         out.append(
             Question(
                 text,
                 article,
-                dense,
-                lexical,
+                found.dense,
+                found.lexical,
                 gold,
                 (float(cosines.mean()), float(cosines.std())),
                 (float(bm25.mean()), float(bm25.std())),
-                retriever.title_scores(retriever._served, ids, query_terms, idf),
+                found.title,
             )
         )
     retriever.close()

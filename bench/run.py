@@ -95,7 +95,7 @@ def section_runtime(quick: bool) -> dict[str, Any]:
 
 
 def section_build(quick: bool, work: Path) -> dict[str, Any]:
-    from index.usem3_st import default_threads
+    from index.usem3_torch import default_threads
 
     return perf.bench_build(
         work, n_passages=6000, repeats=1 if quick else 2, rebuild_repeats=1 if quick else 3, threads=default_threads()

@@ -23,7 +23,7 @@ from corpus import Article, Skipped, scan_corpus, split_article
 from index import dedup, publish, store, vectors
 from index.embedder import Embedder, HashEmbedder, load_embedder
 from index.text import BackgroundSegmenter, segment_for_index
-from index.usem3_st import default_threads
+from index.usem3_torch import default_threads
 from settings import Config
 
 log = logging.getLogger(__name__)

@@ -101,7 +101,7 @@ class SentenceTransformerEmbedder(_LazyModel):
 
 
 class USEm3Embedder(_LazyModel):
-    """The bundled USE-multilingual-v3 through `USEm3Model` (`index.usem3_st`; its stages run
+    """The bundled USE-multilingual-v3 through `USEm3Model` (`index.usem3_torch`; its stages run
     in ONNX Runtime when installed, else torch).
 
     Same vectors as the sentence-transformers module `USEm3Encoder` (tested), without
@@ -112,12 +112,12 @@ class USEm3Embedder(_LazyModel):
 
     @property
     def dim(self) -> int:
-        from index.usem3_st import EMBEDDING_DIM
+        from index.usem3_torch import EMBEDDING_DIM
 
         return EMBEDDING_DIM
 
     def _load(self) -> Any:
-        from index.usem3_st import load_usem3_model
+        from index.usem3_torch import load_usem3_model
 
         # The model sets its own intra-op thread count around every forward pass.
         return load_usem3_model(threads=_set_torch_threads(self._config))
@@ -136,7 +136,7 @@ def _set_torch_threads(config: ModelConfig) -> int:
     """[model] threads, or one per core this process may run on (affinity-aware)."""
     import torch
 
-    from index.usem3_st import default_threads
+    from index.usem3_torch import default_threads
 
     threads = config.threads or default_threads()
     torch.set_num_threads(threads)

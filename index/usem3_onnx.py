@@ -3,7 +3,7 @@
 Why: on a question at a time the model is a dozen small GEMMs (one to a few dozen rows)
 over ~9 MB of weights. torch's MKL runs them at ~5 GB/s on an AMD EPYC (its kernels for
 such shapes are slow off Intel); ONNX Runtime's MLAS runs the same shapes ~2.5x faster,
-and batch shapes at least as fast. The model's numpy planning stays in ``usem3_st``: the
+and batch shapes at least as fast. The model's numpy planning stays in ``usem3_torch``: the
 graphs take its index arrays as inputs.
 
 The two graphs are exported from torch modules that compute exactly what the torch path
@@ -55,12 +55,12 @@ def graph_key(weights_path: str) -> str:
     """Hash of what an exported graph depends on: weights, this code, the exporter."""
     import torch
 
-    from index import usem3_st
+    from index import usem3_torch
 
     digest = hashlib.sha256()
     with open(weights_path, "rb") as f:
         digest.update(hashlib.file_digest(f, "sha256").digest())
-    for source in (__file__, usem3_st.__file__):
+    for source in (__file__, usem3_torch.__file__):
         digest.update(Path(source).read_bytes())
     digest.update(f"torch {torch.__version__} opset {_OPSET}".encode())
     return digest.hexdigest()[:24]
@@ -71,7 +71,7 @@ def _export_modules(model: Any) -> dict[str, tuple[torch.nn.Module, tuple[torch.
     import torch
     import torch.nn.functional as F
 
-    from index.usem3_st import _CNN_DIM, _FEAT_DIM, _HEAD_DIM, _ID_ROW, _ORDERS, _SLOT_BASE, _SLOTS, EMBEDDING_DIM
+    from index.usem3_torch import _CNN_DIM, _FEAT_DIM, _HEAD_DIM, _ID_ROW, _ORDERS, _SLOT_BASE, _SLOTS, EMBEDDING_DIM
 
     blocks = _ID_ROW // _CNN_DIM
     eps = model.eps

@@ -15,9 +15,9 @@ from settings import IndexConfig
 
 def choose_kind(config: IndexConfig, n_vectors: int) -> str:
     """The configured kind; `auto` is exact (flat) for small indexes and IVF from
-    `hnsw_threshold` vectors up, where a flat scan starts to cost milliseconds per query."""
+    `ivf_threshold` vectors up, where a flat scan starts to cost milliseconds per query."""
     if config.faiss == "auto":
-        return "ivf" if n_vectors >= config.hnsw_threshold else "flat"
+        return "ivf" if n_vectors >= config.ivf_threshold else "flat"
     return config.faiss
 
 

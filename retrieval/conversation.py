@@ -30,8 +30,9 @@ from dataclasses import replace as dataclass_replace
 from functools import lru_cache
 from typing import Any
 
-from index.text import HAN, terms, to_simplified
+from index.text import HAN, normalize, terms, to_simplified
 from retrieval.model import Answer
+from retrieval.question import QUESTION_PHRASE, is_question_word
 
 MAX_TURNS = 4  # resolved questions kept per conversation
 
@@ -41,8 +42,8 @@ class Limits:
     """The rule's parameters, chosen by 5-fold cross-validation over the conversations of
     bench/data/conversations.jsonl (bench/conversations.py)."""
 
-    topic_units: int = 4  # longest "X" of "X呢" / "what about X" (Chinese characters + Latin words)
-    fallback_units: int = 6  # longest question retried with context when alone it finds nothing (0: never)
+    topic_words: int = 4  # longest "X" of "X呢" / "what about X" (Chinese characters + Latin words)
+    fallback_words: int = 6  # longest question retried with context when alone it finds nothing (0: never)
     # The retried question's answer is kept only when this share of its (IDF-weighted) terms,
     # its own words and the topic together, is in the passage: a cosine lifted by the topic's
     # name alone is not an answer to "今天天气怎么样？".
@@ -68,11 +69,6 @@ _EN_ELLIPTICAL = re.compile(
     r"(?P<x>.+?)" + _END + r"|^(?P<y>.+?)\s*,?\s+(?:too|as well)" + _END,
     re.IGNORECASE,
 )
-# A question word inside "X" means it is a whole question ("为什么要关停呢？"), not a topic.
-_QUESTION_WORD = re.compile(
-    r"什么|什麼|谁|誰|哪|怎|多少|几|幾|为何|為何|为什么|為什麼|何时|何時|吗|嗎|\b(?:who|what|when|where|why|how|which)\b",
-    re.IGNORECASE,
-)
 # Chinese pronouns standing for the topic (not 其他/其中/其实…, which are ordinary words).
 _ZH_PRONOUN = re.compile(
     r"(?<![其吉])(?:他们|她们|它们|他們|她們|它們|[他她它](?![人国國乡鄉]))|其(?![他它中实實余餘次])"
@@ -93,8 +89,6 @@ _EN_DEMONSTRATIVE = re.compile(
     + r"|\b(?:who|what|when|where|why|how|did|does|do|was|were|is|are|has|have)\s+(?:this|that|these|those)\b",
     re.IGNORECASE,
 )  # fmt: skip
-# Question phrases whose characters search terms would keep ("哪天" → 天, "几号").
-_WH_PHRASE = re.compile(r"哪一?[天年月日个些里儿位家种次]|几[号月点年天日次]|多少|什么时候|何时|何日")
 # Words that carry no topic of their own in a bare follow-up ("什么时候发布的？", "When was it held?").
 _GENERIC = frozenset(
     "发布 提出 宣布 发生 开始 举行 举办 回复 回应 时间 日期 地点 原因 具体 人 事 "
@@ -122,7 +116,7 @@ class Rewritten:
     tentative: bool = False
 
 
-def units(text: str) -> int:
+def word_count(text: str) -> int:
     """Length in words: Chinese characters plus Latin/digit words."""
     return len(HAN.findall(text)) + len(re.findall(r"[A-Za-z0-9]+", HAN.sub(" ", text)))
 
@@ -146,14 +140,14 @@ def rewrite(
     if not previous or not question:
         return Rewritten(asked, False)
     last = previous[-1]
-    topic = _elliptical_topic(question, limits.topic_units)
+    topic = _elliptical_topic(question, limits.topic_words)
     if topic is not None:
         return Rewritten(_replace_topic(last, topic), True, "elliptical")
     if _is_bare(question):
         return Rewritten(f"{last} {question}", True, "bare")
     if _ZH_DEMONSTRATIVE.match(question) or _ZH_PRONOUN.search(question) or _english_pronoun(question):
         return Rewritten(_resolve_pronoun(previous, question), True, "pronoun")
-    if alone_answered is False and units(question) <= limits.fallback_units and not _names_something(question):
+    if alone_answered is False and word_count(question) <= limits.fallback_words and not _names_something(question):
         return Rewritten(_attach(previous, question), True, "not-covered", tentative=True)
     return Rewritten(asked, False)
 
@@ -233,7 +227,8 @@ def _elliptical_topic(question: str, limit: int) -> str | None:
     topic = next((group for group in match.groups() if group), "").strip()
     topic = re.sub(r"^(?:(?:about|the|in|for|at|on)\s+|那么|那)", "", topic, flags=re.IGNORECASE)
     topic = topic.strip(" ,，").removesuffix("的")
-    if not topic or _QUESTION_WORD.search(topic) or units(topic) > limit:
+    # A question word inside "X" means it is a whole question ("为什么要关停呢？"), not a topic.
+    if not topic or is_question_word(normalize(topic)) or word_count(topic) > limit:
         return None
     if HAN.search(topic) and not all(_noun_like(word, flag) for word, flag in _tagged(topic) if word.strip()):
         return None
@@ -255,7 +250,7 @@ def _names_something(question: str) -> bool:
 def _is_bare(question: str) -> bool:
     """A question with no subject or topic word: only question words and generic verbs
     ("哪天發布的？": the search terms of 哪天 and 几号 keep their 天 and 几号)."""
-    return all(t in _GENERIC for t in terms(_WH_PHRASE.sub(" ", to_simplified(question))))
+    return all(t in _GENERIC for t in terms(QUESTION_PHRASE.sub(" ", to_simplified(question))))
 
 
 def _english_pronoun(question: str) -> bool:

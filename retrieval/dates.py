@@ -217,20 +217,19 @@ def reference_date(article_dates: Iterable[str]) -> date | None:
 
 
 def adjust(
-    question: str,
+    query: DateQuery,
     reference: date | None,
     candidate_ids: Sequence[int],
     fused: np.ndarray,
     passages: Callable[[Sequence[int]], dict[int, tuple[str, str]]],
 ) -> np.ndarray:
-    """`fused` with the date preferences of `question` added (the same array when it has none).
+    """`fused` with the preferences of a question's date `query` added (the same array when
+    it has none).
 
-    `reference`: the index's newest article date; `passages(ids)`: passage id → (text, its
-    article's date) for the few best candidates."""
-    if reference is None or not len(fused):
-        return fused
-    query = parse_question(question, reference)
-    if not query:
+    `reference`: the index's newest article date (an undated article's passages are read
+    against it); `passages(ids)`: passage id → (text, its article's date) for the few best
+    candidates."""
+    if reference is None or not query or not len(fused):
         return fused
     relevant = np.argsort(-fused, kind="stable")[:CANDIDATES]
     relevant = relevant[fused[relevant] >= fused.max() - MARGIN]

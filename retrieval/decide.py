@@ -15,13 +15,11 @@ corpus to another, each feature in [0, 1] and larger when the question looks ans
 - `known`: share of what the question names (weighted by general rarity) that the articles
   use at all; for an English question, its words the dictionary translates into words no
   article uses count as unknown;
-- `focus`: the same share for the question's focus, the words next to its question word
-  ("市值" in "市值是多少"), missing from the best passage;
-- `number`: for a question asking a count, an amount or a date (`answer_type`), whether the
-  best passage holds such an expression next to the question's rarer words (`type_evidence`:
-  1 near, 0.5 elsewhere, 0 none); `cue`: the same for persons, places, reasons and
-  procedures, which only have loose cues. Both are 1 for a question asking neither;
-- `typed` / `typed_rare`: that answer-kind evidence times `coverage` / `rare`: both at once,
+- `number`: for a question asking a count, an amount, a date or a span of time (a crisp
+  `retrieval.question.AnswerKind`), whether the best passage holds such an expression next to
+  the question's rarer words (`type_evidence`: 1 near, 0.5 elsewhere, 0 none); 1 for a
+  question asking none of these;
+- `typed` / `typed_rare`: the answer-kind evidence (any kind, loose cues too) times `coverage` / `rare`: both at once,
   which a sum cannot require (a passage full of the question's words made up for lacking the
   answer: fitted by cross-validation, these two lowered the answerable questions flagged);
 - `gap`: 1 minus how specific (in general Chinese) the most specific thing the question names
@@ -50,8 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.text import general_idf, normalize
-from retrieval.crosslingual import Translation
-from retrieval.highlight import kind_nouns, question_cues
+from retrieval.question import AnswerKind, Question, is_question_word, kind_spans
 from settings import RetrievalConfig
 
 FEATURES = (
@@ -61,141 +58,27 @@ FEATURES = (
     "salient",
     "specific",
     "known",
-    "focus",
     "number",
-    "cue",
     "margin",
     "typed",
     "typed_rare",
     "gap",
     "focused",
 )
-# Answer kinds with crisp expressions (feature `number`); the others only have cues (`cue`).
-_CRISP = frozenset({"duration", "date", "amount", "count"})
 # How many of the question's rarest terms `rare` looks at.
 _RARE_TERMS = 2
-
-_NUM = r"\d+(?:[.,]\d+)*"
-_CN_NUM = r"[一二三四五六七八九十百千万亿两]{1,6}"
-# A count in words, but not a lone "一": "一场会议", "另一家" are articles, not counts.
-_CN_COUNT = r"(?:[一二三四五六七八九十两][一二三四五六七八九十百千万亿两]{1,5}|[二三四五六七八九十两])"
-# Counting and measuring units after a number ("170余个", "八项", "3000米", "40%").
-_UNIT = (
-    r"(?:个|名|家|人|位|次|项|种|台|张|座|起|条|枚|户|倍|轮|批|部|本|首|届|场|所|艘|辆|架|只|头|棵|"
-    r"米|公里|千米|厘米|毫米|英尺|英里|平方|公顷|亩|吨|公斤|千克|克|磅|升|度|瓦|伏|岁|个月|天|周|小时|分钟|秒|"
-    r"元|美元|美金|港元|欧元|英镑|日元|块|万|亿|%|％)"
-)
-# Units of a span of time after a number ("3年", "两个月", "48小时"); not 月 or 日 alone, which
-# name a date ("6月", "19日").
-_SPAN = r"(?:年(?![\d底初末代])|个多?月|周|星期|天|小时|分钟)"
-_MONEY_UNIT = r"(?:元|美元|美金|港元|欧元|英镑|日元|块钱|度|千瓦时|瓦|kwh|btc|usdt|比特币|%|％)"
-
-# What a question asks for, on its normalised text (simplified, lower case; traditional
-# questions are normalised to simplified first), first match wins (a reason first: "why are
-# prices…" asks why, not a price); and an expression of
-# that kind in a passage. Counts, amounts and dates have crisp expressions; persons, places,
-# reasons and procedures only loose cues (a title, a place suffix, a causal word), so that a
-# passage that answers is rarely taken for one that does not.
-ANSWER_TYPES: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
-    (
-        "reason",
-        re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
-        re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
-    ),
-    (
-        # How long: a span of time, not a point in it ("持续多久", "工作了几年", "how long").
-        "duration",
-        re.compile(
-            r"多久|多长时间|多长的|多少年|几年|多少天|几天|几个月|多少个月|几个小时|多少小时|几周|几个星期|"
-            r"how long|how many (?:years|months|weeks|days|hours)"
-        ),
-        re.compile(
-            rf"(?<![\d.,])(?!(?:19|20)\d\d年){_NUM}\s*(?:余|多)?\s*(?:万|亿)?\s*{_SPAN}|"
-            rf"[一二三四五六七八九十两半百千万]+(?:余|多)?{_SPAN}|半年|长期|永久"
-        ),
-    ),
-    (
-        "date",
-        re.compile(
-            r"什么时候|何时|哪天|哪一天|哪年|哪一年|几月|几号|几点|哪个月|日期|期限|截止|"
-            r"\bwhen\b|what time|what date|which day|which year|which month|deadline"
-        ),
-        re.compile(
-            rf"{_NUM}\s*(?:年|月|日|号|时|点)|[一二三四五六七八九十〇零]{{1,4}}(?:年|月|日)|[上中下]旬|世纪|年代|"
-            r"昨天|今天|明天|去年|今年|明年|\d{4}-\d{2}-\d{2}"
-        ),
-    ),
-    (
-        "amount",
-        re.compile(
-            r"多少钱|价格|价钱|股价|电价|币价|市值|估值|费用|成本|资金|罚款|罚金|税|收入|利润|营收|交易量|交易额|金额|"
-            r"耗电|用电|电量|how much|price|cost|worth|value|\bfees?\b|\bfines?\b|\btax|revenue|volume"
-        ),
-        re.compile(rf"{_NUM}\s*(?:万|亿)?\s*{_MONEY_UNIT}|[$¥￥]\s*\d|{_CN_NUM}\s*{_MONEY_UNIT}"),
-    ),
-    (
-        "count",
-        re.compile(
-            r"多少|(?<!哪)几(?:个|家|名|位|次|项|种|台|张|人|座|万|亿|十|百|千|轮|岁)|数量|人数|比例|占比|年龄|年纪|多大|"
-            r"how many|how old|number of|share of|proportion|percentage"
-        ),
-        re.compile(rf"{_NUM}\s*(?:余|多)?\s*{_UNIT}|{_CN_COUNT}(?:余|多)?{_UNIT}"),
-    ),
-    (
-        "person",
-        re.compile(
-            r"谁|哪位|什么人|创始人|创办人|ceo|总裁|董事长|负责人|行长|厅长|局长|部长|主席|"
-            r"\bwho\b|\bwhom\b|founder|founded|head of|chief"
-        ),
-        re.compile(
-            r"主任|委员(?!会)|研究员|记者|总裁|ceo|创始人|董事长|局长|厅长|部长|主席|负责人|人士|教授|行长|经理|演员|歌手|作家|"
-            r"[\u4e00-\u9fff]·[\u4e00-\u9fff]|[\u4e00-\u9fff]{2,4}(?:表示|指出|称|认为|说|担任|出任|饰演|演唱|创作|所著|发明)"
-        ),
-    ),
-    (
-        "place",
-        re.compile(
-            r"哪里|哪儿|在哪(?![部个些一种年天位次家本首])|何处|何地|哪个国家|哪个城市|哪座城市|什么地方|哪些地方|"
-            r"哪些地区|总部|\bwhere\b|headquarter"
-        ),
-        re.compile(
-            r"[\u4e00-\u9fff](?:省|市|州|县|区|国|岛|洲|镇|村|乡|港|湾|山|河|湖|路|街|站|城)|北美|海外|境外|境内|国内|各地"
-        ),
-    ),
-    (
-        "procedure",
-        re.compile(r"如何|怎么办|怎样才能|怎么才能|步骤|流程|手续|how (?:do|can|should|to)\b"),
-        re.compile(r"首先|其次|然后|步骤|流程|手续|需要|必须|要求|通过|办理|申请|可以|应当|方法"),
-    ),
-)
-
 # A kind-of-answer expression counts for the question when it is this close (in characters)
 # to one of the question's terms in the passage.
 _NEAR = 24
 
 
-def answer_type(question: str) -> str | None:
-    """The kind of answer `question` asks for (`ANSWER_TYPES` names), or None ("what…")."""
-    text = normalize(question)
-    for name, asks, _ in ANSWER_TYPES:
-        if asks.search(text):
-            return name
-    return None
-
-
-def type_evidence(kind: str | None, passage: str, question_terms: Sequence[str]) -> float:
+def type_evidence(kind: AnswerKind | None, passage: str, question_terms: Sequence[str]) -> float:
     """1 when the passage holds an expression of kind `kind` within `_NEAR` characters of one
     of `question_terms` (or no kind is asked for), 0.5 when it holds one elsewhere, else 0."""
     if kind is None:
         return 1.0
     text = normalize(passage)
-    return _nearness(text, _kind_spans(kind, text), question_terms)
-
-
-def _kind_spans(kind: str, text: str) -> list[tuple[int, int]]:
-    """Where `text` (normalised) holds an expression of answer kind `kind`."""
-    pattern = next(p for name, _, p in ANSWER_TYPES if name == kind)
-    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+    return _nearness(text, kind_spans(kind, text), question_terms)
 
 
 def _nearness(text: str, spans: Sequence[tuple[int, int]], question_terms: Sequence[str]) -> float:
@@ -215,8 +98,6 @@ def _nearness(text: str, spans: Sequence[tuple[int, int]], question_terms: Seque
 # Numbers and dates, written differently in question and passage ("五月二十五日", "5月25日").
 _NUMERIC = re.compile(r"\d|[一二三四五六七八九十百千万亿两〇零]{2,}|[一二三四五六七八九十]+[年月日号]")
 
-# Terms that are part of the question's wh-word ("第几次", "几个"): not what it is about.
-_ASKING = re.compile(r"几|多少|什么|哪|谁|怎|吗")
 # Nouns that name the kind of answer ("停产期限是什么时候", "担任什么职务"): the answer
 # itself satisfies them, so a passage need not repeat them.
 _ANSWER_NOUNS = frozenset("时间 日期 时候 期限 原因 理由 数量 人数 名字 名称 职务 职位 身份 地点 位置 角色".split())
@@ -235,15 +116,11 @@ _CLASS_NOUNS = frozenset(
 class Evidence:
     """What the retriever knows about a question once it has ranked the passages."""
 
-    question: str  # as searched: cleaned, in the articles' script
-    terms: Sequence[str]  # the question's index terms (an English question's words and their translations)
-    df: Mapping[str, int]  # passages holding each term
-    idf: Mapping[str, float]  # IDF of each term in the index
+    question: Question
     passage: str  # text of the best passage
     passage_terms: str  # its index term string
     dense: np.ndarray  # cosine of every candidate passage
     top_dense: float  # cosine of the best passage
-    translation: Translation | None = None  # an English question's words as Chinese index terms
 
 
 def _lacking_weight(term: str, held: Callable[[str], bool]) -> float:
@@ -268,16 +145,15 @@ def _share(wanted: Iterable[str], present: set[str], weight: Mapping[str, float]
 
 def features(evidence: Evidence) -> dict[str, float]:
     """The decision's features (`FEATURES`), each in [0, 1]."""
-    translation, df, idf = evidence.translation, evidence.df, evidence.idf
+    question = evidence.question
+    translation, df, idf = question.translation, question.df, question.idf
     # Words naming the kind of answer ("国家" in "在哪个国家"), like the answer nouns, are
     # satisfied by the answer itself; an English one also through its translations.
-    kinds = {noun for noun in kind_nouns(evidence.question) if noun in _CLASS_NOUNS}
+    kinds = {noun for noun in question.kind_nouns if noun in _CLASS_NOUNS}
     kind_phrases = {p for p, _ in translation.phrases if set(p.split()) <= kinds} if translation else set()
     if translation:
         kinds |= {t for phrase, group in translation.phrases if phrase in kind_phrases for t in group}
-    own = [
-        t for t in dict.fromkeys(evidence.terms) if not _ASKING.search(t) and t not in _ANSWER_NOUNS and t not in kinds
-    ]
+    own = [t for t in question.terms if not is_question_word(t) and t not in _ANSWER_NOUNS and t not in kinds]
     if translation:
         # An English question's own words are absent from Chinese articles by nature: its
         # evidence is the index terms it reached; what it names, its content words.
@@ -297,23 +173,19 @@ def features(evidence: Evidence) -> dict[str, float]:
 
     present = {t for t in terms if held(t)}
     rarest = sorted(terms, key=lambda t: (-idf[t], -len(t)))[:_RARE_TERMS]
-    # The question's focus (the words next to its question word, `retrieval.highlight`) that
-    # the best passage lacks; an English word through its translations (one the dictionary
-    # cannot translate is no evidence either way).
-    missing: list[str] = []
+    # The question's focus (the words next to its question word) that the best passage
+    # holds; an English word through its translations (one the dictionary cannot translate is
+    # no evidence either way).
     focus_held: list[str] = []
-    focus = question_cues(evidence.question, tuple(own)).focus
+    focus = [t for t in question.focus.terms if t in own]
     for word in focus:
         reached = [word] if df.get(word, 0) > 0 else []
         if translation:
             reached += [t for phrase, group in translation.phrases if word in phrase.split() for t in group]
             if not reached and word not in absent:
                 continue
-        found = [t for t in reached if held(t)]
-        focus_held += found
-        if not found:
-            missing.append(word)
-    general = {t: general_idf(t) for t in {*named, *own, *missing, *(translation.terms if translation else ())}}
+        focus_held += [t for t in reached if held(t)]
+    general = {t: general_idf(t) for t in {*named, *own, *(translation.terms if translation else ())}}
     # The most specific thing the question names that the best passage lacks: a missing
     # "厅长" or "CEO" is not made up for by five topic words present (a share would be).
     if translation:
@@ -329,14 +201,11 @@ def features(evidence: Evidence) -> dict[str, float]:
     # The rarer half of the shared terms; ties in question order (a set's order varies with
     # the interpreter's hash seed, and so did the decision).
     anchors = sorted((t for t in terms if t in present), key=lambda t: -idf[t])[: max(1, len(present) // 2)]
-    mass = sum(general[t] for t in {*named, *missing})
     salient = sorted(terms, key=lambda t: (-general[t], -len(t)))[:_RARE_TERMS]
-    kind = answer_type(evidence.question)
-    # The passage's expressions of that kind, found once for both anchorings below.
-    # An expression the question itself holds ("第五轮" in "第五轮收网抓了多少人") is what it
-    # asks about, not its answer.
-    asked = normalize(evidence.question)
-    spans = [(s, e) for s, e in _kind_spans(kind, text) if text[s:e] not in asked] if kind else []
+    kind = question.kind
+    # The passage's expressions of that kind. An expression the question itself holds ("第五轮"
+    # in "第五轮收网抓了多少人") is what it asks about, not its answer.
+    spans = [(s, e) for s, e in kind_spans(kind, text) if text[s:e] not in question.normalized] if kind else []
     typed = _nearness(text, spans, anchors) if kind else 1.0
     # The kind of answer next to what is asked about ("实施" in "什么时候正式实施"), not only
     # next to the topic: a publication date is no answer to when a rule takes effect. With the
@@ -359,9 +228,7 @@ def features(evidence: Evidence) -> dict[str, float]:
         "salient": _share(salient, present, general) if terms else 0.0,
         "specific": max((general[t] for t in present), default=0.0),
         "known": 1.0 - _share(named, absent, general) if named else 0.0,
-        "focus": 1.0 - sum(general[t] for t in missing) / mass if mass else 1.0,
-        "number": typed if kind in _CRISP else 1.0,
-        "cue": typed if kind not in _CRISP else 1.0,
+        "number": typed if kind is not None and kind.crisp else 1.0,
         "margin": max(0.0, min(1.0, margin / 4.0)),
         # Both at once: the kind of answer asked next to the question's words, and those words
         # (all of them; its rarest) in the passage. A sum alone lets a passage full of the

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from index.backends import PassageRow
+
 
 def format_citation(source: str, date: str, title: str, section: str, paragraph: int, paragraph_end: int) -> str:
     """A short human citation, e.g. `《区块链日报》2021-06-10 · <title> · <section> · ¶12`."""
@@ -61,6 +63,41 @@ class Hit:
     # earliest version, these are cited briefly.
     also: tuple[Also, ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        row: PassageRow,
+        *,
+        rank: int,
+        score: float,
+        dense: float,
+        lexical: float,
+        highlight: tuple[int, int],
+        also: tuple[Also, ...] = (),
+    ) -> Hit:
+        """The hit quoting passage `row`: the one place a hit is made from a stored passage."""
+        return cls(
+            rank=rank,
+            score=score,
+            text=row.text,
+            title=row.title,
+            article_id=row.article_id,
+            section=row.section,
+            paragraph=row.paragraph,
+            paragraph_end=row.paragraph_end,
+            citation=format_citation(row.source, row.date, row.title, row.section, row.paragraph, row.paragraph_end),
+            url=row.url,
+            date=row.date,
+            source=row.source,
+            passage_id=row.id,
+            ordinal=row.ordinal,
+            highlight_start=highlight[0],
+            highlight_end=highlight[1],
+            dense=dense,
+            lexical=lexical,
+            also=also,
+        )
+
     @property
     def sentence(self) -> str:
         return self.text[self.highlight_start : self.highlight_end]
@@ -85,10 +122,13 @@ class Answer:
     answered: bool
     hits: tuple[Hit, ...] = ()
     version: str = ""
-    coverage: float = 0.0
     # The "not covered" decision's inputs (`retrieval.decide.FEATURES`), for benchmarks and debugging.
     features: dict[str, float] = field(default_factory=dict)
-    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def coverage(self) -> float:
+        """The IDF-weighted share of what the question names that the best passage holds."""
+        return self.features.get("coverage", 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -2,8 +2,9 @@
 
 Every decision about *what* to say lives here (truncation, small talk, answered or weak
 match, paging); `telegram_bot.render` only decides *how* it looks. Retrieval is blocking,
-so it runs in worker threads; questions that arrive together are embedded in one batch
-(`Retriever.answer_many`), which keeps a burst of questions from many chats fast.
+so it runs in worker threads; questions that arrive together are answered in one batch
+through the one follow-up path (`retrieval.conversation.answer_turns`: every question with
+its conversation's earlier ones), which keeps a burst of questions from many chats fast.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from index import catalog
 from index.backends import open_backend
 from index.build import BuildReport
 from retrieval import Answer, Hit, PassageRow, Retriever
-from retrieval.conversation import ConversationStore, adopt, retry, rewrite
+from retrieval.conversation import ConversationStore, Rewritten, answer_turns
 from settings import Config
 from telegram_bot.i18n import is_chitchat
 
@@ -76,27 +77,31 @@ def version_tag(version: str) -> str:
     return hashlib.sha1(version.encode("utf-8")).hexdigest()[:8]
 
 
+Turn = tuple[Sequence[str], str]  # (the conversation's earlier resolved questions, the question)
+Answered = tuple[Answer, Rewritten]
+
+
 class AnswerBatcher:
-    """Answers questions in batches: while a batch is being embedded, newcomers queue up
-    and go together in the next one. An idle service answers a lone question at once."""
+    """Answers conversation turns in batches: while a batch is being answered, newcomers queue
+    up and go together in the next one. An idle service answers a lone question at once."""
 
     def __init__(
         self,
-        answer_many: Callable[[Sequence[str], int], list[Answer]],
+        answer_turns: Callable[[Sequence[Turn], int], list[Answered]],
         *,
         workers: int = 2,
         max_batch: int = 32,
     ) -> None:
-        self._answer_many = answer_many
+        self._answer_turns = answer_turns
         self._workers = workers
         self._max_batch = max_batch
-        self._pending: list[tuple[str, int, asyncio.Future[Answer]]] = []
+        self._pending: list[tuple[Turn, int, asyncio.Future[Answered]]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def answer(self, question: str, k: int) -> Answer:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._pending.append((question, k, future))
+    async def answer(self, turn: Turn, k: int) -> Answered:
+        future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
+        self._pending.append((turn, k, future))
         if self._running < self._workers:
             self._running += 1
             task = asyncio.create_task(self._drain())
@@ -115,15 +120,15 @@ class AnswerBatcher:
                 if not batch:
                     continue
                 try:
-                    answers = await asyncio.to_thread(self._answer_many, [q for q, _, _ in batch], k)
+                    answers = await asyncio.to_thread(self._answer_turns, [turn for turn, _, _ in batch], k)
                 except Exception as exc:
                     if len(batch) == 1:
                         _settle(batch[0][2], exc)
                         continue
                     # One bad question must not fail the others: answer them one by one.
-                    for question, _, future in batch:
+                    for turn, _, future in batch:
                         try:
-                            [answer] = await asyncio.to_thread(self._answer_many, [question], k)
+                            [answer] = await asyncio.to_thread(self._answer_turns, [turn], k)
                         except Exception as single:
                             _settle(future, single)
                         else:
@@ -135,7 +140,7 @@ class AnswerBatcher:
             self._running -= 1
 
 
-def _settle(future: asyncio.Future[Answer], outcome: Answer | BaseException) -> None:
+def _settle(future: asyncio.Future[Answered], outcome: Answered | BaseException) -> None:
     """Deliver a result or an error, unless the caller already gave up."""
     if future.done():
         return
@@ -152,7 +157,7 @@ class QAService:
         self.retriever = retriever
         self.config = config
         self.page_size = max(1, config.telegram.max_passages)
-        self._batcher = AnswerBatcher(retriever.answer_many)
+        self._batcher = AnswerBatcher(lambda turns, k: answer_turns(retriever.answer_many, turns, k))
         self.conversations = ConversationStore(
             idle_seconds=config.conversation.idle_minutes * 60,
             max_conversations=config.conversation.max_conversations,
@@ -204,15 +209,7 @@ class QAService:
         # (A question cut to max_question_chars stands on its own; `truncated` reports its length.)
         in_context = conversation is not None and not offset and not truncated
         previous = self.conversations.turns(conversation) if in_context else ()
-        # With context, the rule segments and tags words (jieba; its tagger loads on first use):
-        # off the event loop.
-        searched = await asyncio.to_thread(rewrite, previous, question) if previous else rewrite(previous, question)
-        answer = await self._batcher.answer(searched.text, k)
-        second = await asyncio.to_thread(retry, previous, question, searched, answer) if previous else None
-        if second is not None:
-            again = await self._batcher.answer(second.text, k)
-            if adopt(again):
-                searched, answer = second, again
+        answer, searched = await self._batcher.answer((previous, question), k)
         if conversation is not None and not offset:
             self.conversations.add(conversation, searched.text)
         common = {

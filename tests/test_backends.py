@@ -122,7 +122,7 @@ def test_both_backends_rank_alike(tmp_path: Path) -> None:
         assert a.reader.count == b.reader.count and a.version == b.version
         for question, _ in FACTS:
             assert a.answer(question).hits[0].passage_id == b.answer(question).hits[0].passage_id
-        terms = a.query_terms(FACTS[0][0])
+        terms = a.question(FACTS[0][0]).terms
         assert a.reader.document_frequencies(terms) == b.reader.document_frequencies(terms)
         assert [x["id"] for x in a.articles()] == [x["id"] for x in b.articles()]
         first = a.answer(FACTS[1][0]).hits[0]

@@ -37,7 +37,7 @@ def test_committed_config_loads_with_documented_defaults(monkeypatch):
     assert config.corpus.min_chars < config.corpus.max_chars
     assert isinstance(config.telegram.allowlist, tuple)
     # auto: exact search below 50k passages, IVF above (bench/README.md)
-    assert (config.index.faiss, config.index.hnsw_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
+    assert (config.index.faiss, config.index.ivf_threshold, config.index.ivf_nprobe) == ("auto", 50_000, 0)
     assert config.ingest == Config().ingest  # config.toml states the built-in defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.retrieval.k = 10  # type: ignore[misc]
@@ -63,6 +63,16 @@ def test_partial_file_keeps_defaults_and_resolves_paths(tmp_path, monkeypatch):
 def test_every_faiss_kind_is_accepted(tmp_path, kind):
     config = load_config(write_config(tmp_path, f'[index]\nfaiss = "{kind}"\nivf_nprobe = 16\n'))
     assert config.index.faiss == kind and config.index.ivf_nprobe == 16
+
+
+def test_the_old_name_of_ivf_threshold_is_read_with_one_notice(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="settings"):
+        config = load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1234\n"))
+    assert config.index.ivf_threshold == 1234
+    [notice] = [r.getMessage() for r in caplog.records]
+    assert "hnsw_threshold is now called ivf_threshold" in notice
+    with pytest.raises(ConfigError, match="both hnsw_threshold and ivf_threshold"):
+        load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1\nivf_threshold = 2\n"))
 
 
 def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):

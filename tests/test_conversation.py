@@ -121,7 +121,7 @@ def test_a_short_question_that_alone_finds_nothing_is_tried_with_the_topic() -> 
     assert not rewrite(previous, "明天上海会下雨吗？", alone_answered=False).used_context
     assert not rewrite([CAI], "What is the capital of Australia?", alone_answered=False).used_context
     # The limit on length, and 0 turning the rule off.
-    assert not rewrite(previous, "第二条是什么？", alone_answered=False, limits=Limits(fallback_units=0)).used_context
+    assert not rewrite(previous, "第二条是什么？", alone_answered=False, limits=Limits(fallback_words=0)).used_context
 
 
 def test_pronouns_fall_back_to_the_previous_content_words_without_a_name() -> None:

@@ -269,7 +269,7 @@ def test_police_and_suspects_reach_the_arrests(built_hash_index) -> None:  # typ
     retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
     try:
         answer = retriever.answer("How many suspects did the police catch in the card-breaking operation?", k=3)
-        assert {"公安", "嫌疑人", "断卡"} <= set(retriever.query_terms(answer.question))
+        assert {"公安", "嫌疑人", "断卡"} <= set(retriever.question(answer.question).terms)
         assert "1100" in max(answer.hits, key=lambda h: h.lexical).text
     finally:
         retriever.close()

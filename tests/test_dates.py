@@ -104,10 +104,11 @@ def test_recency_words_order_equally_relevant_passages_by_date(story_index) -> N
         ids = [i for article in sorted(corpus.story_ids, reverse=True) for i in reader.neighbours(article, 0, 0, 1000)]
         tied = np.zeros(len(ids))
         reference, rows = _dated(reader)
-        latest = adjust("最新的数字资产交易平台管理办法进展是什么？", reference, ids, tied, rows)
-        earliest = adjust(
-            "When were the digital asset trading platform rules first proposed?", reference, ids, tied, rows
+        latest = adjust(
+            parse_question("最新的数字资产交易平台管理办法进展是什么？", reference), reference, ids, tied, rows
         )
+        first = "When were the digital asset trading platform rules first proposed?"
+        earliest = adjust(parse_question(first, reference), reference, ids, tied, rows)
     finally:
         reader.close()
     # The ids were read newest first (the story's file names are their dates).
@@ -122,8 +123,10 @@ def test_questions_without_dates_keep_their_scores(story_index) -> None:  # type
         ids = [i for article in corpus.story_ids for i in reader.neighbours(article, 0, 0, 1000)][:20]
         fused = np.linspace(3.0, -1.0, len(ids))
         reference, rows = _dated(reader)
-        same = adjust("数字资产交易平台管理办法规定了什么？", reference, ids, fused, rows)
-        dated = adjust("6月15日数字资产交易平台管理办法规定了什么？", reference, ids, fused, rows)
+        same = adjust(parse_question("数字资产交易平台管理办法规定了什么？", reference), reference, ids, fused, rows)
+        dated = adjust(
+            parse_question("6月15日数字资产交易平台管理办法规定了什么？", reference), reference, ids, fused, rows
+        )
     finally:
         reader.close()
     assert same is fused

@@ -16,8 +16,8 @@ from conftest import DEFAULT_CORPUS, make_config
 from index.build import build_index
 from index.text import segment_for_index
 from retrieval import Retriever
-from retrieval.decide import FEATURES, Evidence, Policy, answer_type, features, type_evidence
-from retrieval.highlight import kind_nouns
+from retrieval.decide import FEATURES, Evidence, Policy, features, type_evidence
+from retrieval.question import KINDS, Question, answer_kind, kind_nouns
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ from retrieval.highlight import kind_nouns
     ],
 )
 def test_answer_type_in_simplified_traditional_and_english(questions, kind):
-    assert [answer_type(q) for q in questions] == [kind] * 3
+    assert [getattr(answer_kind(q), "name", None) for q in questions] == [kind] * 3
 
 
 @pytest.mark.parametrize(
@@ -65,16 +65,12 @@ def test_answer_type_in_simplified_traditional_and_english(questions, kind):
     ],
 )
 def test_type_evidence_finds_numbers_dates_and_titles_near_the_question_words(kind, passage, terms, expected):
-    assert type_evidence(kind, passage, terms) == expected
+    assert type_evidence(KINDS.get(kind), passage, terms) == expected
 
 
 def _evidence(question: str, passage: str, df: dict[str, int], passages: int = 40) -> Evidence:
-    idf = {t: float(np.log(1 + (passages - n + 0.5) / (n + 0.5))) for t, n in df.items()}
     return Evidence(
-        question=question,
-        terms=list(df),
-        df=df,
-        idf=idf,
+        question=Question.analysed(question, question, list(df), df, passages),
         passage=passage,
         passage_terms=segment_for_index(passage),
         dense=np.array([0.4, 0.2, 0.1]),
@@ -89,11 +85,11 @@ def test_features_see_what_the_passage_lacks():
     assert set(asked) == set(near) == set(FEATURES)
     assert all(0.0 <= v <= 1.0 for v in (*asked.values(), *near.values()))
     assert asked["number"] == 1.0 and asked["coverage"] == pytest.approx(1.0)
-    assert asked["known"] == asked["focus"] == asked["rare"] == 1.0
+    assert asked["known"] == asked["focused"] == asked["rare"] == 1.0
     # 市值 is in no passage: the question's rarest term, its focus and a word no article uses;
     # and no amount of money stands in the passage
-    assert near["rare"] < 1.0 and near["focus"] < 1.0 and near["known"] < 1.0 and near["number"] == 0.0
-    assert near["coverage"] < asked["coverage"] and near["cue"] == asked["cue"] == 1.0
+    assert near["rare"] < 1.0 and near["focused"] == 0.0 and near["known"] < 1.0 and near["number"] == 0.0
+    assert near["coverage"] < asked["coverage"]
 
 
 def test_gap_is_the_most_specific_thing_the_passage_lacks():
@@ -141,7 +137,7 @@ def test_a_passage_answering_which_country_need_not_say_country():
     passage = "此前另一家矿机制造商嘉楠科技也宣布，6月上旬将在哈萨克斯坦启动自营挖矿。"
     df = {"嘉楠": 1, "科技": 3, "国家": 2, "启动": 1, "自营": 1, "挖矿": 9}
     which = features(_evidence("嘉楠科技要在哪个国家启动自营挖矿？", passage, df))
-    assert which["gap"] == which["focus"] == which["coverage"] == 1.0
+    assert which["gap"] == which["coverage"] == 1.0
     lacking = features(_evidence("嘉楠科技在哪个国家的工厂启动自营挖矿？", passage, df | {"工厂": 2}))
     assert lacking["gap"] < 1.0 and lacking["coverage"] < 1.0
 
@@ -183,10 +179,11 @@ _TIED = """
 import numpy as np
 from index.text import segment_for_index
 from retrieval.decide import Evidence, features
+from retrieval.question import Question
 passage = "矿场" + "监管越来越严。" * 6 + "北美6月19日开会。"
 df = {"矿场": 2, "北美": 2}
-idf = dict.fromkeys(df, 2.0)
-e = Evidence("矿场和北美什么时候？", list(df), df, idf, passage, segment_for_index(passage), np.array([0.4, 0.2]), 0.4)
+q = Question.analysed("矿场和北美什么时候？", "矿场和北美什么时候？", list(df), df, 40)
+e = Evidence(q, passage, segment_for_index(passage), np.array([0.4, 0.2]), 0.4)
 print(features(e)["number"])
 """
 

@@ -450,7 +450,7 @@ def test_copied_index_directory_still_works(built_hash_index, tmp_path):
 
 
 def test_auto_is_flat_below_the_threshold_and_ivf_from_it(hash_config):
-    index = replace(hash_config.index, faiss="auto", hnsw_threshold=50_000)
+    index = replace(hash_config.index, faiss="auto", ivf_threshold=50_000)
     assert vectors.choose_kind(index, 49_999) == "flat"
     assert vectors.choose_kind(index, 50_000) == "ivf"
     for kind in ("flat", "ivf", "hnsw"):

@@ -240,7 +240,7 @@ def test_traditional_question_uses_the_articles_words(retriever):
     assert converted.startswith("交易所的服務器設在") and to_simplified(converted) == "交易所的服务器设在哪里？"
     assert in_script("交易所的伺服器設在哪裡？", TRADITIONAL) == "交易所的伺服器設在哪裡？"
     assert retriever.reader.script == SIMPLIFIED
-    assert retriever.query_terms("交易所的伺服器設在哪裡？") == retriever.query_terms("交易所的服务器设在哪里？")
+    assert retriever.question("交易所的伺服器設在哪裡？").terms == retriever.question("交易所的服务器设在哪里？").terms
     assert "设在境外" in retriever.answer("交易所的伺服器設在哪裡？").hits[0].text
 
 
@@ -270,7 +270,7 @@ def test_articles_in_traditional_characters_get_questions_in_their_script(tmp_pa
         assert r.reader.script == TRADITIONAL
         question = "断卡行动打掉了多少个犯罪团伙？"
         assert in_script(question, TRADITIONAL) != question
-        assert r.query_terms(question) == r.query_terms(opencc.OpenCC("s2t").convert(question))
+        assert r.question(question).terms == r.question(opencc.OpenCC("s2t").convert(question)).terms
         assert "170餘個" in r.answer(question).hits[0].text
     finally:
         r.close()
@@ -404,7 +404,7 @@ def test_batch_picks_sentences_by_embedding_where_no_term_is_shared(retriever):
         qvec = retriever.embedder.encode_queries([question])[0]
         for hit in answer.hits:
             spans = [(s, e) for s, e in (strip_span(hit.text, *span) for span in split_sentences(hit.text)) if e > s]
-            if len(spans) < 2 or any(t in normalize(hit.text) for t in retriever.query_terms(question)):
+            if len(spans) < 2 or any(t in normalize(hit.text) for t in retriever.question(question).terms):
                 continue
             sims = retriever.embedder.encode_documents([hit.text[s:e] for s, e in spans]) @ qvec
             assert (hit.highlight_start, hit.highlight_end) == spans[int(np.argmax(sims))]

