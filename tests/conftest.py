@@ -27,7 +27,17 @@ DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
 
 # Deployment settings a developer's shell may hold: no test may read them (subprocesses inherit
 # the cleaned environment too).
-DEPLOYMENT_ENV = ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN", "MILVUS_URI", "MILVUS_TOKEN")
+DEPLOYMENT_ENV = (
+    "QA_CONFIG",
+    "QA_INDEX_DIR",
+    "QA_STATE_DIR",
+    "QA_ADMINS",
+    "QA_ALLOWLIST",
+    "TELEGRAM_BASE_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "MILVUS_URI",
+    "MILVUS_TOKEN",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +47,15 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:
-    """A config like the committed one, pointed at temporary directories."""
+    """A config like the committed one, pointed at temporary directories (the bot's state in
+    `state/` beside the index)."""
     base = load_config()
     return replace(
         base,
         corpus=replace(base.corpus, dir=corpus_dir) if base.corpus else CorpusConfig(dir=corpus_dir),
         index=replace(base.index, dir=index_dir) if base.index else IndexConfig(dir=index_dir),
         model=replace(base.model, name=model) if base.model else ModelConfig(name=model),
+        telegram=replace(base.telegram, state_dir=index_dir.parent / "state"),
     )
 
 
