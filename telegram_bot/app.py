@@ -32,6 +32,7 @@ from telegram_bot.components.errors import on_error
 from telegram_bot.components.ingest import cmd_add
 from telegram_bot.components.inline import on_inline
 from telegram_bot.components.questions import cmd_ask, on_group_text, on_private_text
+from telegram_bot.components.retention import schedule_purge
 from telegram_bot.components.stats import cmd_stats
 from telegram_bot.gate import admit
 from telegram_bot.ratelimit import RetryingRateLimiter
@@ -138,4 +139,5 @@ def build_application(
     application.add_handler(CallbackQueryHandler(on_button))
     application.add_handler(InlineQueryHandler(on_inline))
     application.add_error_handler(on_error)
+    schedule_purge(application, config.telegram)
     return application

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from enum import StrEnum
 from typing import Any
 
@@ -20,11 +22,13 @@ from index import catalog
 from index.backends import open_backend
 from index.build import BuildReport
 from retrieval import Answer, Hit, PassageRow, Retriever
-from retrieval.conversation import ConversationStore, adopt, retry, rewrite
+from retrieval.conversation import ConversationStore, Rewritten, adopt, retry, rewrite
 from settings import Config
 from telegram_bot.i18n import is_chitchat
 
 log = logging.getLogger("telegram_bot.pipeline")
+
+_PARTIAL_WORD = re.compile(r"[A-Za-z0-9]+$")
 
 
 class Kind(StrEnum):
@@ -207,9 +211,11 @@ class QAService:
         # With context, the rule segments and tags words (jieba; its tagger loads on first use):
         # off the event loop.
         searched = await asyncio.to_thread(rewrite, previous, question) if previous else rewrite(previous, question)
+        searched = within(searched, question, limit)
         answer = await self._batcher.answer(searched.text, k)
         second = await asyncio.to_thread(retry, previous, question, searched, answer) if previous else None
         if second is not None:
+            second = within(second, question, limit)
             again = await self._batcher.answer(second.text, k)
             if adopt(again):
                 searched, answer = second, again
@@ -274,6 +280,28 @@ class QAService:
         if changed:
             log.info("switched to index version %s", self.retriever.version)
         return changed
+
+
+def within(searched: Rewritten, question: str, limit: int) -> Rewritten:
+    """`searched` cut to `limit` characters (0: no limit). It is what is searched, stored for
+    "More" and the answer log, and continued by the next follow-up, so the context a follow-up
+    adds must not grow it turn after turn. The user's own words stay whole; the context gives
+    way from its end, keeping its head: the topic the conversation started with."""
+    text = searched.text
+    if limit <= 0 or len(text) <= limit:
+        return searched
+    at = text.rfind(question)  # the context may hold the same words (a repeated follow-up)
+    if at < 0:  # the question itself was rewritten (a pronoun replaced by the topic)
+        return dataclass_replace(searched, text=text[:limit])
+    room = limit - len(question)
+    before = text[:at]
+    if len(before) > room:
+        head = before[: max(0, room - 1)]
+        if before[len(head)].isalnum():
+            head = _PARTIAL_WORD.sub("", head)  # no half a Latin word
+        before = head.rstrip() + " " if head.strip() else ""
+    after = text[at + len(question) :][: room - len(before)]
+    return dataclass_replace(searched, text=before + question + after)
 
 
 def ensure_index(config: Config, progress: Callable[[int, int], None] | None = None) -> BuildReport | None:
