@@ -3,12 +3,14 @@ tests marked slow) one real-model index of the default corpus per session."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +46,21 @@ DEPLOYMENT_ENV = (
 def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in DEPLOYMENT_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def bot_main() -> Iterator[Callable[..., int]]:
+    """`bot.main(argv)` in this process, with the logging and SIGTERM handler it installs undone."""
+    import bot
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield lambda *argv: bot.main(list(argv))
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    signal.signal(signal.SIGTERM, sigterm)
+    logging.captureWarnings(False)
 
 
 def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:

@@ -6,10 +6,8 @@ over the fake Bot API, real SQLite files, `bot.main` in process."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import time
@@ -20,7 +18,6 @@ from typing import Any
 import pytest
 from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent, write_config
 
-import bot
 from index.build import build_index
 from retrieval.conversation import Rewritten
 from settings import PROJECT_ROOT, load_config
@@ -67,19 +64,6 @@ def permissive_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-@pytest.fixture
-def bot_main() -> Iterator[Callable[..., int]]:
-    """`bot.main(argv)` in this process, with the logging and SIGTERM handler it installs undone."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sigterm = signal.getsignal(signal.SIGTERM)
-    yield lambda *argv: bot.main(list(argv))
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    signal.signal(signal.SIGTERM, sigterm)
-    logging.captureWarnings(False)
 
 
 def mode(path: Path) -> int:
