@@ -3,7 +3,7 @@
     TELEGRAM_BOT_TOKEN=123:abc python bot.py     # Telegram, long polling
     python bot.py --console                      # same answers in the terminal (stdin)
     python bot.py --config other.toml --debug
-    python bot.py stats [--export FILE.jsonl]    # what /stats shows; export questions to curate
+    python bot.py stats [--export FILE.jsonl [--force]]  # what /stats shows; export questions to curate
 
 The token is read from the environment only and redacted from every log line. When no
 index is published yet it is built from the configured corpus first. User errors (bad
@@ -82,20 +82,21 @@ def _run_console(config: Config) -> int:
         return 0
 
 
-def _run_stats(config: Config, export: Path | None) -> int:
-    """Print the /stats figures, or export the not-covered and 👎 questions, from the state
-    file beside the configured index (never created or changed here, beyond retention)."""
+def _run_stats(config: Config, export: Path | None, force: bool) -> int:
+    """Print the /stats figures, or export the not-covered and 👎 questions, from the bot's
+    state file (never created or changed here, beyond retention and moving it to state_dir)."""
     import sqlite3
     import time
 
     from telegram_bot import render
     from telegram_bot.console import locale_lang
     from telegram_bot.feedback import AnswerLog
-    from telegram_bot.statefile import StateFileError
+    from telegram_bot.statefile import StateFileError, prepare_state_dir
 
     days = config.telegram.question_retention_days
     try:
-        answers = AnswerLog.beside_index(config.index.dir, retention_days=days, existing=True)
+        path = prepare_state_dir(config.telegram.state_dir, config.index.dir)
+        answers = AnswerLog(path, retention_days=days, existing=True)
     except StateFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -103,8 +104,11 @@ def _run_stats(config: Config, export: Path | None) -> int:
         if export is None:
             print(render.to_text(render.stats_doc(locale_lang(), answers.stats(time.time()))))
         else:
-            count = answers.export(export)
+            count = answers.export(export, force=force)
             print(f"wrote {count} not-covered or 👎 question(s) to {export}")
+    except FileExistsError:
+        print(f"error: {export} exists (--force replaces it)", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot write {export}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -123,17 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         "or in the terminal (--console, or no token).",
     )
     parser.add_argument("--console", action="store_true", help="chat in the terminal instead of Telegram")
-    parser.add_argument("--config", type=Path, help="config file (default: config.toml)")
+    parser.add_argument("--config", type=Path, help="config file (default: $QA_CONFIG, else config.toml)")
     parser.add_argument("--debug", action="store_true", help="debug logging (includes message texts)")
     commands = parser.add_subparsers(dest="command", metavar="{stats}")
     stats = commands.add_parser(
         "stats", help="questions, answered share, votes, time to answer (as /stats); --export for curation"
     )
     # SUPPRESS: `bot.py --config X stats` keeps X instead of the subcommand's default.
-    stats.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file (default: config.toml)")
+    stats.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="config file (default: $QA_CONFIG, else config.toml)"
+    )
     stats.add_argument(
         "--export", type=Path, metavar="FILE.jsonl", help="write the not-covered and 👎 questions as JSON lines"
     )
+    stats.add_argument("--force", action="store_true", help="let --export replace an existing file")
     args = parser.parse_args(argv)
     # Opt in to PTB's future timedelta `retry_after`: no deprecation warning on every 429.
     os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "stats":
-            return _run_stats(config, args.export)
+            return _run_stats(config, args.export, args.force)
         ensure_index(config, progress=_progress())
         return _run_console(config) if console else _run_bot(config, token)
     except (BuildError, BuildLockedError) as exc:

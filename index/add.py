@@ -53,7 +53,7 @@ _VAGUE_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/
 _PROLOG = rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*"
 _FEED_START = re.compile(_PROLOG + rb"<(?:rss|feed|rdf:RDF)\b", re.S)
 _HTML_START = re.compile(_PROLOG + rb"<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a source that is a URL, not a path
 _SLUG_DROP = re.compile(r"[^\w.-]+")
 
 
@@ -101,15 +101,8 @@ class AddReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
-        if self.build_error:
-            state = f"index not rebuilt: {self.build_error}"
-        elif self.build is not None:
-            state = self.build.summary()
-        elif self.count("added") or self.count("updated"):
-            state = "index not rebuilt: run `python -m index build` to index the new files"
-        else:
-            state = "index not rebuilt"
-        return f"sources: {counts}\n{state}"
+        pending = "to index the new files" if self.count("added") or self.count("updated") else ""
+        return f"sources: {counts}\n{build_state(self.build, self.build_error, pending)}"
 
 
 @dataclass(frozen=True)
@@ -146,16 +139,35 @@ def add_sources(
                     on_result(result)
     if not build or not any(r.status != "skipped" for r in results):
         return AddReport(tuple(results))
+    report, error = build_corpus(config, progress, on_wait)
+    return AddReport(tuple(results), build=report, build_error=error)
+
+
+def build_corpus(
+    config: Config, progress: Progress | None = None, on_wait: Callable[[], None] | None = None
+) -> tuple[BuildReport | None, str]:
+    """The incremental build after the corpus changed: (its report, "") or (None, why it failed)."""
     try:
         with open_backend(config) as backend:
-            report = backend.build(progress=progress, on_wait=on_wait)
+            return backend.build(progress=progress, on_wait=on_wait), ""
     except (BuildError, BuildLockedError, *OPEN_ERRORS) as exc:
-        return AddReport(tuple(results), build_error=str(exc))
-    return AddReport(tuple(results), build=report)
+        return None, str(exc)
+
+
+def build_state(build: BuildReport | None, build_error: str, pending: str) -> str:
+    """The line after an add or remove: what became of the index; `pending` says what a build
+    would do ("" when the corpus did not change)."""
+    if build_error:
+        return f"index not rebuilt: {build_error}"
+    if build is not None:
+        return build.summary()
+    if pending:
+        return f"index not rebuilt: run `python -m index build` {pending}"
+    return "index not rebuilt"
 
 
 def _add_source(source: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[AddResult]:
-    if _URL.match(source):
+    if URL_SCHEME.match(source):
         yield from _add_url(source, fetcher, corpus)
         return
     path = Path(source).expanduser()
@@ -185,8 +197,13 @@ def _add_file(path: Path, corpus: _Corpus) -> AddResult:
         return AddResult(str(path), "skipped", str(exc))
     meta = {"title": article.title, "source": article.source, "author": article.author, "date": article.date}
     meta |= {"url": article.url, "lang": article.lang if article.lang != "zh" else ""}
-    name = f"{_slug(path.stem)}-{_digest(str(resolved))}.md"
-    return corpus.save(str(path), name, article.body, meta)
+    return corpus.save(str(path), local_file_name(path), article.body, meta)
+
+
+def local_file_name(path: Path) -> str:
+    """The corpus file of a local file added from outside the corpus: named from its stem and
+    its absolute path, so adding it again replaces the same file."""
+    return f"{_slug(path.stem)}-{_digest(str(path.resolve()))}.md"
 
 
 def _add_url(url: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[AddResult]:
@@ -280,10 +297,16 @@ def url_file_name(url: str) -> str:
     `…/2022/a.html` apart; the fragment does not count.
     """
     parts = urlsplit(url)
-    normal = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query, ""))
+    normal = normal_url(url)
     host = _slug((parts.hostname or "unknown") + (f"_{parts.port}" if parts.port else ""))
     stem = re.sub(r"\.(?:s?html?|php|aspx?|jsp)$", "", unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]), flags=re.I)
     return f"{host}/{_slug(stem) or 'index'}-{_digest(normal)}.md"
+
+
+def normal_url(url: str) -> str:
+    """`url` as one article: scheme and host in lower case, no fragment."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query, ""))
 
 
 def _slug(text: str) -> str:

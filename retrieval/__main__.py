@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("question", nargs="*", help="the question (omit to read stdin)")
     parser.add_argument("--k", type=int, default=None, help="passages per question (clamped to 1..max_k)")
     parser.add_argument("--index", type=Path, help="index directory (default from config)")
-    parser.add_argument("--config", type=Path, help="config file (default: config.toml)")
+    parser.add_argument("--config", type=Path, help="config file (default: $QA_CONFIG, else config.toml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per question")
     parser.add_argument(
         "--conversation",
@@ -141,7 +141,9 @@ def _conversations(retriever, k: int | None) -> int:  # type: ignore[no-untyped-
             else:
                 groups.append([])
         histories = [previous] + [[] for _ in groups[1:]]
-        results = answer_conversations(retriever.answer_many, list(zip(histories, groups, strict=True)), k)
+        conversations = list(zip(histories, groups, strict=True))
+        limit = retriever.config.retrieval.max_query_chars
+        results = answer_conversations(retriever.answer_many, conversations, k, max_chars=limit)
         for conversation in results:
             for answer, rewritten in conversation:
                 sys.stdout.write(json_line(answer.to_dict() | {"understood_as": rewritten.text}))

@@ -100,6 +100,7 @@ _EN_OPENERS = frozenset(
     "what which who whom whose when where why how did does do is are was were has have had can could will would "
     "should and but so then ok okay the a an in on at for of about to".split()
 )
+_PARTIAL_WORD = re.compile(r"[A-Za-z0-9]+$")
 _NOUN_JOINERS = frozenset("和 与 與 及".split())
 _PROPER_FLAGS = frozenset(("nr", "ns", "nt", "nz", "nrt", "nrfg", "eng", "j"))
 _NOUN_FLAGS = ("n", "vn", "j", "eng", "m")  # jieba tag prefixes: nouns and names (n*), numbers, dates
@@ -174,17 +175,21 @@ def answer_turns(
     items: Sequence[tuple[Sequence[str], str]],
     k: int | None = None,
     limits: Limits = LIMITS,
+    max_chars: int = 0,
 ) -> list[tuple[Answer, Rewritten]]:
     """Answer (previous resolved questions, question) pairs in at most two `answer_many`
     calls: every question (rewritten when it is a follow-up), then those that alone found
-    nothing, with context. Each answer's `question` is the one asked."""
-    rewrites = [rewrite(previous, question, limits=limits) for previous, question in items]
+    nothing, with context. Each answer's `question` is the one asked; each rewrite is held to
+    `max_chars` (`within`). This is the one follow-up path: the bot, the console, the CLI and
+    the bench all answer through it."""
+    rewrites = [within(rewrite(previous, question, limits=limits), question, max_chars) for previous, question in items]
     answers = answer_many([r.text for r in rewrites], k)
     second = {
         i: r
         for i, ((previous, question), first, answer) in enumerate(zip(items, rewrites, answers, strict=True))
         if (r := retry(previous, question, first, answer, limits)) is not None
     }
+    second = {i: within(r, items[i][1], max_chars) for i, r in second.items()}
     if second:
         for (i, rewritten), answer in zip(
             second.items(), answer_many([r.text for r in second.values()], k), strict=True
@@ -202,6 +207,7 @@ def answer_conversations(
     conversations: Sequence[tuple[Sequence[str], Sequence[str]]],
     k: int | None = None,
     limits: Limits = LIMITS,
+    max_chars: int = 0,
 ) -> list[list[tuple[Answer, Rewritten]]]:
     """Answer whole conversations, each (earlier resolved questions, its questions in order),
     together turn by turn: the n-th questions of all of them in one `answer_turns` round."""
@@ -209,11 +215,34 @@ def answer_conversations(
     results: list[list[tuple[Answer, Rewritten]]] = [[] for _ in conversations]
     for turn in range(max((len(questions) for _, questions in conversations), default=0)):
         live = [c for c, (_, questions) in enumerate(conversations) if turn < len(questions)]
-        answered = answer_turns(answer_many, [(histories[c], conversations[c][1][turn]) for c in live], k, limits)
+        turns = [(histories[c], conversations[c][1][turn]) for c in live]
+        answered = answer_turns(answer_many, turns, k, limits, max_chars)
         for c, (answer, rewritten) in zip(live, answered, strict=True):
             histories[c] = [*histories[c], rewritten.text][-MAX_TURNS:]
             results[c].append((answer, rewritten))
     return results
+
+
+def within(searched: Rewritten, question: str, limit: int) -> Rewritten:
+    """`searched` cut to `limit` characters (0: no limit). It is what is searched, stored for
+    "More" and the answer log, and continued by the next follow-up, so the context a follow-up
+    adds must not grow it turn after turn. The user's own words stay whole; the context gives
+    way from its end, keeping its head: the topic the conversation started with."""
+    text = searched.text
+    if limit <= 0 or len(text) <= limit:
+        return searched
+    at = text.rfind(question)  # the context may hold the same words (a repeated follow-up)
+    if at < 0:  # the question itself was rewritten (a pronoun replaced by the topic)
+        return dataclass_replace(searched, text=text[:limit])
+    room = limit - len(question)
+    before = text[:at]
+    if len(before) > room:
+        head = before[: max(0, room - 1)]
+        if before[len(head)].isalnum():
+            head = _PARTIAL_WORD.sub("", head)  # no half a Latin word
+        before = head.rstrip() + " " if head.strip() else ""
+    after = text[at + len(question) :][: room - len(before)]
+    return dataclass_replace(searched, text=before + question + after)
 
 
 def _elliptical_topic(question: str, limit: int) -> str | None:

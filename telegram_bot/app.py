@@ -32,6 +32,8 @@ from telegram_bot.components.errors import on_error
 from telegram_bot.components.ingest import cmd_add
 from telegram_bot.components.inline import on_inline
 from telegram_bot.components.questions import cmd_ask, on_group_text, on_private_text
+from telegram_bot.components.remove import cmd_remove
+from telegram_bot.components.retention import schedule_purge
 from telegram_bot.components.stats import cmd_stats
 from telegram_bot.gate import admit
 from telegram_bot.ratelimit import RetryingRateLimiter
@@ -129,6 +131,7 @@ def build_application(
     application.add_handler(CommandHandler("add", cmd_add, filters=message))
     add_caption = filters.CaptionRegex(r"^/add(@\w+)?(\s|$)")
     application.add_handler(MessageHandler(message & filters.Document.ALL & add_caption, cmd_add))
+    application.add_handler(CommandHandler("remove", cmd_remove, filters=message))
     application.add_handler(CommandHandler("stats", cmd_stats, filters=message))
     text = message & filters.TEXT & ~filters.COMMAND
     application.add_handler(MessageHandler(text & filters.ChatType.PRIVATE, on_private_text))
@@ -138,4 +141,5 @@ def build_application(
     application.add_handler(CallbackQueryHandler(on_button))
     application.add_handler(InlineQueryHandler(on_inline))
     application.add_error_handler(on_error)
+    schedule_purge(application, config.telegram)
     return application

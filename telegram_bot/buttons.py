@@ -12,29 +12,21 @@ Callback data is compact text well under Telegram's 64-byte limit::
 one version, so a button from before a rebuild is answered politely instead of showing
 the wrong paragraph. Anything that does not parse (an old bot's buttons, forged data) is
 treated the same way. The question text is too long for callback data, so "More" refers
-to a `QuestionStore` token: a bounded SQLite table beside the index, so the buttons still
-work after the bot restarts. Votes name an `AnswerLog` row, which outlives index versions;
-its random `key` makes a vote on someone else's answer id unforgeable.
+to a `telegram_bot.questionstore` token, kept in the state file so the buttons still work
+after the bot restarts. Votes name an `AnswerLog` row, which outlives index versions; its
+random `key` makes a vote on someone else's answer id unforgeable.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import secrets
-import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from telegram_bot.i18n import t
 from telegram_bot.pipeline import Kind, Reply
-from telegram_bot.statefile import StateStore
-
-log = logging.getLogger(__name__)
 
 MORE, CONTEXT, SOURCE, VOTE, SOURCES_PAGE = "m", "c", "s", "v", "p"
 MAX_CALLBACK_BYTES = 64
@@ -86,65 +78,6 @@ def decode(data: object) -> ButtonData | None:
     if match := _VOTE_RE.fullmatch(data):
         return ButtonData(VOTE, answer_id=int(match[1]), token=match[2], up=match[3] == "u", lang=_CODE_LANGS[match[4]])
     return None
-
-
-class QuestionStore(StateStore):
-    """Questions behind "More" buttons by short random token, in the state file.
-
-    Kept beside the index so the buttons outlive a restart, but only as long as the buttons
-    need them: `retention_days` (see `telegram_bot.statefile`), and at most `size` questions.
-    """
-
-    WHAT = "More-button questions"
-
-    def __init__(
-        self,
-        path: Path | None,
-        size: int = 50_000,
-        *,
-        retention_days: float = 7.0,
-        clock: Callable[[], float] = time.time,
-        busy_timeout: float = 5.0,
-    ) -> None:
-        self.size = size
-        self.purge_every = 1 if size < 256 else 256
-        super().__init__(path, retention_days=retention_days, clock=clock, busy_timeout=busy_timeout)
-
-    def _create(self, conn: sqlite3.Connection) -> None:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(questions)")}
-        if columns and "created" not in columns:  # from a version that kept questions forever
-            conn.execute("drop table questions")
-        conn.execute(
-            "create table if not exists questions "
-            "(seq integer primary key autoincrement, token text unique not null, question text not null, "
-            "lang text not null, created real not null)"
-        )
-
-    def put(self, question: str, lang: str) -> str:
-        token = secrets.token_urlsafe(6)
-        with self._lock:
-            try:
-                row = {"token": token, "question": question, "lang": lang, "created": self._clock()}
-                self._db["questions"].insert(row)
-                self._wrote_locked()
-            except sqlite3.Error as exc:  # a full disk must not cost the answer, only its button
-                log.warning("could not store a More-button question: %s", exc)
-        return token
-
-    def get(self, token: str) -> tuple[str, str] | None:
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "select question, lang from questions where token = ? and created >= ?", [token, self._cutoff()]
-                ).fetchone()
-            except sqlite3.Error as exc:
-                log.warning("could not read a More-button question: %s", exc)
-                return None
-        return (row[0], row[1]) if row else None
-
-    def _purge_locked(self) -> None:
-        self._db.execute("delete from questions where seq <= (select max(seq) from questions) - ?", [self.size])
-        self._db.execute("delete from questions where created < ?", [self._cutoff()])
 
 
 def keyboard(

@@ -1,16 +1,17 @@
 """The answer log: every question the bot answered or could not answer, the 👍 / 👎 votes on
 those answers, and the figures `/stats` and `python bot.py stats` show.
 
-It lives in the state file beside the index (`telegram_bot.statefile`) under the same
-retention as the questions behind "More" buttons, so what it knows about users' questions is
-gone after `question_retention_days`. Inline queries are not logged: they arrive while the
-user types.
+It lives in the state file (`telegram_bot.statefile`) under the same retention as the
+questions behind "More" buttons, so what it knows about users' questions is gone after
+`question_retention_days`; so are the rows of an export. Inline queries are not logged: they
+arrive while the user types.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import statistics
@@ -19,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 from telegram_bot.pipeline import Kind, Reply
-from telegram_bot.statefile import StateStore
+from telegram_bot.statefile import FILE_MODE, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +166,15 @@ class AnswerLog(StateStore):
             top=tuple(Flagged(shown[q], *counts) for q, counts in top),
         )
 
-    def export(self, path: Path) -> int:
-        """Write every kept question that was not covered or got 👎 as JSON lines (oldest
-        first), for curating articles and building evaluation sets; returns how many."""
+    def export(self, path: Path, *, force: bool = False) -> int:
+        """Write every unexpired question that was not covered or got 👎 as JSON lines (oldest
+        first), for curating articles and building evaluation sets; returns how many.
+
+        The file holds users' questions: it is created 0600, and an existing one is replaced
+        only with `force` (FileExistsError otherwise)."""
         rows = self._rows(self._cutoff())
         count = 0
-        with path.open("w", encoding="utf-8") as out:
+        with _private_output(path, force) as out:
             for answer_id, created, question, kind, _, lang, version, passages, ups, downs in rows:
                 if kind == Kind.ANSWER and not downs:
                     continue
@@ -203,6 +208,18 @@ class AnswerLog(StateStore):
         cutoff = self._cutoff()
         self._db.execute("delete from votes where answer_id in (select id from answers where created < ?)", [cutoff])
         self._db.execute("delete from answers where created < ?", [cutoff])
+
+
+def _private_output(path: Path, force: bool) -> IO[str]:
+    """`path` opened for writing, readable by its owner only; never an existing file without `force`."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # a file replaced with --force keeps its old mode otherwise
+        return os.fdopen(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _p50_p95(values: Sequence[float]) -> tuple[float | None, float | None]:

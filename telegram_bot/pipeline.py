@@ -157,7 +157,8 @@ class QAService:
         self.retriever = retriever
         self.config = config
         self.page_size = max(1, config.telegram.max_passages)
-        self._batcher = AnswerBatcher(lambda turns, k: answer_turns(retriever.answer_many, turns, k))
+        limit = config.telegram.max_question_chars
+        self._batcher = AnswerBatcher(lambda turns, k: answer_turns(retriever.answer_many, turns, k, max_chars=limit))
         self.conversations = ConversationStore(
             idle_seconds=config.conversation.idle_minutes * 60,
             max_conversations=config.conversation.max_conversations,

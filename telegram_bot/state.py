@@ -11,10 +11,11 @@ from typing import Any
 from telegram.ext import CallbackContext, ContextTypes, ExtBot
 
 from settings import Config
-from telegram_bot.buttons import QuestionStore
 from telegram_bot.feedback import AnswerLog
 from telegram_bot.gate import Gate
 from telegram_bot.pipeline import QAService
+from telegram_bot.questionstore import QuestionStore
+from telegram_bot.statefile import prepare_state_dir
 from telegram_bot.watcher import watch_index
 
 log = logging.getLogger("telegram_bot")
@@ -29,7 +30,7 @@ class BotState:
         self.config = config
         self.gate = Gate(config.telegram)
         self.warm_up = warm_up
-        self.adding = asyncio.Lock()  # one /add at a time; the others wait their turn
+        self.changing_corpus = asyncio.Lock()  # one /add or /remove at a time; the others wait their turn
         self._qa: QAService | None = None
         self._questions: QuestionStore | None = None
         self._answers: AnswerLog | None = None
@@ -58,13 +59,17 @@ class BotState:
         watching for new versions."""
         self._qa = await QAService.open(self.config, warm_up=self.warm_up)
         tg = self.config.telegram
-        self._questions = await asyncio.to_thread(
-            QuestionStore.beside_index, self.config.index.dir, retention_days=tg.question_retention_days
-        )
-        self._answers = await asyncio.to_thread(
-            AnswerLog.beside_index, self.config.index.dir, retention_days=tg.question_retention_days
-        )
+        path = await asyncio.to_thread(prepare_state_dir, tg.state_dir, self.config.index.dir)
+        days = tg.question_retention_days
+        self._questions = await asyncio.to_thread(QuestionStore, path, retention_days=days)
+        self._answers = await asyncio.to_thread(AnswerLog, path, retention_days=days)
         self._watcher = asyncio.create_task(watch_index(self._qa, tg.reload_seconds))
+
+    def purge_expired(self) -> None:
+        """Delete what is past `question_retention_days` (blocking: SQLite)."""
+        for store in (self._questions, self._answers):
+            if store is not None:
+                store.purge()
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -3,12 +3,14 @@ tests marked slow) one real-model index of the default corpus per session."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +29,17 @@ DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
 
 # Deployment settings a developer's shell may hold: no test may read them (subprocesses inherit
 # the cleaned environment too).
-DEPLOYMENT_ENV = ("QA_INDEX_DIR", "TELEGRAM_BASE_URL", "TELEGRAM_BOT_TOKEN", "MILVUS_URI", "MILVUS_TOKEN")
+DEPLOYMENT_ENV = (
+    "QA_CONFIG",
+    "QA_INDEX_DIR",
+    "QA_STATE_DIR",
+    "QA_ADMINS",
+    "QA_ALLOWLIST",
+    "TELEGRAM_BASE_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "MILVUS_URI",
+    "MILVUS_TOKEN",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -36,14 +48,31 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def bot_main() -> Iterator[Callable[..., int]]:
+    """`bot.main(argv)` in this process, with the logging and SIGTERM handler it installs undone."""
+    import bot
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sigterm = signal.getsignal(signal.SIGTERM)
+    yield lambda *argv: bot.main(list(argv))
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    signal.signal(signal.SIGTERM, sigterm)
+    logging.captureWarnings(False)
+
+
 def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:
-    """A config like the committed one, pointed at temporary directories."""
+    """A config like the committed one, pointed at temporary directories (the bot's state in
+    `state/` beside the index)."""
     base = load_config()
     return replace(
         base,
         corpus=replace(base.corpus, dir=corpus_dir) if base.corpus else CorpusConfig(dir=corpus_dir),
         index=replace(base.index, dir=index_dir) if base.index else IndexConfig(dir=index_dir),
         model=replace(base.model, name=model) if base.model else ModelConfig(name=model),
+        telegram=replace(base.telegram, state_dir=index_dir.parent / "state"),
     )
 
 

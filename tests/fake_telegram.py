@@ -765,8 +765,8 @@ def write_config(
     telegram: dict[str, Any] | None = None,
     index_settings: dict[str, Any] | None = None,
 ) -> Path:
-    """A config.toml for tests: the fast fake embedder, temporary corpus and index (`index_settings`:
-    more `[index]` keys, e.g. the backend)."""
+    """A config.toml for tests: the fast fake embedder, temporary corpus and index, the bot's state
+    in `state/` beside the file (`index_settings`: more `[index]` keys, e.g. the backend)."""
     lines = [
         "[model]",
         'name = "test-hash"',
@@ -777,7 +777,7 @@ def write_config(
         f"dir = {json.dumps(str(corpus))}",
         "[telegram]",
     ]
-    for key, value in (telegram or {}).items():
+    for key, value in {"state_dir": str(path.parent / "state"), **(telegram or {})}.items():
         lines.append(f"{key} = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -1,4 +1,4 @@
-"""👍 / 👎 under answers, the answer log in bot-state.sqlite, /stats and `bot.py stats`:
+"""👍 / 👎 under answers, the answer log in bot-state.sqlite (in the state directory), /stats and `bot.py stats`:
 the real Application over the fake Bot API, real SQLite files, `bot.py` as a subprocess."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def config_file(built_index: tuple[Path, Path], tmp_path: Path) -> Callable[..., Path]:
-    """A config over a fresh copy of the index, so each test has its own bot-state.sqlite."""
+    """A config over a fresh copy of the index, with its own state directory."""
     corpus, index = built_index
     shutil.copytree(index, tmp_path / "index")
 
@@ -80,7 +80,7 @@ def live_version(config_path: Path) -> str:
 
 
 def state_rows(config_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(load_config(config_path).index.dir / FILE_NAME) as conn:
+    with sqlite3.connect(load_config(config_path).telegram.state_dir / FILE_NAME) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -288,9 +288,9 @@ def test_bot_py_stats_and_export_read_what_a_bot_run_left(config_file: Callable[
 def test_bot_py_stats_errors_are_one_line(config_file: Callable[..., Path], tmp_path: Path) -> None:
     config = config_file()
     assert "no bot state at" in one_line_error(bot_stats("stats", "--config", str(config)))
-    assert not (load_config(config).index.dir / FILE_NAME).exists()  # a reader creates nothing
+    assert not (load_config(config).telegram.state_dir / FILE_NAME).exists()  # a reader creates no state file
 
-    state = load_config(config).index.dir / FILE_NAME
+    state = load_config(config).telegram.state_dir / FILE_NAME
     state.write_bytes(b"not a database at all" * 50)
     assert "cannot read" in one_line_error(bot_stats("stats", "--config", str(config)))
     assert state.read_bytes() == b"not a database at all" * 50  # the bot's file is not moved aside by a reader

@@ -17,11 +17,13 @@ from fake_telegram import write_config
 from index.build import build_index
 from retrieval import Answer
 from settings import PROJECT_ROOT, Config, load_config
-from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, QuestionStore, decode
+from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, decode
 from telegram_bot.guards import Allowlist, FloodGate, Verdict
 from telegram_bot.i18n import detect_lang, is_chitchat
 from telegram_bot.logs import REDACTED, redact, setup_logging
 from telegram_bot.pipeline import AnswerBatcher, Kind, QAService
+from telegram_bot.questionstore import QuestionStore
+from telegram_bot.statefile import FILE_NAME
 
 QUESTIONS = [
     "断卡行动打掉了多少个犯罪团伙？",
@@ -184,7 +186,7 @@ def test_callback_data_round_trips_within_64_bytes(tmp_path: Path) -> None:
 
 
 def test_more_button_questions_outlive_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "index" / QuestionStore.FILE_NAME
+    path = tmp_path / "index" / FILE_NAME
     first = QuestionStore(path)
     token = first.put("断卡行动打掉了多少个犯罪团伙？", "zh")
     first.close()
@@ -195,12 +197,12 @@ def test_more_button_questions_outlive_a_restart(tmp_path: Path) -> None:
 
 
 def test_damaged_question_store_is_set_aside_and_recreated(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    path = tmp_path / QuestionStore.FILE_NAME
+    path = tmp_path / FILE_NAME
     path.write_bytes(b"this is not an SQLite database" * 100)
     with caplog.at_level(logging.WARNING):
         store = QuestionStore(path)
     assert store.path == path and "not a usable database" in caplog.text
-    assert (tmp_path / (QuestionStore.FILE_NAME + ".broken")).exists()
+    assert (tmp_path / (FILE_NAME + ".broken")).exists()
     token = store.put("还能用吗？", "zh")
     store.close()
     reopened = QuestionStore(path)
@@ -211,7 +213,7 @@ def test_damaged_question_store_is_set_aside_and_recreated(tmp_path: Path, caplo
 def test_a_locked_question_store_is_kept_not_moved_aside(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     """ "database is locked" is a DatabaseError too, but the file is fine: keep it, say why,
     and serve from memory until the next start."""
-    path = tmp_path / QuestionStore.FILE_NAME
+    path = tmp_path / FILE_NAME
     first = QuestionStore(path)
     token = first.put("锁住了吗？", "zh")
     first.close()
@@ -227,7 +229,7 @@ def test_a_locked_question_store_is_kept_not_moved_aside(tmp_path: Path, caplog)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert not (tmp_path / (QuestionStore.FILE_NAME + ".broken")).exists()
+    assert not (tmp_path / (FILE_NAME + ".broken")).exists()
     reopened = QuestionStore(path)
     assert reopened.get(token) == ("锁住了吗？", "zh")  # nothing was lost
     reopened.close()
@@ -235,7 +237,7 @@ def test_a_locked_question_store_is_kept_not_moved_aside(tmp_path: Path, caplog)
 
 def test_questions_are_kept_only_for_the_retention_period(tmp_path: Path) -> None:
     now = [1_000_000.0]
-    path = tmp_path / QuestionStore.FILE_NAME
+    path = tmp_path / FILE_NAME
     store = QuestionStore(path, retention_days=7, clock=lambda: now[0])
     old = store.put("一周前的问题", "zh")
     now[0] += 6 * 86_400
@@ -250,7 +252,7 @@ def test_questions_are_kept_only_for_the_retention_period(tmp_path: Path) -> Non
 
 
 def test_zero_retention_keeps_questions_in_memory_only(tmp_path: Path) -> None:
-    path = tmp_path / QuestionStore.FILE_NAME
+    path = tmp_path / FILE_NAME
     store = QuestionStore(path, retention_days=0)
     assert store.get(store.put("不落盘", "zh")) == ("不落盘", "zh")
     store.close()
@@ -261,7 +263,7 @@ def test_question_store_falls_back_to_memory_when_the_file_cannot_be_used(tmp_pa
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("x", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        store = QuestionStore(blocker / QuestionStore.FILE_NAME)
+        store = QuestionStore(blocker / FILE_NAME)
     assert store.path is None and "in memory" in caplog.text
     token = store.put("还能用吗？", "zh")
     assert store.get(token) == ("还能用吗？", "zh")

@@ -261,3 +261,71 @@ def test_cli_reports_a_missing_index_with_the_command_to_build_it(tmp_path):
         ("index", "check", "--config", str(config), "--index", str(empty)),
     ):
         assert_one_clear_error(run_cli(*command), str(empty), "python -m index build")
+
+
+# ---------------------------------------------------------------- configuration from the environment
+def test_qa_config_names_the_file_when_no_path_is_given(tmp_path, monkeypatch):
+    chosen = write_config(tmp_path, "[retrieval]\nk = 5\n", name="chosen.toml")
+    other = write_config(tmp_path, "[retrieval]\nk = 2\n", name="other.toml")
+    monkeypatch.setenv("QA_CONFIG", str(chosen))
+    assert load_config().path == chosen and load_config().retrieval.k == 5
+    assert load_config(other).retrieval.k == 2  # --config wins
+    monkeypatch.setenv("QA_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError) as error:
+        load_config()
+    assert str(error.value) == f"{tmp_path / 'gone.toml'}: config file not found (from QA_CONFIG)"
+
+
+def test_every_entry_point_reads_qa_config(built_hash_index, tmp_path, monkeypatch, capsys, bot_main):
+    import json
+
+    from index.__main__ import main as index_main
+    from retrieval.__main__ import main as retrieval_main
+
+    path = write_config(
+        tmp_path,
+        f'[corpus]\ndir = "{built_hash_index.corpus.dir}"\n[index]\ndir = "{built_hash_index.index.dir}"\n'
+        f'[model]\nname = "test-hash"\n[telegram]\nstate_dir = "{tmp_path / "state"}"\n',
+        name="deployed.toml",
+    )
+    monkeypatch.setenv("QA_CONFIG", str(path))
+    assert index_main(["info"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]
+    assert retrieval_main(["--json", "断卡行动打掉了多少个犯罪团伙？"]) == 0
+    assert "170余个" in json.loads(capsys.readouterr().out)["results"][0]["text"]
+    assert bot_main("stats") == 2  # this config's state directory, which has no state yet
+    assert capsys.readouterr().err.startswith(f"error: no bot state at {tmp_path / 'state'}")
+
+    monkeypatch.setenv("QA_CONFIG", str(tmp_path / "gone.toml"))
+    for run in (lambda: index_main(["check"]), lambda: retrieval_main(["q"]), lambda: bot_main("--console")):
+        assert run() == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"config error: {tmp_path / 'gone.toml'}: config file not found (from QA_CONFIG)\n"
+
+
+def test_admins_allowlist_and_state_dir_from_the_environment(tmp_path, monkeypatch):
+    path = write_config(tmp_path, "[telegram]\nadmins = [1]\nallowlist = [2, 3]\nstate_dir = 'state'\n")
+    assert load_config(path).telegram.state_dir == tmp_path / "state"  # relative to the file
+    monkeypatch.setenv("QA_ADMINS", " 42, 43 ,")
+    monkeypatch.setenv("QA_ALLOWLIST", "-1001234567890,7")
+    monkeypatch.setenv("QA_STATE_DIR", str(tmp_path / "elsewhere"))
+    telegram = load_config(path).telegram
+    assert (telegram.admins, telegram.allowlist) == ((42, 43), (-1001234567890, 7))
+    assert telegram.state_dir == tmp_path / "elsewhere"
+    assert Config().telegram.state_dir == PROJECT_ROOT / "var" / "state"
+    monkeypatch.setenv("QA_ADMINS", "")  # set but empty: the file's
+    assert load_config(path).telegram.admins == (1,)
+
+
+@pytest.mark.parametrize("value", ["@alice", "1;2", "1.5", "12 34", "0x10"])
+def test_invalid_ids_in_the_environment_are_one_config_error(tmp_path, monkeypatch, capsys, bot_main, value):
+    monkeypatch.setenv("QA_ALLOWLIST", value)
+    with pytest.raises(ConfigError, match="QA_ALLOWLIST must be comma-separated integer ids"):
+        load_config(write_config(tmp_path, ""))
+    monkeypatch.delenv("QA_ALLOWLIST")
+    monkeypatch.setenv("QA_ADMINS", value)
+    assert bot_main("--console", "--config", str(write_config(tmp_path, ""))) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"config error: QA_ADMINS must be comma-separated integer ids (e.g. 12345,-100678), got {value!r}\n"
+    )

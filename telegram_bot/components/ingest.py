@@ -4,7 +4,7 @@ caption /add, into the corpus and the live index.
 The request is acknowledged at once; that message is then edited with progress (each article
 as it is fetched, the build's progress) and finally with what was added (title, date, passages)
 once the new index version is live in this bot. The work (`index.add.add_sources`) blocks, so
-it runs in a worker thread; one add runs at a time and the others wait their turn.
+it runs in a worker thread; one add (or /remove) runs at a time and the others wait their turn.
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ async def cmd_add(update: Update, context: BotContext) -> None:
         doc = render.text_doc(lang, source[1:], limit=f"{limit:,}")
         await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
         return
-    waiting = st.adding.locked()
+    waiting = st.changing_corpus.locked()
     status = await send_doc(
         context.bot,
         chat.id,
         render.text_doc(lang, "add_queued" if waiting else "add_started"),
         reply_to=reply_to(update),
     )
-    async with st.adding:
+    async with st.changing_corpus:
         progress = _Progress(lang)
         upload: Path | None = None
         try:
@@ -91,7 +91,7 @@ async def cmd_add(update: Update, context: BotContext) -> None:
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)
-        await _edit(status, await _final_text(context, report, lang))
+        await edit_status(status, await _final_text(context, report, lang))
         log.info(
             "add by user=%s: %s",
             user.id,
@@ -140,7 +140,7 @@ async def _run_with_progress(
         await asyncio.wait({job}, timeout=EDIT_EVERY)
         text = progress.text()
         if text != shown and not job.done():
-            await _edit(status, text)
+            await edit_status(status, text)
             shown = text
     return job.result()
 
@@ -174,7 +174,8 @@ def _result_line(lang: str, result: AddResult, article: dict | None) -> str:  # 
     return t(lang, f"add_{result.status}", source=result.source, detail=result.detail)
 
 
-async def _edit(status: Message, text: str) -> None:
+async def edit_status(status: Message, text: str) -> None:
+    """Show `text` (plain lines) in the status message; an unchanged text is no error."""
     html = render.to_html(tuple(render.Line.of(line) for line in text.split("\n")))
     try:
         await status.edit_text(html)
