@@ -108,9 +108,7 @@ def _html_lines(root: Any) -> list[str]:
 
     def walk(element: Any) -> None:
         tag = element.tag if isinstance(element.tag, str) else ""
-        if tag == "br":
-            lines.append("")
-        elif tag in _BLOCKS:
+        if tag == "br" or tag in _BLOCKS:
             lines.append("")
         if tag not in {"script", "style", "noscript", "template"} and isinstance(element.tag, str):
             lines[-1] += element.text or ""
