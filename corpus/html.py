@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from lxml.html import HtmlElement
 
-from corpus.html_body import body_markdown, clean
+from corpus.html_body import PAGE_BLOCK_TAGS, body_markdown, clean
 from corpus.reader import ArticleError, decode
 from corpus.splitter import SENTENCE_END
 
@@ -91,21 +91,30 @@ def extract_article(html: str, url: str = "") -> HtmlArticle:
         raise ArticleError("not an HTML page")
     page = copy.deepcopy(tree)  # trafilatura prunes the tree it reads; titles and dates are looked up in the page
     today = dt.date.today().isoformat()
-    document = trafilatura.bare_extraction(
-        tree,
-        url=url or None,
-        with_metadata=True,
-        include_comments=False,
-        include_formatting=True,  # keeps heading levels and bold paragraphs
-        include_tables=True,
-        # Dates from markup only (meta tags, JSON-LD, <time>, the URL); a free-text search
-        # picks dates from related-article links, so it comes last (`_page_date`).
-        date_extraction_params={"extensive_search": False, "original_date": True, "max_date": today},
-    )
-    if document is None or document.body is None:
+    document = body = None
+    # A page trafilatura reads as furniture only (its article hidden until a script shows it) is
+    # read again favouring recall before it is called "no article".
+    for recall in (False, True):
+        document = trafilatura.bare_extraction(
+            _text_blocks_as_paragraphs(copy.deepcopy(page)) if recall else tree,
+            url=url or None,
+            with_metadata=True,
+            include_comments=False,
+            include_formatting=True,  # keeps heading levels and bold paragraphs
+            include_tables=True,
+            favor_recall=recall,
+            # Dates from markup only (meta tags, JSON-LD, <time>, the URL); a free-text search
+            # picks dates from related-article links, so it comes last (`_page_date`).
+            date_extraction_params={"extensive_search": False, "original_date": True, "max_date": today},
+        )
+        if document is None or document.body is None:
+            continue
+        title, headline = page_title(page, clean(document.title or ""))
+        body = body_markdown(document.body, title, page)
+        if _prose_chars(body) >= MIN_ARTICLE_CHARS:
+            break
+    if document is None or body is None:
         raise ArticleError("no article text found on the page")
-    title, headline = page_title(page, clean(document.title or ""))
-    body = body_markdown(document.body, title, page)
     if _prose_chars(body) < MIN_ARTICLE_CHARS:
         raise ArticleError("no article text found on the page (only links or fragments)")
     return HtmlArticle(
@@ -116,6 +125,17 @@ def extract_article(html: str, url: str = "") -> HtmlArticle:
         source=clean(document.sitename or ""),
         url=_article_url(document.url or "", url),
     )
+
+
+def _text_blocks_as_paragraphs(page: HtmlElement) -> HtmlElement:
+    """`<div>`s and `<section>`s holding only text read as paragraphs (some editors write every
+    paragraph as a styled `<section>`, which trafilatura passes over)."""
+    for element in page.iter("div", "section"):
+        if len(clean(element.text_content())) >= 10 and not any(
+            isinstance(d.tag, str) and d.tag in PAGE_BLOCK_TAGS for d in element.iterdescendants()
+        ):
+            element.tag = "p"
+    return page
 
 
 def _article_url(canonical: str, fetched: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from lxml import etree
 
-from corpus.splitter import ends_sentence
+from corpus.splitter import CLOSERS, ends_sentence
 
 Block = tuple[int, str]  # (heading level, 0 for a paragraph; text)
 
@@ -73,14 +73,12 @@ def body_markdown(body: etree._Element, title: str = "", page: etree._Element | 
     cut back at the page's own block boundaries."""
     blocks = collect_blocks(body)
     if page is not None:
-        blocks = resplit(blocks, page_blocks(page))
+        leaves = page_blocks(page)
+        blocks = restore_headings(mark_headings(resplit(blocks, leaves), leaves), leaves)
     lines: list[str] = []
     kept = drop_noise(blocks, title)
-    for i, (level, text) in enumerate(kept):
+    for level, text in kept:
         if level:
-            following = kept[i + 1][0] if i + 1 < len(kept) else 1
-            if following and following <= level:
-                continue  # a heading with nothing under it: an emptied box
             lines.append("#" * level + " " + text)
         else:
             lines.append(text)
@@ -136,7 +134,7 @@ def _flush(run: list[str | etree._Element], tag: str, blocks: list[Block]) -> No
     keep_newlines = tag == "code"
     for text, bold in _lines(run, keep_newlines):
         heading = bold and tag in {"p", "div", "quote"} and len(text) <= MAX_BOLD_HEADING_CHARS
-        blocks.append((3 if heading and not ends_sentence(text) else 0, text))
+        blocks.append((3 if heading and not _closes(text) else 0, text))
 
 
 def _lines(parts: Iterable[str | etree._Element], keep_newlines: bool = False) -> list[tuple[str, bool]]:
@@ -178,22 +176,56 @@ def clean(text: str, keep_newlines: bool = False) -> str:
 
 
 # ---------------------------------------------------------------- the page's own blocks
-_PAGE_BLOCKS = frozenset(
+PAGE_BLOCK_TAGS = frozenset(
     "p div h1 h2 h3 h4 h5 h6 li td th dd dt blockquote section article header footer pre figcaption center".split()
 )
 
 
-def page_blocks(page: etree._Element) -> list[tuple[str, int]]:
-    """The page's leaf blocks in document order (text without whitespace, heading level or 0)."""
-    out: list[tuple[str, int]] = []
-    for element in page.iter(*_PAGE_BLOCKS):
-        if any(isinstance(d.tag, str) and d.tag in _PAGE_BLOCKS for d in element.iterdescendants()):
+_HEADING_CLASS = re.compile(r"(?:^|[\s_-])(?:h[2-6]|title|subtitle|heading|subhead)(?:$|[\s_-])", re.IGNORECASE)
+
+
+# The level of a block the page shows as a heading without saying which level (bold, a class).
+MARKED = 7
+Leaf = tuple[str, int, str]  # text without whitespace, heading level (0: none), text as shown
+
+
+def page_blocks(page: etree._Element) -> list[Leaf]:
+    """The page's leaf blocks in document order, with a heading level for `<h1>`-`<h6>` and
+    `MARKED` for blocks the page styles as headings (all bold, or a class naming a heading)."""
+    out: list[Leaf] = []
+    for element in page.iter(*PAGE_BLOCK_TAGS):
+        if any(isinstance(d.tag, str) and d.tag in PAGE_BLOCK_TAGS for d in element.iterdescendants()):
             continue
-        text = _squash(_text(element))
+        shown = _text(element)
+        text = _squash(shown)
         if text:
-            tag = element.tag
-            out.append((text, int(tag[1]) if re.fullmatch(r"h[1-6]", tag) else 0))
+            out.append((text, _marked_level(element, text), clean(shown)))
     return out
+
+
+def _marked_level(element: etree._Element, text: str) -> int:
+    if re.fullmatch(r"h[1-6]", element.tag):
+        return int(element.tag[1])
+    marked = [d for d in element.iter() if d.tag in {"b", "strong"} or _HEADING_CLASS.search(d.get("class") or "")]
+    if any(d is element for d in marked) or any(_squash(_text(d)) == text for d in marked):
+        return MARKED
+    return 0
+
+
+def mark_headings(blocks: list[Block], leaves: list[Leaf]) -> list[Block]:
+    """A short paragraph that the page shows as a heading becomes one."""
+    marked = {text for text, level, _ in leaves if level > 1}
+    return [
+        (3, text)
+        if not level and len(text) <= MAX_BOLD_HEADING_CHARS and _squash(text) in marked and not _closes(text)
+        else (level, text)
+        for level, text in blocks
+    ]
+
+
+def _closes(text: str) -> bool:
+    """Ends like a statement (a heading may end in a question mark or a colon)."""
+    return ends_sentence(text) and text.rstrip().rstrip(CLOSERS)[-1:] not in "？?"
 
 
 def _text(element: etree._Element) -> str:
@@ -210,11 +242,11 @@ def _squash(text: str) -> str:
     return _SPACES.sub("", text)
 
 
-def resplit(blocks: list[Block], leaves: list[tuple[str, int]]) -> list[Block]:
+def resplit(blocks: list[Block], leaves: list[Leaf]) -> list[Block]:
     """Cut a paragraph back into the page's blocks when it is made of two or more of them, end to end."""
     out: list[Block] = []
     starts: dict[str, list[int]] = {}
-    for i, (text, _) in enumerate(leaves):
+    for i, (text, _, _) in enumerate(leaves):
         starts.setdefault(text[:2], []).append(i)
     for level, text in blocks:
         squashed, positions = _squash_map(text)
@@ -233,11 +265,11 @@ def _squash_map(text: str) -> tuple[str, list[int]]:
     return "".join(text[i] for i in positions), positions
 
 
-def _cover(squashed: str, leaves: list[tuple[str, int]], candidates: list[int]) -> list[tuple[int, int, int]] | None:
+def _cover(squashed: str, leaves: list[Leaf], candidates: list[int]) -> list[tuple[int, int, int]] | None:
     """Leaves that, in page order, spell out `squashed` exactly; None unless there are two or more."""
     for first in candidates[:20]:
         pos, pieces = 0, []
-        for text, heading in leaves[first:]:
+        for text, heading, _ in leaves[first:]:
             if squashed.startswith(text, pos):
                 pieces.append((pos, pos + len(text), heading))
                 pos += len(text)
@@ -246,6 +278,27 @@ def _cover(squashed: str, leaves: list[tuple[str, int]], candidates: list[int]) 
             elif len(pieces) > 60:
                 break
     return None
+
+
+def restore_headings(blocks: list[Block], leaves: list[Leaf]) -> list[Block]:
+    """Put back the page's `<h2>`-`<h6>` that trafilatura dropped between two paragraphs it kept."""
+    where: dict[str, int] = {}
+    for i, (text, _, _) in enumerate(leaves):
+        where.setdefault(text, i)
+    out: list[Block] = []
+    previous = -1
+    for level, text in blocks:
+        at = where.get(_squash(text), -1)
+        if at > previous >= 0 and not level:
+            out.extend(
+                (min(heading, 3), shown)
+                for _, heading, shown in leaves[previous + 1 : at]
+                if 1 < heading < MARKED and len(shown) <= MAX_BOLD_HEADING_CHARS
+            )
+        if at >= 0:
+            previous = at
+        out.append((level, text))
+    return out
 
 
 # ---------------------------------------------------------------- what is not the article
