@@ -329,18 +329,51 @@ def run(names: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def fit_noise_chars(pages: list[Page], choices: tuple[int, ...] = (40, 60, 80, 100, 150, 200, 400)) -> dict[str, Any]:
+    """Cross-validate `corpus.html_body.MAX_NOISE_CHARS` over the pages split by site (5 folds): each
+    fold picks the value with the most clean pages plus body strings kept on the other sites."""
+    from corpus import html_body
+
+    chosen = html_body.MAX_NOISE_CHARS
+    scores: dict[int, dict[str, tuple[int, int]]] = {}
+    try:
+        for value in choices:
+            html_body.MAX_NOISE_CHARS = value
+            scores[value] = {}
+            for page in pages:
+                s = score(page, run_ours(page.html()))
+                scores[value][page.id] = (int(s.get("clean", False)), s["body"][0])
+    finally:
+        html_body.MAX_NOISE_CHARS = chosen
+    sites = sorted({p.id.split("/")[0] + "/" + re.split(r"[-.]", p.id.split("/")[1])[0] for p in pages})
+    fold_of = {site: i % 5 for i, site in enumerate(sites)}
+    site_of = {p.id: p.id.split("/")[0] + "/" + re.split(r"[-.]", p.id.split("/")[1])[0] for p in pages}
+    folds = []
+    for fold in range(5):
+        train = [p.id for p in pages if fold_of[site_of[p.id]] != fold]
+        test = [p.id for p in pages if fold_of[site_of[p.id]] == fold]
+        best = max(choices, key=lambda v: (sum(sum(scores[v][i]) for i in train), -abs(v - chosen)))
+        folds.append({"chosen": best, "held_out": sum(sum(scores[best][i]) for i in test)})
+    totals = {v: sum(sum(x) for x in scores[v].values()) for v in choices}
+    return {"folds": folds, "totals": totals, "sites": len(sites)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extractors", default=",".join(EXTRACTORS))
     parser.add_argument("--page", default="", help="only pages whose id contains this")
     parser.add_argument("--show", action="store_true", help="list what each extractor got wrong, page by page")
     parser.add_argument("--json", type=Path, help="write the full result here")
+    parser.add_argument("--fit", action="store_true", help="cross-validate the furniture length limit by site")
     args = parser.parse_args()
     names = available([n for n in args.extractors.split(",") if n])
     unknown = set(names) - set(EXTRACTORS)
     if unknown:
         parser.error(f"unknown extractors: {', '.join(sorted(unknown))}")
     pages = [p for p in load_pages() if args.page in p.id]
+    if args.fit:
+        print(json.dumps(fit_noise_chars(pages), indent=1))
+        return 0
     result = evaluate(pages, names, {"zh": lambda p: p.lang == "zh", "en": lambda p: p.lang == "en"})
     for group in ("all", "zh", "en"):
         print_table(result, group)

@@ -50,7 +50,7 @@ _CREDIT = re.compile(
 _NOISE = re.compile(
     r"责任编辑|责编\s*[:：]|编辑\s*[:：]|版权所有|版权归|copyright|©|ⓒ|ICP[备证]|公网安备"
     r"|未经.{0,12}(?:授权|许可|允许).{0,12}(?:转载|使用|复制)|禁止转载|不得转载|转载请|免责声明|^声明\s*[:：]"
-    r"|扫描.{0,12}二维码|扫一扫|扫码|二维码|微信扫描|关注.{0,12}(?:公众号|官方微信)|客户端|[下载].{0,6}APP"
+    r"|扫描.{0,12}二维码|扫一扫|扫码|二维码|微信扫描|关注.{0,12}(?:公众号|官方微信)|(?:下载|安装).{0,8}客户端|客户端下载|下载.{0,6}APP"
     r"|发表评论|我来说两句|网友评论|条评论|\d+\s*人参与|跟贴|文明上网|评论\s*[(（]\d|查看.{0,4}评论"
     r"|【(?:打印|关闭|推荐|收藏|评论)|打印本[页文稿]|关闭窗口|字体\s*[:：]?\s*大\s*中\s*小|分享到|收藏本文"
     r"|点击.{0,8}(?:投票|查看|进入|阅读|下载)|感谢您的反馈|报料|举报"
@@ -302,9 +302,9 @@ def restore_headings(blocks: list[Block], leaves: list[Leaf]) -> list[Block]:
 
 
 # ---------------------------------------------------------------- what is not the article
-def is_noise(text: str, max_chars: int = MAX_NOISE_CHARS) -> bool:
+def is_noise(text: str) -> bool:
     """Copyright, disclaimer, editor, promotion, comment and toolbar lines (short ones only)."""
-    return len(text) <= max_chars and bool(_NOISE.search(text))
+    return len(text) <= MAX_NOISE_CHARS and bool(_NOISE.search(text))
 
 
 def is_credit(text: str) -> bool:
@@ -316,13 +316,13 @@ def is_related_label(text: str) -> bool:
     return len(text) <= 24 and bool(_RELATED.match(text))
 
 
-def drop_noise(blocks: list[Block], title: str = "", max_chars: int = MAX_NOISE_CHARS) -> list[Block]:
+def drop_noise(blocks: list[Block], title: str = "") -> list[Block]:
     """The article's blocks without the title, bylines, credits, page furniture and related lists."""
     norm_title = _squash(title)
     kept = [
         (level, text)
         for level, text in blocks
-        if not (norm_title and _squash(text) == norm_title) and not is_noise(text, max_chars)
+        if not (norm_title and _squash(text) == norm_title) and not is_noise(text)
     ]
     first_prose = next((i for i, (level, text) in enumerate(kept) if not level and ends_sentence(text)), 0)
     # Before the first sentence: bylines and datelines ("2021年06月21日 17:42 来源：…"), which the
