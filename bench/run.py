@@ -6,7 +6,8 @@ Sections: embed (bench/bench_embed.py), runtime (bench/embed_runtime.py: torch v
 build (full build vs the numpy reference's encode, and rebuilds), imports (what `--help` loads),
 query (6k passages: CLI batch mode and Python API), bot (start-up and bursts against the loopback
 fake Bot API), scale100k and scale1m (synthetic passages and vectors), quality (bench/quality.py),
-many (bench/many.py: duplicate detection and date questions on generated multi-article corpora).
+many (bench/many.py: duplicate detection and date questions on generated multi-article corpora),
+extraction (bench/extraction.py: real saved news pages read by us, trafilatura and other extractors).
 All results go to var/bench/results.json (or --out); the path is printed last. Exit status 1
 when a section could not run (with --strict also when a target is missed). bench/README.md
 explains every figure.
@@ -43,6 +44,7 @@ SECTIONS = (
     "quality",
     "many",
     "backends",
+    "extraction",
 )
 
 
@@ -157,6 +159,15 @@ def section_backends(quick: bool, work: Path) -> dict[str, Any]:
         shutil.rmtree(work / "backends", ignore_errors=True)
     result = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))
+    return result
+
+
+def section_extraction(quick: bool) -> dict[str, Any]:
+    from bench import extraction
+
+    result = extraction.run()
+    for entry in result["extractors"].values():
+        entry.pop("pages")  # per-page detail: `python -m bench.extraction --show`
     return result
 
 
@@ -489,7 +500,35 @@ def table(results: dict[str, Any]) -> list[Row]:
         ">= 0.95",
         lambda v: min(v) >= 0.95,
     )
+    extraction = results.get("extraction") or {}
+    for key, label in (
+        ("body", "body strings kept"),
+        ("apart", "paragraphs kept apart"),
+        ("headings", "headings kept as sections"),
+        ("clean", "pages without boilerplate"),
+        ("title", "titles right"),
+        ("date", "dates right"),
+        ("rejected", "real articles rejected"),
+    ):
+        figures = {name: entry["all"][key] for name, entry in (extraction.get("extractors") or {}).items()}
+        cells = " | ".join(
+            f"{f['share']:.3f}" if f.get("share") is not None else f"{f.get('right')}/{f.get('pages')}"
+            for f in figures.values()
+        )
+        add(
+            f"reading pages: {label}, {' | '.join(figures)}",
+            (cells, _at_least_as_good(figures, key)) if figures else None,
+            "{0[0]}",
+            "<= every other" if key == "rejected" else ">= every other",
+            lambda v: v[1],
+        )
     return rows
+
+
+def _at_least_as_good(figures: dict[str, dict[str, Any]], key: str) -> bool:
+    value = {name: f.get("share", f.get("right")) for name, f in figures.items()}
+    others = [v for name, v in value.items() if name != "ours"]
+    return all(value["ours"] <= v for v in others) if key == "rejected" else all(value["ours"] >= v for v in others)
 
 
 def print_table(rows: list[Row], header: str, cpu: str) -> None:
@@ -546,6 +585,7 @@ def main() -> int:
         "quality": lambda: section_quality(args.quick),
         "many": lambda: section_many(args.quick),
         "backends": lambda: section_backends(args.quick, args.work),
+        "extraction": lambda: section_extraction(args.quick),
     }
     started = time.perf_counter()
     for name in sections:

@@ -11,32 +11,30 @@ parsed tree.
 from __future__ import annotations
 
 import codecs
+import copy
 import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
 
-from lxml import etree
 from lxml.html import HtmlElement
 
+from corpus.html_body import PAGE_BLOCK_TAGS, body_markdown, clean
 from corpus.reader import ArticleError, decode
-from corpus.splitter import ends_sentence
+from corpus.splitter import SENTENCE_END
 
 # Less article text than this (in paragraphs that end a sentence) is a list of links, a
 # channel page or an error page, not an article.
 MIN_ARTICLE_CHARS = 80
-# A bold paragraph this short that does not end a sentence is a subheading (common on
-# Chinese news sites, which style subheadings as <p><strong>…</strong></p>).
-MAX_BOLD_HEADING_CHARS = 40
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
-# A date as written in a byline: 2021年06月23日, 2021-06-23, 2021/6/23, 2021.06.23.
-_BYLINE_DATE = re.compile(r"((?:19|20)\d\d)\s*[年/.-]\s*(\d{1,2})\s*[月/.-]\s*(\d{1,2})(?!\d)")
+# A date as written in a byline: 2021年06月23日, 2021-06-23, 2021/6/23, 2021.06.23, and the
+# two-digit-year "18-03-08" (a time may follow without a space: "18-03-0823:16").
+_BYLINE_DATE = re.compile(
+    r"((?:19|20)\d\d|(?<![\d-])\d\d)\s*[年/.-]\s*(\d{1,2})\s*[月/.-]\s*(\d{1,2})(?:(?!\d)|(?=\d{1,2}:\d))"
+)
 # How far below the headline a byline date is looked for (characters of page text).
 _BYLINE_CHARS = 200
-_EDITOR_CREDIT = re.compile(r"[（(【\[]?\s*(?:责任编辑|编辑|责编)\s*[:：]")
-_SPACES = re.compile(r"[ \t\u00a0\u3000]+")
-_INLINE_SKIP = frozenset({"graphic", "del"})
 # GB2312 and GBK pages decode as their superset; ISO-8859-1 is what browsers mean by it.
 # Every failure below becomes an ArticleError with its reason; the libraries' own log lines
 # ("discarding data", "lxml parsing failed") would only repeat it, out of order.
@@ -91,32 +89,53 @@ def extract_article(html: str, url: str = "") -> HtmlArticle:
     tree = trafilatura.load_html(html)
     if tree is None:
         raise ArticleError("not an HTML page")
+    page = copy.deepcopy(tree)  # trafilatura prunes the tree it reads; titles and dates are looked up in the page
     today = dt.date.today().isoformat()
-    document = trafilatura.bare_extraction(
-        tree,
-        url=url or None,
-        with_metadata=True,
-        include_comments=False,
-        include_formatting=True,  # keeps heading levels and bold paragraphs
-        include_tables=True,
-        # Dates from markup only (meta tags, JSON-LD, <time>, the URL); a free-text search
-        # picks dates from related-article links, so it comes last (`_page_date`).
-        date_extraction_params={"extensive_search": False, "original_date": True, "max_date": today},
-    )
-    if document is None or document.body is None:
+    document = body = None
+    # A page trafilatura reads as furniture only (its article hidden until a script shows it) is
+    # read again favouring recall before it is called "no article".
+    for recall in (False, True):
+        document = trafilatura.bare_extraction(
+            _text_blocks_as_paragraphs(copy.deepcopy(page)) if recall else tree,
+            url=url or None,
+            with_metadata=True,
+            include_comments=False,
+            include_formatting=True,  # keeps heading levels and bold paragraphs
+            include_tables=True,
+            favor_recall=recall,
+            # Dates from markup only (meta tags, JSON-LD, <time>, the URL); a free-text search
+            # picks dates from related-article links, so it comes last (`_page_date`).
+            date_extraction_params={"extensive_search": False, "original_date": True, "max_date": today},
+        )
+        if document is None or document.body is None:
+            continue
+        title, headline = page_title(page, clean(document.title or ""))
+        body = body_markdown(document.body, title, page)
+        if _prose_chars(body) >= MIN_ARTICLE_CHARS:
+            break
+    if document is None or body is None:
         raise ArticleError("no article text found on the page")
-    title = _clean(document.title or "")
-    body = body_markdown(document.body, title)
     if _prose_chars(body) < MIN_ARTICLE_CHARS:
         raise ArticleError("no article text found on the page (only links or fragments)")
     return HtmlArticle(
         title=title,
         body=body,
-        author=_clean(document.author or ""),
-        date=document.date or _page_date(tree, url, today),
-        source=_clean(document.sitename or ""),
+        author=clean(document.author or ""),
+        date=_byline_date(headline, today) or document.date or _page_date(page, url, today),
+        source=clean(document.sitename or ""),
         url=_article_url(document.url or "", url),
     )
+
+
+def _text_blocks_as_paragraphs(page: HtmlElement) -> HtmlElement:
+    """`<div>`s and `<section>`s holding only text read as paragraphs (some editors write every
+    paragraph as a styled `<section>`, which trafilatura passes over)."""
+    for element in page.iter("div", "section"):
+        if len(clean(element.text_content())) >= 10 and not any(
+            isinstance(d.tag, str) and d.tag in PAGE_BLOCK_TAGS for d in element.iterdescendants()
+        ):
+            element.tag = "p"
+    return page
 
 
 def _article_url(canonical: str, fetched: str) -> str:
@@ -126,23 +145,80 @@ def _article_url(canonical: str, fetched: str) -> str:
     return fetched or canonical
 
 
-def _page_date(tree: HtmlElement, url: str, today: str) -> str:
-    """A date the markup does not state: the byline under the headline, else htmldate's
-    search of the whole page text."""
-    headline = tree.find(".//h1")
-    if headline is not None:
-        text = "".join(_following_text(headline, _BYLINE_CHARS))
-        match = _BYLINE_DATE.search(text)
-        if match:
-            try:
-                found = dt.date(*(int(g) for g in match.groups())).isoformat()
-            except ValueError:
-                found = ""
-            if "1995-01-01" <= found <= today:
-                return found
+# ---------------------------------------------------------------- the title
+# What sites put between a headline and their own name in <title>: "标题_网易订阅", "Title - Site".
+_TITLE_SEPARATOR = re.compile(r"\s*(?:[|_–—»·]+|-{1,2}|::)\s*")
+_HEADLINE_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "div", "span", "td", "font", "strong", "b", "em", "center")
+_HEADLINE_MAX = 200
+
+
+def page_title(page: HtmlElement, found: str) -> tuple[str, HtmlElement | None]:
+    """The headline and the element that shows it.
+
+    The headline is the part of `<title>` (between site separators) that the page also shows as an
+    element of its own, preferring an `<h1>`: that drops site suffixes ("…-新华网", "…_网易订阅"),
+    ignores `<h1>`s of lists and logos, and does not trust an og:title cut at an unescaped quote.
+    Pages whose `<title>` names no shown headline keep trafilatura's title (`found`)."""
+    tag = page.find(".//title")
+    whole = clean(tag.text_content()) if tag is not None else ""
+    spans = _title_spans(whole)
+    shown: dict[str, HtmlElement] = {}
+    for element in page.iter(*_HEADLINE_TAGS):
+        text = _squash(element.text_content())
+        if 1 < len(text) <= _HEADLINE_MAX and text in spans:
+            held = shown.get(text)
+            if held is None or (element.tag == "h1" and held.tag != "h1"):
+                shown[text] = element
+    if shown:
+        h1s = [text for text, element in shown.items() if element.tag == "h1"]
+        best = max(h1s or shown, key=len)
+        return spans[best], shown[best]
+    headline = next((h for h in page.iter("h1") if _squash(h.text_content()) == _squash(found)), None)
+    return found, headline
+
+
+def _title_spans(title: str) -> dict[str, str]:
+    """Every run of whole segments of a `<title>`, by its text without spaces."""
+    starts = [0] + [m.end() for m in _TITLE_SEPARATOR.finditer(title)]
+    ends = [m.start() for m in _TITLE_SEPARATOR.finditer(title)] + [len(title)]
+    spans: dict[str, str] = {}
+    for a in starts:
+        for b in ends:
+            if b > a:
+                text = title[a:b].strip()
+                if len(_squash(text)) >= 4:
+                    spans[_squash(text)] = text
+    return spans
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+# ---------------------------------------------------------------- the date
+def _byline_date(headline: HtmlElement | None, today: str) -> str:
+    """The date written just below the headline ("2021年06月23日", "2021-06-23 09:30", "18-03-08 23:16")."""
+    if headline is None:
+        return ""
+    text = "".join(_following_text(headline, _BYLINE_CHARS))
+    for match in _BYLINE_DATE.finditer(text):
+        year, month, day = (int(g) for g in match.groups())
+        if year < 100:  # "18-03-08": this century unless that is in the future
+            year += 2000 if 2000 + year <= int(today[:4]) else 1900
+        try:
+            found = dt.date(year, month, day).isoformat()
+        except ValueError:
+            continue
+        if "1995-01-01" <= found <= today:
+            return found
+    return ""
+
+
+def _page_date(page: HtmlElement, url: str, today: str) -> str:
+    """A date neither the byline nor the markup states: htmldate's search of the whole page text."""
     import htmldate
 
-    return htmldate.find_date(tree, url=url or None, extensive_search=True, original_date=True, max_date=today) or ""
+    return htmldate.find_date(page, url=url or None, extensive_search=True, original_date=True, max_date=today) or ""
 
 
 def _following_text(element: HtmlElement, limit: int) -> list[str]:
@@ -167,97 +243,12 @@ def _visible_text(node: HtmlElement) -> list[str]:
     return [*node.itertext(), node.tail or ""]
 
 
-def body_markdown(body: etree._Element, title: str = "") -> str:
-    """Write trafilatura's body tree as markdown: one paragraph per block, blank lines between,
-    `##`/`###` for headings.
-
-    Dropped: a heading repeating the title, headings with no text after them (a "related
-    articles" box emptied by the extractor), a byline before the first sentence ("2021年06月21日
-    17:42 来源：… 作者：…", which the splitter would glue to the first paragraph) and editor
-    credits at the end ("（责任编辑：…）").
-    """
-    blocks: list[tuple[int, str]] = []  # (heading level or 0, text)
-    _collect(body, blocks)
-    first_prose = next((i for i, (level, text) in enumerate(blocks) if not level and ends_sentence(text)), 0)
-    blocks = [
-        (level, text)
-        for i, (level, text) in enumerate(blocks)
-        if not (i < first_prose and not level and _BYLINE_DATE.search(text))
-    ]
-    while blocks and (blocks[-1][0] or _EDITOR_CREDIT.match(blocks[-1][1])):
-        blocks.pop()
-    lines: list[str] = []
-    for i, (level, text) in enumerate(blocks):
-        if level:
-            following = blocks[i + 1][0] if i + 1 < len(blocks) else 1
-            if text == title or (following and following <= level):
-                continue
-            lines.append("#" * level + " " + text)
-        else:
-            lines.append(text)
-    return "\n\n".join(lines) + "\n" if lines else ""
-
-
-def _collect(element: etree._Element, blocks: list[tuple[int, str]]) -> None:
-    for child in element:
-        tag = child.tag
-        if tag == "head":
-            text = _clean(_inline_text(child))
-            if text:
-                rend = child.get("rend", "h2")
-                level = int(rend[1]) if re.fullmatch(r"h[1-6]", rend) else 2
-                blocks.append((min(max(level, 2), 3), text))
-        elif tag in {"p", "item", "cell", "code", "quote"} and not any(c.tag in _BLOCK_TAGS for c in child):
-            text = _clean(_inline_text(child))
-            if text:
-                blocks.append((3 if _is_bold_heading(child, text) else 0, text))
-        elif tag == "row" and not any(c.tag in _BLOCK_TAGS for cell in child for c in cell):
-            # A data table's row is one line; a layout table's cells hold whole articles.
-            text = " ".join(c for c in (_clean(_inline_text(cell)) for cell in child) if c)
-            if text:
-                blocks.append((0, text))
-        elif tag in _BLOCK_TAGS or tag in {"table", "list"}:
-            _collect(child, blocks)
-        elif isinstance(tag, str) and tag not in _INLINE_SKIP:
-            text = _clean(_inline_text(child))
-            if text:
-                blocks.append((0, text))
-
-
-_BLOCK_TAGS = frozenset({"p", "head", "list", "item", "table", "row", "cell", "quote", "div", "code"})
-
-
-def _inline_text(element: etree._Element) -> str:
-    """The text of an element with `<lb/>` as line breaks, images and deletions left out."""
-    parts = [element.text or ""]
-    for child in element:
-        if child.tag == "lb":
-            parts.append("\n")
-        elif child.tag not in _INLINE_SKIP:
-            parts.append(_inline_text(child))
-        parts.append(child.tail or "")
-    return "".join(parts)
-
-
-def _is_bold_heading(element: etree._Element, text: str) -> bool:
-    """`<p><strong>短标题</strong></p>`: the whole paragraph bold, short, not a sentence."""
-    if element.tag != "p" or len(element) != 1 or (element.text or "").strip():
-        return False
-    only = element[0]
-    if only.tag != "hi" or only.get("rend") != "#b" or (only.tail or "").strip():
-        return False
-    return len(text) <= MAX_BOLD_HEADING_CHARS and not ends_sentence(text)
-
-
-def _clean(text: str) -> str:
-    """Collapse spaces (including the full-width indent of Chinese paragraphs) and drop
-    empty lines, which would otherwise split one paragraph in two."""
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return "\n".join(line for line in lines if line)
-
-
 def _prose_chars(markdown: str) -> int:
-    """Characters in paragraphs that end like sentences (headings and link lists do not)."""
-    return sum(
-        len(block) for block in markdown.split("\n\n") if not block.startswith("#") and ends_sentence(block.strip())
-    )
+    """Characters of sentences (up to a paragraph's last sentence end; headings and link lists have none)."""
+    total = 0
+    for block in markdown.split("\n\n"):
+        if block.startswith("#"):
+            continue
+        last = max(block.rfind(ch) for ch in SENTENCE_END + ".")
+        total += last + 1 if last >= 0 else 0
+    return total
