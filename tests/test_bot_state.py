@@ -19,12 +19,12 @@ import pytest
 from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent, write_config
 
 from index.build import build_index
-from retrieval.conversation import Rewritten
+from retrieval.conversation import Rewritten, within
 from settings import PROJECT_ROOT, load_config
 from telegram_bot.components.retention import JOB_NAME
 from telegram_bot.feedback import Answered, AnswerLog
 from telegram_bot.i18n import t
-from telegram_bot.pipeline import Kind, within
+from telegram_bot.pipeline import Kind
 from telegram_bot.questionstore import QuestionStore
 from telegram_bot.statefile import FILE_NAME
 
