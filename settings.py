@@ -7,6 +7,7 @@ as one clear message. Secrets and URLs come from the environment, never from the
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -139,6 +140,18 @@ class IngestConfig:
     max_bytes: int = 5_000_000
     max_redirects: int = 5
     user_agent: str = "crackdown-qa/0.1 (news QA bot; fetches articles on an operator's request)"
+    # Host names, addresses or CIDR ranges fetched although they are not public (an intranet
+    # CMS); everything else must resolve only to global addresses (index.fetch).
+    allow_hosts: tuple[str, ...] = ()
+    # Entries taken from one feed, and feed entries fetched by one add, at most.
+    max_feed_entries: int = 50
+    # Watched feeds (index.feeds), polled every poll_minutes by the bot or `python -m index watch`.
+    feeds: tuple[str, ...] = ()
+    poll_minutes: float = 30.0
+    # Limits of the child process that downloads and reads untrusted pages for the bot and
+    # for `index watch`: address space and CPU seconds.
+    child_memory_mb: int = 1024
+    child_cpu_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,27 @@ _SECTIONS = {
 
 # Keys renamed since a release: the old name is still read, with a notice, so existing files load.
 _RENAMED = {("index", "hnsw_threshold"): "ivf_threshold"}
+# Lists of strings (other list settings are integer ids).
+_TEXT_LISTS = {("ingest", "allow_hosts"), ("ingest", "feeds")}
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?", re.I)
+
+
+def allow_list(
+    entries: tuple[str, ...] | list[str],
+) -> tuple[frozenset[str], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    """`[ingest] allow_hosts` split into host names (lowercase) and networks; ValueError names a bad entry."""
+    names: set[str] = set()
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            continue
+        except ValueError:
+            pass
+        if not _HOST_NAME.fullmatch(entry):
+            raise ValueError(f"{entry!r} is neither a host name nor an address or CIDR range")
+        names.add(entry.lower().rstrip("."))
+    return frozenset(names), tuple(networks)
 
 
 def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any:
@@ -209,6 +243,10 @@ def _coerce(section: str, key: str, value: Any, default: Any, base: Path) -> Any
         if not value >= 0:  # also refuses nan, which would make every comparison false
             raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
         return float(value)
+    if (section, key) in _TEXT_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"{where} must be a list of non-empty strings")
+        return tuple(v.strip() for v in value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{where} must be a list of integer ids")
@@ -253,6 +291,17 @@ def _validate(config: Config) -> None:
         raise ConfigError("[ingest] timeout, download_seconds and max_bytes must be greater than 0")
     if not config.ingest.user_agent.strip():
         raise ConfigError("[ingest] user_agent must not be empty")
+    try:
+        allow_list(config.ingest.allow_hosts)
+    except ValueError as exc:
+        raise ConfigError(f"[ingest] allow_hosts: {exc}") from None
+    for feed in config.ingest.feeds:
+        if not re.match(r"https?://[^/\s]+", feed, re.I):
+            raise ConfigError(f"[ingest] feeds: {feed!r} is not an http(s) URL")
+    if config.ingest.max_feed_entries < 1 or not config.ingest.poll_minutes > 0:
+        raise ConfigError("[ingest] max_feed_entries and poll_minutes must be greater than 0")
+    if config.ingest.child_memory_mb < 128 or config.ingest.child_cpu_seconds < 1:
+        raise ConfigError("[ingest] child_memory_mb must be at least 128 and child_cpu_seconds at least 1")
 
 
 def load_config(path: Path | str | None = None) -> Config:

@@ -4,9 +4,10 @@ The corpus directory stays the one source of truth: each article becomes one `.m
 (front matter + the article as markdown), written atomically and named from its URL or
 source file, so adding it again overwrites the same file; the usual incremental build then
 indexes it. A bad source (dead link, PDF, endless page, broken feed, a page without an
-article) is one `skipped` result with its reason, never an exception, so it does not stop
-the others. `add_sources` blocks and shares nothing between calls (its own HTTP client),
-so the bot can run it in a worker thread.
+article, an address that may not be fetched) is one `skipped` result with its reason, never
+an exception, so it does not stop the others. Fetching follows `index.fetch`'s rules; the
+bot and `index watch` read what they fetch in a limited child process (`isolated`,
+`index.isolate`) and build in their own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from email.message import Message
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
-
-import httpx
 
 from corpus.html import HtmlArticle, decode_html, extract_article
 from corpus.model import OtherSource, Skipped
@@ -36,25 +36,22 @@ from corpus.reader import (
     split_front_matter,
     unsupported_type,
 )
-from index.backends import OPEN_ERRORS, open_backend
-from index.build import BuildError, BuildReport, Progress
-from index.publish import BuildLockedError, write_atomic
+from index.fetch import Download, Fetcher, FetchError, Resolver
+from index.isolate import ChildFailed, Limits, run_isolated
+from index.publish import write_atomic
 from settings import Config, IngestConfig
+
+if TYPE_CHECKING:  # the build is imported when it runs: the isolated child never needs it
+    from index.build import BuildReport, Progress
 
 STATUSES = ("added", "updated", "unchanged", "skipped")
 
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_FEED_TYPES = frozenset(
-    {"application/rss+xml", "application/atom+xml", "application/rdf+xml", "application/xml", "text/xml"}
-)
-# Servers label anything with these; the body's first bytes decide.
-_VAGUE_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/octet-stream"})
-# What may precede a document's root element: a BOM, an XML declaration, comments.
-_PROLOG = rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*"
-_FEED_START = re.compile(_PROLOG + rb"<(?:rss|feed|rdf:RDF)\b", re.S)
-_HTML_START = re.compile(_PROLOG + rb"<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a source that is a URL, not a path
 _SLUG_DROP = re.compile(r"[^\w.-]+")
+# An entry element of RSS 0.9x/2.0, RSS 1.0 or Atom, with or without a namespace prefix.
+_FEED_ENTRY = re.compile(rb"<(?:[\w.-]+:)?(?:item|entry)[\s/>]")
+# Subdomains that name the same site as their parent (mobile and numbered mirrors).
+_SITE_PREFIX = re.compile(r"^(?:www|m|wap|mobile|w\d+)\.")
 
 
 class AddError(Exception):
@@ -67,7 +64,8 @@ class AddResult:
 
     `source` is the URL or file it came from (a feed's entries each get their own);
     `detail` says why it was skipped or left unchanged; `path` is the corpus file,
-    relative to the corpus directory.
+    relative to the corpus directory. `temporary` marks a skip that may not happen again
+    (a timeout, a 5xx answer): a watched feed tries that entry again at its next poll.
     """
 
     source: str
@@ -75,6 +73,7 @@ class AddResult:
     detail: str = ""
     path: str = ""
     title: str = ""
+    temporary: bool = False
 
     def line(self) -> str:
         """One line for the operator, e.g. `added URL → host/slug-1a2b3c4d5e.md (title)`."""
@@ -106,15 +105,51 @@ class AddReport:
 
 
 @dataclass(frozen=True)
-class _Download:
-    url: str  # after redirects
-    kind: str  # "html" or "feed"
-    charset: str | None
-    data: bytes
+class FeedEntry:
+    """One entry of a feed: its absolute link, guid, a key of its text (title and summary),
+    and the title/date/author it gives its article."""
+
+    link: str
+    guid: str = ""
+    text_key: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What identifies the entry: a new link, guid or text counts as already taken when
+        any of these was taken before."""
+        keys = [f"link:{self.link}"]
+        if self.guid:
+            keys.append(f"guid:{self.guid}")
+        if self.text_key:
+            keys.append(f"text:{self.text_key}")
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A parsed feed: its title, at most `max_feed_entries` entries (in the feed's order,
+    newest first by convention), and how many entries the document listed."""
+
+    title: str
+    entries: tuple[FeedEntry, ...]
+    listed: int
 
 
 class _Skip(Exception):
     """This source or article cannot be added; the message is the reason."""
+
+
+class _EntryBudget:
+    """Feed entries one add may still fetch (`max_feed_entries` for the whole add)."""
+
+    def __init__(self, entries: int) -> None:
+        self.left = entries
+
+    def take(self, wanted: int) -> int:
+        granted = min(wanted, self.left)
+        self.left -= granted
+        return granted
 
 
 def add_sources(
@@ -125,19 +160,23 @@ def add_sources(
     progress: Progress | None = None,
     on_result: Callable[[AddResult], None] | None = None,
     on_wait: Callable[[], None] | None = None,
+    resolver: Resolver | None = None,
+    isolated: bool = False,
+    cancel: threading.Event | None = None,
 ) -> AddReport:
     """Add article URLs, feed URLs, local files and directories to `config.corpus.dir`, then
     (with `build`) run the incremental index build. `on_result` sees each result as it is
-    known; `progress` and `on_wait` (another build holds the lock) are `build_index`'s."""
-    corpus = _Corpus(Path(config.corpus.dir))
-    results: list[AddResult] = []
-    with _Fetcher(config.ingest) as fetcher:
-        for source in sources:
-            for result in _add_source(source, fetcher, corpus):
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-    if not build or not any(r.status != "skipped" for r in results):
+    known; `progress` and `on_wait` (another build holds the lock) are `build_index`'s.
+
+    `isolated` fetches and reads the sources in a child process with memory and CPU limits
+    (`index.isolate`), as the bot does; the build then runs here. Setting `cancel` stops the
+    child (its source is reported skipped) and skips the build."""
+    Corpus(Path(config.corpus.dir))  # no corpus directory: AddError before anything starts
+    if isolated:
+        results = collect_isolated(config, sources, on_result=on_result, resolver=resolver, cancel=cancel)
+    else:
+        results = collect(config, sources, on_result=on_result, resolver=resolver)
+    if not build or not any(r.status != "skipped" for r in results) or (cancel is not None and cancel.is_set()):
         return AddReport(tuple(results))
     report, error = build_corpus(config, progress, on_wait)
     return AddReport(tuple(results), build=report, build_error=error)
@@ -147,6 +186,10 @@ def build_corpus(
     config: Config, progress: Progress | None = None, on_wait: Callable[[], None] | None = None
 ) -> tuple[BuildReport | None, str]:
     """The incremental build after the corpus changed: (its report, "") or (None, why it failed)."""
+    from index.backends import OPEN_ERRORS, open_backend  # imported when a build runs: the child never does
+    from index.build import BuildError
+    from index.publish import BuildLockedError
+
     try:
         with open_backend(config) as backend:
             return backend.build(progress=progress, on_wait=on_wait), ""
@@ -166,9 +209,76 @@ def build_state(build: BuildReport | None, build_error: str, pending: str) -> st
     return "index not rebuilt"
 
 
-def _add_source(source: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[AddResult]:
+def collect(
+    config: Config,
+    sources: Sequence[str],
+    *,
+    on_result: Callable[[AddResult], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    resolver: Resolver | None = None,
+) -> list[AddResult]:
+    """Fetch, read and write each source into the corpus directory (no build). `on_start`
+    sees each URL or file before it is read."""
+    corpus = Corpus(Path(config.corpus.dir))
+    budget = _EntryBudget(config.ingest.max_feed_entries)
+    results: list[AddResult] = []
+    with Fetcher(config.ingest, resolver=resolver) as fetcher:
+        for source in sources:
+            for result in _add_source(source, fetcher, corpus, budget, on_start):
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    return results
+
+
+def collect_isolated(
+    config: Config,
+    sources: Sequence[str],
+    *,
+    on_result: Callable[[AddResult], None] | None = None,
+    resolver: Resolver | None = None,
+    cancel: threading.Event | None = None,
+) -> list[AddResult]:
+    """`collect` in a limited child process. When the child breaks a limit or is
+    cancelled, the source it was reading is one skipped result saying so."""
+    results: list[AddResult] = []
+    current = [sources[0] if sources else ""]
+
+    def on_event(event: AddResult | str) -> None:
+        if isinstance(event, str):
+            current[0] = event
+            return
+        results.append(event)
+        if on_result is not None:
+            on_result(event)
+
+    limits = child_limits(config.ingest, len(sources) + config.ingest.max_feed_entries)
+    try:
+        run_isolated(_collect_child, (config, list(sources), resolver), limits, on_event=on_event, cancel=cancel)
+    except ChildFailed as exc:
+        on_event(AddResult(current[0], "skipped", str(exc)))
+    return results
+
+
+def child_limits(ingest: IngestConfig, fetches: int) -> Limits:
+    """The child's limits for `fetches` downloads: each may take `download_seconds`."""
+    wall = ingest.child_cpu_seconds + fetches * ingest.download_seconds + 30
+    return Limits(ingest.child_memory_mb, ingest.child_cpu_seconds, wall)
+
+
+def _collect_child(
+    config: Config, sources: list[str], resolver: Resolver | None, emit: Callable[[object], None]
+) -> None:
+    collect(config, sources, on_result=emit, on_start=emit, resolver=resolver)
+
+
+def _add_source(
+    source: str, fetcher: Fetcher, corpus: Corpus, budget: _EntryBudget, on_start: Callable[[str], None] | None
+) -> Iterator[AddResult]:
+    if on_start is not None:
+        on_start(source)
     if URL_SCHEME.match(source):
-        yield from _add_url(source, fetcher, corpus)
+        yield from _add_url(source, fetcher, corpus, budget, on_start)
         return
     path = Path(source).expanduser()
     if path.is_dir():
@@ -176,6 +286,8 @@ def _add_source(source: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[Add
             if isinstance(item, Skipped):
                 yield AddResult(str(path / item.path), "skipped", item.reason)
             else:
+                if on_start is not None:
+                    on_start(str(item))
                 yield _add_file(item, corpus)
     elif path.exists():
         yield _add_file(path, corpus)
@@ -183,7 +295,7 @@ def _add_source(source: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[Add
         yield AddResult(source, "skipped", "no such file or directory, and not an http(s) URL")
 
 
-def _add_file(path: Path, corpus: _Corpus) -> AddResult:
+def _add_file(path: Path, corpus: Corpus) -> AddResult:
     """A local `.html`/`.md`/`.txt` file, read exactly as `index build` reads the corpus."""
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return AddResult(str(path), "skipped", unsupported_type(path))
@@ -206,59 +318,98 @@ def local_file_name(path: Path) -> str:
     return f"{_slug(path.stem)}-{_digest(str(path.resolve()))}.md"
 
 
-def _add_url(url: str, fetcher: _Fetcher, corpus: _Corpus) -> Iterator[AddResult]:
+def _add_url(
+    url: str, fetcher: Fetcher, corpus: Corpus, budget: _EntryBudget, on_start: Callable[[str], None] | None
+) -> Iterator[AddResult]:
     try:
         download = fetcher.get(url)
-    except _Skip as exc:
-        yield AddResult(url, "skipped", str(exc))
+    except FetchError as exc:
+        yield AddResult(url, "skipped", str(exc), temporary=exc.temporary)
         return
     if download.kind == "html":
-        yield _add_page(url, download, corpus)
+        yield add_page(url, download, corpus)
         return
+    max_entries = fetcher.ingest.max_feed_entries
     try:
-        entries, feed_title = _feed_entries(download)
+        feed = read_feed(download, max_entries)
     except _Skip as exc:
         yield AddResult(url, "skipped", str(exc))
         return
-    for link, fallback in entries:
-        try:
-            page = fetcher.get(link)
-            if page.kind != "html":
-                raise _Skip("the feed entry links to a feed, not an article")
-        except _Skip as exc:
-            yield AddResult(link, "skipped", str(exc))
-            continue
-        yield _add_page(link, page, corpus, fallback | {"source": feed_title})
+    taken = budget.take(len(feed.entries))
+    for entry in feed.entries[:taken]:
+        if on_start is not None:
+            on_start(entry.link)
+        yield add_entry(entry, feed.title, fetcher, corpus)
+    left_out = max(0, feed.listed - max_entries) + len(feed.entries) - taken
+    if left_out:
+        yield AddResult(
+            url,
+            "skipped",
+            f"{left_out} more feed entries left out: at most {max_entries} are taken per feed and per add "
+            "([ingest] max_feed_entries)",
+        )
 
 
-def _add_page(url: str, download: _Download, corpus: _Corpus, fallback: dict[str, str] | None = None) -> AddResult:
+def add_entry(entry: FeedEntry, feed_title: str, fetcher: Fetcher, corpus: Corpus) -> AddResult:
+    """The article a feed entry links to, completed by the entry's own metadata."""
+    try:
+        page = fetcher.get(entry.link)
+        if page.kind != "html":
+            raise FetchError("the feed entry links to a feed, not an article")
+    except FetchError as exc:
+        return AddResult(entry.link, "skipped", str(exc), temporary=exc.temporary)
+    return add_page(entry.link, page, corpus, entry.meta | {"source": feed_title})
+
+
+def add_page(url: str, download: Download, corpus: Corpus, fallback: dict[str, str] | None = None) -> AddResult:
     try:
         page = extract_article(decode_html(download.data, download.charset), download.url)
     except ArticleError as exc:
         return AddResult(url, "skipped", str(exc))
-    meta = _page_meta(page, url, fallback or {})
+    meta = _page_meta(page, download.url, fallback or {})
     return corpus.save(url, url_file_name(url), page.body, meta)
 
 
-def _page_meta(page: HtmlArticle, url: str, fallback: dict[str, str]) -> dict[str, str]:
-    """The page's own metadata, completed by its feed entry's (title, date, author, feed name)."""
+def _page_meta(page: HtmlArticle, fetched: str, fallback: dict[str, str]) -> dict[str, str]:
+    """The page's own metadata, completed by its feed entry's (title, date, author, feed name).
+
+    A page names its canonical URL and site name itself: both are believed only when that
+    URL is on the site that was fetched, so a page cannot cite itself as another outlet;
+    otherwise the fetched URL is the citation and the feed's title (or the host) its source."""
     meta = {"title": page.title, "source": page.source, "author": page.author, "date": page.date, "url": page.url}
+    host = _site_host(urlsplit(fetched).hostname or "")
+    claimed = _site_host(urlsplit(page.url).hostname or "")
+    if claimed != host and not claimed.endswith("." + host):
+        meta["url"] = fetched
+        meta["source"] = ""
     # trafilatura names a site without og:site_name by its host; a feed's title is better.
-    hosts = {re.sub(r"^(?:www|w\d+)\.", "", urlsplit(u).netloc.lower()) for u in (url, page.url)}
+    hosts = {host, claimed} | {_site_host(urlsplit(u).netloc) for u in (fetched, page.url)}
     for key, value in fallback.items():
-        if value and (not meta.get(key) or (key == "source" and meta[key].lower() in hosts)):
+        if value and (not meta.get(key) or (key == "source" and _site_host(meta[key]) in hosts)):
             meta[key] = value
-    meta["title"] = meta["title"] or _slug(Path(urlsplit(url).path).stem) or url
+    meta["source"] = meta["source"] or host
+    meta["title"] = meta["title"] or _slug(Path(urlsplit(fetched).path).stem) or fetched
     return meta
 
 
-def _feed_entries(download: _Download) -> tuple[list[tuple[str, dict[str, str]]], str]:
-    """(absolute link, the entry's own title/date/author) per entry, and the feed's title."""
+def _site_host(host: str) -> str:
+    return _SITE_PREFIX.sub("", host.lower().rstrip("."))
+
+
+def read_feed(download: Download, max_entries: int) -> Feed:
+    """The feed's title and its first `max_entries` entries that link to a web page.
+
+    A feed listing more entries is cut down before feedparser reads it (feedparser takes
+    seconds per 10,000 entries)."""
     import feedparser
 
+    data = download.data
+    listed = len(_FEED_ENTRY.findall(data))
+    if listed > max_entries:
+        data = _first_entries(data, max_entries)
     # A file object: given bytes or a str, feedparser may take it for a URL or a path and open it.
     parsed = feedparser.parse(
-        io.BytesIO(download.data),
+        io.BytesIO(data),
         response_headers={"content-location": download.url, "content-type": "application/xml"},
     )
     problem = parsed.get("bozo_exception")
@@ -271,19 +422,43 @@ def _feed_entries(download: _Download) -> tuple[list[tuple[str, dict[str, str]]]
         raise _Skip("XML, but not an RSS or Atom feed")
     if not parsed.entries:
         raise _Skip("the feed lists no entries")
-    entries: list[tuple[str, dict[str, str]]] = []
+    entries: list[FeedEntry] = []
     seen: set[str] = set()
-    for entry in parsed.entries:
+    for entry in parsed.entries[:max_entries]:
         link = urljoin(download.url, entry.get("link", "")) if entry.get("link") else ""
         if not link.startswith(("http://", "https://")) or link in seen:
             continue
         seen.add(link)
         published = entry.get("published_parsed") or entry.get("updated_parsed")
         date = time.strftime("%Y-%m-%d", published) if published else ""
-        entries.append((link, {"title": entry.get("title", ""), "date": date, "author": entry.get("author", "")}))
+        title = entry.get("title", "")
+        text = f"{title}\n{entry.get('summary', '')}"
+        entries.append(
+            FeedEntry(
+                link,
+                str(entry.get("id") or "")[:500],
+                _text_key(text)[:32] if text.strip() else "",
+                {"title": title, "date": date, "author": entry.get("author", "")},
+            )
+        )
     if not entries:
         raise _Skip("no feed entry links to a web page")
-    return entries, parsed.feed.get("title", "")
+    return Feed(parsed.feed.get("title", ""), tuple(entries), max(listed, len(parsed.entries)))
+
+
+def _first_entries(data: bytes, count: int) -> bytes:
+    """The feed document with only its first `count` entries (no entity expansion, no DTD,
+    no network)."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise _Skip(f"malformed feed: not well-formed XML (line {exc.lineno})") from None
+    for extra in list(root.iter("{*}item", "{*}entry"))[count:]:
+        extra.getparent().remove(extra)
+    return etree.tostring(root.getroottree(), xml_declaration=True, encoding="utf-8")
 
 
 def _first_line(text: str) -> str:
@@ -298,7 +473,8 @@ def url_file_name(url: str) -> str:
     """
     parts = urlsplit(url)
     normal = normal_url(url)
-    host = _slug((parts.hostname or "unknown") + (f"_{parts.port}" if parts.port else ""))
+    # An empty or all-punctuation host ("[::]", "..") must not make the path absolute.
+    host = _slug((parts.hostname or "") + (f"_{parts.port}" if parts.port else "")) or "unknown"
     stem = re.sub(r"\.(?:s?html?|php|aspx?|jsp)$", "", unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]), flags=re.I)
     return f"{host}/{_slug(stem) or 'index'}-{_digest(normal)}.md"
 
@@ -322,7 +498,7 @@ def _text_key(body: str) -> str:
     return hashlib.sha256(re.sub(r"\s+", "", body).encode("utf-8")).hexdigest()
 
 
-class _Corpus:
+class Corpus:
     """The corpus directory being added to: writes files and knows which texts it holds."""
 
     def __init__(self, root: Path) -> None:
@@ -347,6 +523,8 @@ class _Corpus:
     def save(self, source: str, rel: str, body: str, meta: dict[str, str]) -> AddResult:
         """Write `rel` unless it already holds this, or another file holds the same text."""
         target = self.root / rel
+        if not target.resolve().is_relative_to(self.root.resolve()):
+            return AddResult(source, "skipped", f"refused: {rel} would be written outside the corpus directory")
         text = format_article(body, meta)
         title = meta.get("title", "")
         try:
@@ -386,100 +564,3 @@ class _Corpus:
         except OSError as exc:
             return AddResult(source, "skipped", f"cannot write {twin}: {exc.strerror or exc}")
         return AddResult(source, "updated", f"same text as {twin}; recorded as another source of it", twin, title)
-
-
-class _Fetcher:
-    """GET with the limits of `[ingest]`: http(s) only, timeouts, a redirect limit, a size
-    cap enforced while streaming, HTML or feeds only. Errors become `_Skip` reasons."""
-
-    def __init__(self, ingest: IngestConfig) -> None:
-        self.ingest = ingest
-        self.client = httpx.Client(
-            timeout=httpx.Timeout(ingest.timeout),
-            follow_redirects=True,
-            max_redirects=ingest.max_redirects,
-            headers={
-                "User-Agent": ingest.user_agent,
-                "Accept": "text/html,application/xhtml+xml,application/rss+xml,application/atom+xml,"
-                "application/xml;q=0.9,*/*;q=0.1",
-                "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8",
-            },
-        )
-
-    def __enter__(self) -> _Fetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-    def get(self, url: str) -> _Download:
-        if not url.lower().startswith(("http://", "https://")):
-            raise _Skip("only http and https URLs are fetched")
-        try:
-            parts = urlsplit(url)
-            valid = bool(parts.hostname) and parts.port != 0  # .port raises ValueError when malformed
-        except ValueError:
-            valid = False
-        if not valid:
-            raise _Skip("not a valid URL")
-        try:
-            return self._get(url)
-        except httpx.TooManyRedirects:
-            raise _Skip(f"too many redirects (more than {self.ingest.max_redirects})") from None
-        except httpx.TimeoutException:
-            raise _Skip(f"timed out (no response within {self.ingest.timeout:g}s)") from None
-        except httpx.ConnectError as exc:
-            raise _Skip(f"cannot connect: {_first_line(str(exc)) or type(exc).__name__}") from None
-        except httpx.UnsupportedProtocol:
-            raise _Skip("redirected to a URL that is not http or https") from None
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _Skip(f"download failed: {_first_line(str(exc)) or type(exc).__name__}") from None
-
-    def _get(self, url: str) -> _Download:
-        limit = self.ingest.max_bytes
-        deadline = time.monotonic() + self.ingest.download_seconds
-        with self.client.stream("GET", url) as response:
-            if not response.is_success:
-                raise _Skip(f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
-            content_type, charset = _content_type(response.headers.get("content-type", ""))
-            if content_type not in _HTML_TYPES | _FEED_TYPES | _VAGUE_TYPES:
-                raise _Skip(f"not a web page or feed ({content_type})")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _Skip(f"too large ({_megabytes(int(declared))} > {_megabytes(limit)} limit)")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise _Skip(f"too large (more than the {_megabytes(limit)} limit)")
-                if time.monotonic() > deadline:
-                    raise _Skip(f"download took longer than {self.ingest.download_seconds:g}s")
-                chunks.append(chunk)
-            data = b"".join(chunks)
-            final = str(response.url)
-        kind = _sniff(data[:1024], content_type)
-        if kind is None:
-            raise _Skip(f"not a web page or feed ({content_type or 'no content type'})")
-        return _Download(final, kind, charset, data)
-
-
-def _content_type(header: str) -> tuple[str, str | None]:
-    message = Message()
-    message["content-type"] = header
-    kind = message.get_content_type() if header else ""
-    return kind, message.get_param("charset") if header else None  # type: ignore[return-value]
-
-
-def _sniff(head: bytes, content_type: str) -> str | None:
-    """Whether a body is a "feed" or "html": a feed's root element wins over the label (feeds
-    are often served as text/html), then the label, then an HTML start for vague labels."""
-    if _FEED_START.match(head):
-        return "feed"
-    if content_type in _HTML_TYPES or _HTML_START.match(head):
-        return "html"
-    return "feed" if content_type in _FEED_TYPES else None
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from index.fetch import resolve
 from settings import PROJECT_ROOT
 
 SITE = PROJECT_ROOT / "tests" / "data" / "newsite"
@@ -17,7 +20,8 @@ PBOC = "/finance/2021/06/21/pboc-talks.html"
 OTC = "/society/content_8812.html"  # no date in the URL: the byline has it
 FEED = "/rss/finance.xml"
 SICHUAN_TITLE = "四川发文清理关停虚拟货币“挖矿”项目"
-SICHUAN_URL = "http://news.example.cn/finance/2021/06/19/sichuan-mining.html"  # its canonical link
+SITE_HOST = "news.example.cn"  # the name the pages' canonical links use
+SICHUAN_URL = f"http://{SITE_HOST}/finance/2021/06/19/sichuan-mining.html"  # its canonical link
 PAGE_NOISE = ("首页", "广告", "网友评论", "早就该管管了", "热门排行", "showAd", "相关阅读", "Copyright", "登录")
 HUGE = 50 * 1024 * 1024
 ATOM = f"""<?xml version="1.0" encoding="utf-8"?>
@@ -38,6 +42,21 @@ ATOM = f"""<?xml version="1.0" encoding="utf-8"?>
   </entry>
 </feed>
 """
+
+
+@dataclass(frozen=True)
+class HostsResolver:
+    """Fixed answers for some names (an /etc/hosts of the tests' own), the system resolver for
+    the rest; picklable, so the isolated child can use it too."""
+
+    hosts: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __call__(self, host: str, port: int, timeout: float) -> Sequence[str]:
+        table = dict(self.hosts)
+        return table[host] if host in table else resolve(host, port, timeout)
+
+
+SITE_RESOLVER = HostsResolver(((SITE_HOST, ("127.0.0.1",)),))
 
 
 class NewsSite:
@@ -76,6 +95,10 @@ class NewsSite:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def named(self, path: str) -> str:
+        """The URL under the site's own name (`SITE_HOST`, resolved by `SITE_RESOLVER`)."""
+        return f"http://{SITE_HOST}:{self.server.server_address[1]}{path}"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         site = self

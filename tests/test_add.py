@@ -16,7 +16,18 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config
-from news_site import FEED, OTC, PAGE_NOISE, PBOC, SICHUAN, SICHUAN_TITLE, SICHUAN_URL, SITE
+from news_site import (
+    FEED,
+    OTC,
+    PAGE_NOISE,
+    PBOC,
+    SICHUAN,
+    SICHUAN_TITLE,
+    SICHUAN_URL,
+    SITE,
+    SITE_HOST,
+    SITE_RESOLVER,
+)
 
 from corpus import read_article, scan_corpus, split_article
 from corpus.html import decode_html, extract_article
@@ -33,7 +44,7 @@ def config(tmp_path: Path) -> Config:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     base = make_config(corpus, tmp_path / "index")
-    return replace(base, ingest=replace(base.ingest, timeout=0.5, download_seconds=2.0))
+    return replace(base, ingest=replace(base.ingest, timeout=0.5, download_seconds=2.0, allow_hosts=("127.0.0.1",)))
 
 
 def closed_port_url() -> str:
@@ -64,11 +75,11 @@ def front_matter(config: Config, rel: str) -> tuple[dict[str, str], str]:
 
 
 def test_article_page_becomes_markdown_with_sections_and_metadata(site, config):
-    report = add_sources(config, [site.url(SICHUAN)], build=False)
+    report = add_sources(config, [site.named(SICHUAN)], build=False, resolver=SITE_RESOLVER)
     result = only(report)
     assert result["status"] == "added" and report.ok and report.build is None
-    assert result["path"] == url_file_name(site.url(SICHUAN))
-    assert result["path"].startswith(f"127.0.0.1_{site.base.rsplit(':', 1)[1]}/sichuan-mining-")
+    assert result["path"] == url_file_name(site.named(SICHUAN))
+    assert result["path"].startswith(f"{SITE_HOST}_{site.base.rsplit(':', 1)[1]}/sichuan-mining-")
     meta, body = front_matter(config, result["path"])
     assert meta == {
         "title": SICHUAN_TITLE,
@@ -88,6 +99,14 @@ def test_article_page_becomes_markdown_with_sections_and_metadata(site, config):
     assert cited[("26家疑似“挖矿”项目被点名", 3)].startswith("通知附有一份名单")
     assert cited[("丰水期电价优势不再", 5)].startswith("一位长期在雅安经营矿场的人士")
     assert cited[("比特币全网算力明显下降", 8)].startswith("分析人士认为")
+
+
+def test_a_canonical_link_to_another_host_is_not_believed(site, config):
+    """Fetched from 127.0.0.1, the page's canonical link (news.example.cn) and its site name
+    could be anyone's claim: the fetched URL and host are the citation."""
+    result = only(add_sources(config, [site.url(SICHUAN)], build=False))
+    meta, _ = front_matter(config, result["path"])
+    assert (meta["url"], meta["source"], meta["title"]) == (site.url(SICHUAN), "127.0.0.1", SICHUAN_TITLE)
 
 
 def test_gbk_table_layout_page_with_bold_subheadings(site, config):
@@ -129,11 +148,18 @@ def test_feed_adds_each_entry_and_repeats_change_nothing(site, config):
     written = corpus_files(config)
     assert len(written) == 3
 
-    again = add_sources(config, [site.url(FEED), site.url(SICHUAN)], build=False)
-    assert [r.status for r in again.results] == ["unchanged"] * 4 and again.ok
-    direct = again.results[-1]  # another URL, the same article text
-    assert direct.detail == f"same text as {by_source[site.url(SICHUAN) + '?from=rss'].path}"
+    again = add_sources(config, [site.url(FEED)], build=False)
+    assert [r.status for r in again.results] == ["unchanged"] * 3 and again.ok
     assert corpus_files(config) == written
+
+    # Another URL, the same article text: recorded once as another source of it, then unchanged.
+    twin = by_source[site.url(SICHUAN) + "?from=rss"].path
+    direct = [only(add_sources(config, [site.url(SICHUAN)], build=False)) for _ in range(2)]
+    assert [(d["status"], d["detail"]) for d in direct] == [
+        ("updated", f"same text as {twin}; recorded as another source of it"),
+        ("unchanged", f"same text as {twin}"),
+    ]
+    assert set(corpus_files(config)) == set(written)
 
 
 def test_atom_feed_labelled_as_html_and_a_utf8_page_labelled_latin1(site, config):
@@ -239,8 +265,8 @@ def test_unreachable_and_non_http_sources(config, tmp_path):
 
 
 def test_good_sources_are_added_and_built_despite_bad_ones(site, config):
-    sources = [site.url("/no/such/page.html"), site.url("/moved"), site.url("/report.pdf"), site.url(SICHUAN)]
-    report = add_sources(config, sources)
+    sources = [site.url("/no/such/page.html"), site.url("/moved"), site.url("/report.pdf"), site.named(SICHUAN)]
+    report = add_sources(config, sources, resolver=SITE_RESOLVER)
     assert [r.status for r in report.results] == ["skipped", "added", "skipped", "added"]
     assert not report.ok and report.build is not None and report.build.published
     assert report.build.added == 2 and not report.build.skipped
@@ -305,7 +331,7 @@ def test_local_files_and_directories(config, tmp_path):
 
 
 def test_html_dropped_into_the_corpus_reads_like_an_added_page(site, config, tmp_path):
-    added = only(add_sources(config, [site.url(SICHUAN)], build=False))
+    added = only(add_sources(config, [site.named(SICHUAN)], build=False, resolver=SITE_RESOLVER))
     other = make_config(tmp_path / "dropped", tmp_path / "index2")
     (tmp_path / "dropped").mkdir()
     (tmp_path / "dropped" / "page.htm").write_bytes((SITE / "sichuan-mining.html").read_bytes())
@@ -357,7 +383,8 @@ def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path):
     (corpus / "existing.md").write_text("# 旧文章\n\n青海省禁止向挖矿项目提供电力。\n", encoding="utf-8")
     config_file = tmp_path / "config.toml"
     config_file.write_text(
-        f'[corpus]\ndir = "{corpus}"\n[index]\ndir = "{tmp_path / "index"}"\n[model]\nname = "test-hash"\n',
+        f'[corpus]\ndir = "{corpus}"\n[index]\ndir = "{tmp_path / "index"}"\n[model]\nname = "test-hash"\n'
+        '[ingest]\nallow_hosts = ["127.0.0.1"]\n',
         encoding="utf-8",
     )
     bad = site.url("/report.pdf")
@@ -369,20 +396,25 @@ def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path):
     assert lines[4] == "sources: 3 added, 0 updated, 0 unchanged, 1 skipped"
     assert lines[5].startswith("articles: 4 added, 0 updated, 0 removed, 0 unchanged, 0 skipped;")
 
-    again = run_cli("index", "add", "--config", str(config_file), site.url(SICHUAN))
+    again = run_cli("index", "add", "--config", str(config_file), site.url(FEED))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[0].startswith(f"unchanged {site.url(SICHUAN)}: same text as 127.0.0.1_")
+    assert [line.split()[0] for line in again.stdout.splitlines()[:3]] == ["unchanged"] * 3
 
+    # Fetched from 127.0.0.1, the page's canonical link to news.example.cn is not believed:
+    # the fetched URL is cited, under the feed's title.
+    fetched = site.url(SICHUAN) + "?from=rss"
     answer = run_cli("retrieval", "--config", str(config_file), "--json", "四川要求哪天前完成对挖矿项目的甄别清理？")
     assert answer.returncode == 0, answer.stderr
     top = json.loads(answer.stdout)["results"][0]
-    assert (top["title"], top["date"], top["url"]) == (SICHUAN_TITLE, "2021-06-19", SICHUAN_URL)
-    assert top["citation"].startswith(f"《示例新闻网》2021-06-19 · {SICHUAN_TITLE} · ")
+    assert (top["title"], top["date"], top["url"]) == (SICHUAN_TITLE, "2021-06-19", fetched)
+    assert top["citation"].startswith(f"《示例新闻网 - 财经》2021-06-19 · {SICHUAN_TITLE} · ")
     assert "6月20日前完成" in top["text"]
     readable = run_cli("retrieval", "--config", str(config_file), "四川要求哪天前完成对挖矿项目的甄别清理？")
     lines = [line.strip() for line in readable.stdout.splitlines()]
-    cited = next(i for i, line in enumerate(lines) if line.startswith(f"— 《示例新闻网》2021-06-19 · {SICHUAN_TITLE}"))
-    assert SICHUAN_URL in lines[cited] + lines[cited + 1]  # the link follows the citation
+    cited = next(
+        i for i, line in enumerate(lines) if line.startswith(f"— 《示例新闻网 - 财经》2021-06-19 · {SICHUAN_TITLE}")
+    )
+    assert fetched in lines[cited] + lines[cited + 1]  # the link follows the citation
 
 
 @pytest.mark.slow
