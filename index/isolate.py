@@ -3,18 +3,21 @@
 Downloading and parsing pages and feeds (lxml, trafilatura, feedparser) is where a hostile
 page would cost memory or CPU without bound; in a child process with `RLIMIT_AS` and
 `RLIMIT_CPU` it costs at most the child, never the long-running process that started it
-(the bot, `index watch --forever`). The child is a fresh interpreter (spawn: no inherited
-model, index or sockets) that runs one function and streams its events back through a pipe;
-the parent reads them as they come, and kills the child when asked to stop or when it runs
-past its wall-clock limit.
+(the bot, `index watch --forever`). The child is a fresh interpreter (no inherited model,
+index or sockets, and unlike multiprocessing's spawn it never re-imports the parent's main
+script) that runs one function and streams its events back over a socket pair; the parent
+reads them as they come, and kills the child when asked to stop or when it runs past its
+wall-clock limit.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import resource
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -27,11 +30,16 @@ log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 _POLL_SECONDS = 0.1
+# The child's first steps: the parent's import path, then the work.
+_BOOT = (
+    "import sys; from multiprocessing.connection import Connection; connection = Connection(int(sys.argv[1])); "
+    "sys.path[:] = connection.recv(); from index.isolate import child_main; child_main(connection)"
+)
 
 
 @dataclass(frozen=True)
 class Limits:
-    memory_mb: int  # address space of the whole child (the interpreter itself takes ~100 MB)
+    memory_mb: int  # address space of the whole child (the interpreter and libraries take ~100 MB)
     cpu_seconds: int  # CPU time for the work, after the child has started
     wall_seconds: float  # the parent kills the child after this long
 
@@ -48,28 +56,33 @@ def run_isolated(
     on_event: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> Any:
-    """`target(*args, emit)` in a limited child process; `emit(event)` there calls
-    `on_event(event)` here. Returns what `target` returned; raises `ChildFailed` when the
-    child broke a limit, crashed, raised, or was cancelled (it is then killed)."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, target, args, limits), name="isolated", daemon=True)
-    child.start()
-    sender.close()
+    """`target(*args, emit)` in a limited child process (`target` importable by name, `args`
+    picklable); `emit(event)` there calls `on_event(event)` here. Returns what `target`
+    returned; raises `ChildFailed` when the child broke a limit, crashed, raised, or was
+    cancelled (it is then killed)."""
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BOOT, str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    connection = Connection(ours.detach())
     started = time.monotonic()
     try:
+        connection.send(list(sys.path))
+        connection.send((target, args, limits))
         while True:
             if cancel is not None and cancel.is_set():
                 raise ChildFailed("cancelled")
             if time.monotonic() - started > limits.wall_seconds:
                 raise ChildFailed(f"stopped: the fetching process ran longer than {limits.wall_seconds:g}s")
-            if not receiver.poll(_POLL_SECONDS):
+            if not connection.poll(_POLL_SECONDS):
                 continue
             try:
-                kind, value = receiver.recv()
+                kind, value = connection.recv()
             except (EOFError, OSError):
-                child.join(5)
-                raise ChildFailed(_death(child.exitcode, limits)) from None
+                raise ChildFailed(_death(_exit_status(child), limits)) from None
             if kind == "event":
                 if on_event is not None:
                     on_event(value)
@@ -80,34 +93,43 @@ def run_isolated(
             else:
                 log.error("the isolated process failed:\n%s", value)
                 raise ChildFailed(f"the fetching process failed: {value.strip().splitlines()[-1]}")
+    except (BrokenPipeError, ConnectionResetError):
+        raise ChildFailed(_death(_exit_status(child), limits)) from None
     finally:
-        receiver.close()
-        if child.is_alive():
+        connection.close()
+        if child.poll() is None:
             child.kill()
-        child.join(5)
-        child.close()
+        child.wait()
 
 
-def _child_main(sender: Connection, target: Callable[..., Any], args: tuple[Any, ...], limits: Limits) -> None:
+def _exit_status(child: subprocess.Popen[bytes]) -> int | None:
+    try:
+        return child.wait(5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def child_main(connection: Connection) -> None:
     """In the child: set the limits, run the work, report how it ended."""
+    target, args, limits = connection.recv()
     used = resource.getrusage(resource.RUSAGE_SELF)
     cpu = int(used.ru_utime + used.ru_stime) + limits.cpu_seconds
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))  # SIGXCPU, then SIGKILL
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * _MIB, limits.memory_mb * _MIB))
 
     def emit(event: Any) -> None:
-        sender.send(("event", event))
+        connection.send(("event", event))
 
     try:
         result = target(*args, emit)
     except MemoryError:
-        sender.send(("memory", None))
+        connection.send(("memory", None))
     except BaseException:
-        sender.send(("error", traceback.format_exc(limit=20)))
+        connection.send(("error", traceback.format_exc(limit=20)))
     else:
-        sender.send(("done", result))
+        connection.send(("done", result))
     finally:
-        sender.close()
+        connection.close()
 
 
 def _death(exitcode: int | None, limits: Limits) -> str:
