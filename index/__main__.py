@@ -1,5 +1,5 @@
-"""`python -m index build|add|remove|check|info`: a thin CLI over `index.build`, `index.add`
-and `index.remove`.
+"""`python -m index build|add|remove|check|info|watch`: a thin CLI over `index.build`, `index.add`,
+`index.remove` and `index.feeds`.
 
 User errors (bad config, missing corpus, a build already running) are one line on stderr
 and a non-zero exit, never a traceback.
@@ -113,6 +113,34 @@ def _remove(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _watch(args: argparse.Namespace) -> int:
+    import time
+
+    from index.add import AddError
+    from index.feeds import watch_once
+
+    config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
+    if not config.ingest.feeds:
+        print("error: no feeds to watch: list them in [ingest] feeds", file=sys.stderr)
+        return 2
+    while True:
+        try:
+            report = watch_once(
+                config,
+                on_result=lambda result: print(result.line(), flush=True),
+                progress=_progress_printer(),
+                on_wait=_waiting,
+            )
+        except AddError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in report.lines():
+            print(line, flush=True)
+        if not args.forever:
+            return 0 if report.ok else 1
+        time.sleep(config.ingest.poll_minutes * 60)
+
+
 def _print_skipped(items) -> None:  # type: ignore[no-untyped-def]
     for item in items:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -137,6 +165,7 @@ def _info(args: argparse.Namespace) -> int:
     import json
 
     from index import catalog
+    from index.feeds import feed_status
 
     with _backend(args) as backend:
         described = backend.describe()
@@ -148,7 +177,9 @@ def _info(args: argparse.Namespace) -> int:
             reader.close()
     keep = ("id", "title", "source", "date", "url", "passages")
     articles = [{key: a.get(key) for key in keep} for a in articles]
-    print(json.dumps({**described, "summary": summary, "articles": articles}, ensure_ascii=False, indent=2))
+    info = {**described, "summary": summary, "articles": articles}
+    info["feeds"] = feed_status(with_overrides(load_config(args.config), index_dir=args.index))
+    print(json.dumps(info, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -160,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         ("add", "add article URLs, feed URLs, .html/.md/.txt files or directories to the corpus, then build"),
         ("remove", "remove articles (URL, corpus file or article id as `info` shows) from the corpus, then build"),
         ("check", "verify the live index: its store (SQLite, FAISS or Milvus), BM25 terms and copy groups"),
-        ("info", "print the backend, the index's metadata, a summary (outlets, dates, copies) and articles (JSON)"),
+        ("info", "print the backend, the index's metadata, a summary, articles and watched feeds (JSON)"),
+        ("watch", "poll the watched feeds ([ingest] feeds) once, add their new articles, then build"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--index", type=Path, help="index directory (default from config)")
         cmd.add_argument("--config", type=Path, help="config file (default: $QA_CONFIG, else config.toml)")
-        if name in {"build", "add", "remove"}:
+        if name in {"build", "add", "remove", "watch"}:
             cmd.add_argument("--corpus", type=Path, help="corpus directory (default from config)")
         if name == "build":
             cmd.add_argument("--full", action="store_true", help="re-read and re-embed every article")
@@ -175,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "remove":
             cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="article URL, corpus file or article id")
             cmd.add_argument("--no-build", action="store_true", help="only delete the corpus files")
+        if name == "watch":
+            cmd.add_argument("--forever", action="store_true", help="poll again every [ingest] poll_minutes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from index.backends import OPEN_ERRORS
 
     try:
-        commands = {"build": _build, "add": _add, "remove": _remove, "check": _check, "info": _info}
+        commands = {"build": _build, "add": _add, "remove": _remove, "check": _check, "info": _info, "watch": _watch}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

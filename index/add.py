@@ -50,6 +50,7 @@ URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a source that is a URL
 _SLUG_DROP = re.compile(r"[^\w.-]+")
 # An entry element of RSS 0.9x/2.0, RSS 1.0 or Atom, with or without a namespace prefix.
 _FEED_ENTRY = re.compile(rb"<(?:[\w.-]+:)?(?:item|entry)[\s/>]")
+_MIN_SUMMARY_CHARS = 20
 # Subdomains that name the same site as their parent (mobile and numbered mirrors).
 _SITE_PREFIX = re.compile(r"^(?:www|m|wap|mobile|w\d+)\.")
 
@@ -136,8 +137,8 @@ class Feed:
     listed: int
 
 
-class _Skip(Exception):
-    """This source or article cannot be added; the message is the reason."""
+class FeedError(Exception):
+    """A feed that cannot be read (malformed, not RSS or Atom); the message is the reason."""
 
 
 class _EntryBudget:
@@ -332,8 +333,13 @@ def _add_url(
     max_entries = fetcher.ingest.max_feed_entries
     try:
         feed = read_feed(download, max_entries)
-    except _Skip as exc:
+    except FeedError as exc:
         yield AddResult(url, "skipped", str(exc))
+        return
+    if not feed.entries:
+        yield AddResult(
+            url, "skipped", "the feed lists no entries" if not feed.listed else "no feed entry links to a web page"
+        )
         return
     taken = budget.take(len(feed.entries))
     for entry in feed.entries[:taken]:
@@ -397,7 +403,8 @@ def _site_host(host: str) -> str:
 
 
 def read_feed(download: Download, max_entries: int) -> Feed:
-    """The feed's title and its first `max_entries` entries that link to a web page.
+    """The feed's title and those of its first `max_entries` entries that link to a web page
+    (none for an empty feed); `FeedError` when it is no readable feed.
 
     A feed listing more entries is cut down before feedparser reads it (feedparser takes
     seconds per 10,000 entries)."""
@@ -417,11 +424,9 @@ def read_feed(download: Download, max_entries: int) -> Feed:
     if problem is not None and not isinstance(
         problem, feedparser.CharacterEncodingOverride | feedparser.NonXMLContentType
     ):
-        raise _Skip(f"malformed feed: {_first_line(str(problem)) or type(problem).__name__}")
+        raise FeedError(f"malformed feed: {_first_line(str(problem)) or type(problem).__name__}")
     if not parsed.get("version"):
-        raise _Skip("XML, but not an RSS or Atom feed")
-    if not parsed.entries:
-        raise _Skip("the feed lists no entries")
+        raise FeedError("XML, but not an RSS or Atom feed")
     entries: list[FeedEntry] = []
     seen: set[str] = set()
     for entry in parsed.entries[:max_entries]:
@@ -432,17 +437,11 @@ def read_feed(download: Download, max_entries: int) -> Feed:
         published = entry.get("published_parsed") or entry.get("updated_parsed")
         date = time.strftime("%Y-%m-%d", published) if published else ""
         title = entry.get("title", "")
-        text = f"{title}\n{entry.get('summary', '')}"
-        entries.append(
-            FeedEntry(
-                link,
-                str(entry.get("id") or "")[:500],
-                _text_key(text)[:32] if text.strip() else "",
-                {"title": title, "date": date, "author": entry.get("author", "")},
-            )
-        )
-    if not entries:
-        raise _Skip("no feed entry links to a web page")
+        summary = re.sub(r"\s+", "", entry.get("summary", ""))
+        # Title and summary identify a republished entry; a bare title ("快讯") would not.
+        text_key = _text_key(f"{title}\n{summary}")[:32] if len(summary) >= _MIN_SUMMARY_CHARS else ""
+        meta = {"title": title, "date": date, "author": entry.get("author", "")}
+        entries.append(FeedEntry(link, str(entry.get("id") or "")[:500], text_key, meta))
     return Feed(parsed.feed.get("title", ""), tuple(entries), max(listed, len(parsed.entries)))
 
 
@@ -455,7 +454,7 @@ def _first_entries(data: bytes, count: int) -> bytes:
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
-        raise _Skip(f"malformed feed: not well-formed XML (line {exc.lineno})") from None
+        raise FeedError(f"malformed feed: not well-formed XML (line {exc.lineno})") from None
     for extra in list(root.iter("{*}item", "{*}entry"))[count:]:
         extra.getparent().remove(extra)
     return etree.tostring(root.getroottree(), xml_declaration=True, encoding="utf-8")
