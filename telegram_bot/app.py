@@ -29,6 +29,7 @@ from settings import Config
 from telegram_bot.components.callbacks import on_button
 from telegram_bot.components.commands import cmd_about, cmd_help, cmd_new, cmd_reload, cmd_sources
 from telegram_bot.components.errors import on_error
+from telegram_bot.components.feeds import cmd_feeds, poll_feeds
 from telegram_bot.components.ingest import cmd_add
 from telegram_bot.components.inline import on_inline
 from telegram_bot.components.questions import cmd_ask, on_group_text, on_private_text
@@ -133,6 +134,7 @@ def build_application(
     application.add_handler(MessageHandler(message & filters.Document.ALL & add_caption, cmd_add))
     application.add_handler(CommandHandler("remove", cmd_remove, filters=message))
     application.add_handler(CommandHandler("stats", cmd_stats, filters=message))
+    application.add_handler(CommandHandler("feeds", cmd_feeds, filters=message))
     text = message & filters.TEXT & ~filters.COMMAND
     application.add_handler(MessageHandler(text & filters.ChatType.PRIVATE, on_private_text))
     application.add_handler(MessageHandler(text & filters.ChatType.GROUPS, on_group_text))
@@ -142,4 +144,11 @@ def build_application(
     application.add_handler(InlineQueryHandler(on_inline))
     application.add_error_handler(on_error)
     schedule_purge(application, config.telegram)
+    if config.ingest.feeds:
+        if application.job_queue is None:
+            log.error("[ingest] feeds are not polled: install python-telegram-bot[job-queue]")
+        else:
+            interval = config.ingest.poll_minutes * 60
+            job_kwargs = {"max_instances": 1, "coalesce": True}
+            application.job_queue.run_repeating(poll_feeds, interval, first=1.0, name="feeds", job_kwargs=job_kwargs)
     return application

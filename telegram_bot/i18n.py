@@ -105,6 +105,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "stats_top": "Most frequent questions not covered or with 👎:",
         "stats_top_item": "{rank}. {question} — {times}× (not covered {not_covered}, 👎 {down})",
         "stats_private": "Statistics show other people's questions: send /stats in a private chat with me.",
+        "feed_failing": "Watched feed failing: {url}\n{error}\nI keep trying, less often each time, and will tell you "
+        "once it works again.",
+        "feed_recovered": "Watched feed working again: {url}",
+        "feeds_none": "No watched feeds: list them in [ingest] feeds.",
+        "feeds_line": "{url}\nlast success: {success} · articles taken: {taken}",
+        "feeds_failing": "failing ({failures}× in a row, last at {since}): {error}; next try after {next}",
+        "feeds_never": "never",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -192,6 +199,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "stats_top": "最常见的未涉及或被 👎 的问题：",
         "stats_top_item": "{rank}. {question} — {times} 次（未涉及 {not_covered}，👎 {down}）",
         "stats_private": "统计包含其他用户的问题：请在与我的私聊中发送 /stats。",
+        "feed_failing": "监视的订阅源出错：{url}\n{error}\n我会继续重试（间隔逐次变长），恢复后再通知你。",
+        "feed_recovered": "监视的订阅源已恢复：{url}",
+        "feeds_none": "没有监视的订阅源：请在 [ingest] feeds 中列出。",
+        "feeds_line": "{url}\n上次成功：{success} · 已收录文章：{taken}",
+        "feeds_failing": "出错（连续 {failures} 次，最近一次 {since}）：{error}；下次重试不早于 {next}",
+        "feeds_never": "从未",
     },
 }
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from telegram.ext import CallbackContext, ContextTypes, ExtBot
 
@@ -21,6 +24,7 @@ from telegram_bot.watcher import watch_index
 log = logging.getLogger("telegram_bot")
 
 STATE_KEY = "crackdown_qa_state"
+T = TypeVar("T")
 
 
 class BotState:
@@ -35,6 +39,10 @@ class BotState:
         self._questions: QuestionStore | None = None
         self._answers: AnswerLog | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # Adds and feed passes run here, never in the default pool that answering uses; each
+        # gets a cancel event (set on close: the job's child process is killed).
+        self._ingest_pool: ThreadPoolExecutor | None = None
+        self._ingest_jobs: set[threading.Event] = set()
 
     @property
     def qa(self) -> QAService:
@@ -64,6 +72,26 @@ class BotState:
         self._questions = await asyncio.to_thread(QuestionStore, path, retention_days=days)
         self._answers = await asyncio.to_thread(AnswerLog, path, retention_days=days)
         self._watcher = asyncio.create_task(watch_index(self._qa, tg.reload_seconds))
+        self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+
+    async def run_ingest(self, job: Callable[[threading.Event], T]) -> T:
+        """Run `job(cancel)` (an add or a feed pass, blocking) on the ingest thread. If this
+        coroutine is cancelled, `cancel` is set and the job is still awaited: the caller's
+        lock is released only once the job has really stopped."""
+        if self._ingest_pool is None:
+            raise RuntimeError("the ingest pool is not running")
+        cancel = threading.Event()
+        self._ingest_jobs.add(cancel)
+        future = asyncio.get_running_loop().run_in_executor(self._ingest_pool, job, cancel)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                await future
+            raise
+        finally:
+            self._ingest_jobs.discard(cancel)
 
     def purge_expired(self) -> None:
         """Delete what is past `question_retention_days` (blocking: SQLite)."""
@@ -72,6 +100,11 @@ class BotState:
                 store.purge()
 
     async def close(self) -> None:
+        for cancel in list(self._ingest_jobs):
+            cancel.set()
+        if self._ingest_pool is not None:
+            await asyncio.to_thread(self._ingest_pool.shutdown, wait=True, cancel_futures=True)
+            self._ingest_pool = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -710,20 +710,26 @@ class Payloads:
 class InProcessBot:
     """A PTB `Application` run without polling: updates in, recorded API calls out.
 
-    Mirrors `run_polling`'s lifecycle: initialize → post_init, then shutdown → post_shutdown.
+    Mirrors `run_polling`'s lifecycle: initialize → post_init, then shutdown → post_shutdown;
+    with `start`, also start → (job queue running) → stop, as for the watched-feeds job.
     """
 
-    def __init__(self, application: Application, api: FakeTelegram) -> None:
+    def __init__(self, application: Application, api: FakeTelegram, *, start: bool = False) -> None:
         self.app = application
         self.api = api
+        self.start = start
 
     async def __aenter__(self) -> InProcessBot:
         await self.app.initialize()
         if self.app.post_init is not None:
             await self.app.post_init(self.app)
+        if self.start:
+            await self.app.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.start:
+            await self.app.stop()
         await self.app.shutdown()
         if self.app.post_shutdown is not None:
             await self.app.post_shutdown(self.app)
@@ -738,14 +744,18 @@ class InProcessBot:
 TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
 
 
-def run_bot(config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]]) -> FakeTelegram:
-    """Start the bot in process, run `scenario`, shut down; the recording API for assertions."""
+def run_bot(
+    config: Config, scenario: Callable[[InProcessBot, Payloads], Awaitable[None]], *, start: bool = False
+) -> FakeTelegram:
+    """Start the bot in process, run `scenario`, shut down; the recording API for assertions.
+    `start` also runs the job queue (see `InProcessBot`)."""
     from telegram_bot.app import build_application
 
     api = FakeTelegram(TOKEN)
 
     async def main() -> None:
-        async with InProcessBot(build_application(config, TOKEN, request=RecordingRequest(api)), api) as bot:
+        application = build_application(config, TOKEN, request=RecordingRequest(api))
+        async with InProcessBot(application, api, start=start) as bot:
             await scenario(bot, Payloads())
 
     asyncio.run(main())

@@ -3,8 +3,12 @@ caption /add, into the corpus and the live index.
 
 The request is acknowledged at once; that message is then edited with progress (each article
 as it is fetched, the build's progress) and finally with what was added (title, date, passages)
-once the new index version is live in this bot. The work (`index.add.add_sources`) blocks, so
-it runs in a worker thread; one add (or /remove) runs at a time and the others wait their turn.
+once the new index version is live in this bot. The work (`index.add.add_sources`) blocks:
+it runs on the bot's ingest thread (`BotState.run_ingest`), never in the pool that answers
+questions, and downloads and reads the pages in a child process with memory and CPU limits,
+so a hostile page costs the child, never the bot; the build runs in the bot. One add, feed pass
+or /remove runs at a time and the others wait their turn: an add's turn ends only when its work
+has finished or was cancelled, whatever happens to the status message meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import asyncio
 import logging
 import re
 import threading
+from functools import partial
 from pathlib import Path
 
 from telegram import Message, Update
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 
 from index.add import AddReport, AddResult, add_sources
 from telegram_bot import render
@@ -91,7 +96,9 @@ async def cmd_add(update: Update, context: BotContext) -> None:
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)
-        await edit_status(status, await _final_text(context, report, lang))
+        final = await _final_text(context, report, lang)
+        if not await edit_status(status, final):  # the status message is gone: the outcome comes as a new one
+            await send_doc(context.bot, chat.id, tuple(render.Line.of(line) for line in final.split("\n")))
         log.info(
             "add by user=%s: %s",
             user.id,
@@ -130,18 +137,25 @@ async def _download(message: Message, context: BotContext) -> Path:
 async def _run_with_progress(
     status: Message, context: BotContext, progress: _Progress, sources: list[str]
 ) -> AddReport:
-    """Run the add in a worker thread, editing the status message while it works."""
-    config = context.state.config
-    job = asyncio.create_task(
-        asyncio.to_thread(add_sources, config, sources, progress=progress.building, on_result=progress.result)
+    """Run the add on the ingest thread, editing the status message while it works (a
+    failed edit is skipped: the work goes on, and so does holding the turn)."""
+    st = context.state
+    work = partial(
+        add_sources, st.config, sources, progress=progress.building, on_result=progress.result, isolated=True
     )
+    job = asyncio.ensure_future(st.run_ingest(lambda cancel: work(cancel=cancel)))
     shown = ""
-    while not job.done():
-        await asyncio.wait({job}, timeout=EDIT_EVERY)
-        text = progress.text()
-        if text != shown and not job.done():
-            await edit_status(status, text)
-            shown = text
+    try:
+        while not job.done():
+            await asyncio.wait({job}, timeout=EDIT_EVERY)
+            text = progress.text()
+            if text != shown and not job.done():
+                shown = text
+                await edit_status(status, text)
+    except asyncio.CancelledError:
+        job.cancel()  # kills the child; the job is awaited before the turn ends
+        await asyncio.gather(job, return_exceptions=True)
+        raise
     return job.result()
 
 
@@ -174,11 +188,18 @@ def _result_line(lang: str, result: AddResult, article: dict | None) -> str:  # 
     return t(lang, f"add_{result.status}", source=result.source, detail=result.detail)
 
 
-async def edit_status(status: Message, text: str) -> None:
-    """Show `text` (plain lines) in the status message; an unchanged text is no error."""
+async def edit_status(status: Message, text: str) -> bool:
+    """Show `text` (plain lines) in the status message; False when Telegram refused (message deleted,
+    flood limit): progress is only progress, and the work is not stopped for it."""
     html = render.to_html(tuple(render.Line.of(line) for line in text.split("\n")))
     try:
         await status.edit_text(html)
     except BadRequest as exc:
-        if "not modified" not in exc.message.lower():
-            raise
+        if "not modified" in exc.message.lower():
+            return True
+        log.warning("could not edit a status message chat=%s: %s", status.chat_id, exc.message)
+        return False
+    except TelegramError as exc:
+        log.warning("could not edit a status message chat=%s: %s: %s", status.chat_id, type(exc).__name__, exc)
+        return False
+    return True
