@@ -174,9 +174,9 @@ def add_sources(
     child (its source is reported skipped) and skips the build."""
     Corpus(Path(config.corpus.dir))  # no corpus directory: AddError before anything starts
     if isolated:
-        results = collect_isolated(config, sources, on_result=on_result, resolver=resolver, cancel=cancel)
+        results = _collect_isolated(config, sources, on_result=on_result, resolver=resolver, cancel=cancel)
     else:
-        results = collect(config, sources, on_result=on_result, resolver=resolver)
+        results = _collect(config, sources, on_result=on_result, resolver=resolver)
     if not build or not any(r.status != "skipped" for r in results) or (cancel is not None and cancel.is_set()):
         return AddReport(tuple(results))
     report, error = build_corpus(config, progress, on_wait)
@@ -210,7 +210,7 @@ def build_state(build: BuildReport | None, build_error: str, pending: str) -> st
     return "index not rebuilt"
 
 
-def collect(
+def _collect(
     config: Config,
     sources: Sequence[str],
     *,
@@ -232,7 +232,7 @@ def collect(
     return results
 
 
-def collect_isolated(
+def _collect_isolated(
     config: Config,
     sources: Sequence[str],
     *,
@@ -240,7 +240,7 @@ def collect_isolated(
     resolver: Resolver | None = None,
     cancel: threading.Event | None = None,
 ) -> list[AddResult]:
-    """`collect` in a limited child process. When the child breaks a limit or is
+    """`_collect` in a limited child process. When the child breaks a limit or is
     cancelled, the source it was reading is one skipped result saying so."""
     results: list[AddResult] = []
     current = [sources[0] if sources else ""]
@@ -270,7 +270,7 @@ def child_limits(ingest: IngestConfig, fetches: int) -> Limits:
 def _collect_child(
     config: Config, sources: list[str], resolver: Resolver | None, emit: Callable[[object], None]
 ) -> None:
-    collect(config, sources, on_result=emit, on_start=emit, resolver=resolver)
+    _collect(config, sources, on_result=emit, on_start=emit, resolver=resolver)
 
 
 def _add_source(

@@ -200,7 +200,7 @@ def watch_once(
     now: float | None = None,
 ) -> WatchReport:
     """Poll the feeds that are due, take their new entries into the corpus, then build once
-    if anything was added or updated."""
+    if any entry was read."""
     feeds = list(dict.fromkeys(config.ingest.feeds))
     started = time.time() if now is None else now
     poll_minutes = config.ingest.poll_minutes
@@ -235,11 +235,14 @@ def watch_once(
             try:
                 run_isolated(_poll_feeds, args, child_limits(config.ingest, fetches), on_event=track, cancel=cancel)
             except ChildFailed as exc:
-                on_event(FeedPoll(current[0], "failed", str(exc)))
+                if cancel is None or not cancel.is_set():  # stopping is no failure of the feed
+                    on_event(FeedPoll(current[0], "failed", str(exc)))
         else:
             _poll_feeds(*args, on_event)
     report = WatchReport(tuple(polls), tuple(results), tuple(waiting))
-    if not any(p.articles for p in polls) or (cancel is not None and cancel.is_set()):
+    # By the results, as `add` does: articles a stopped pass wrote come back "unchanged" and
+    # are built then.
+    if not any(r.status != "skipped" for r in results) or (cancel is not None and cancel.is_set()):
         return report
     built, error = build_corpus(config, progress, on_wait)
     return WatchReport(report.polls, report.results, report.waiting, built, error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -287,3 +288,14 @@ def test_a_symlink_out_of_the_corpus_is_not_followed(hostile, config, tmp_path):
     found = detail(add(config, url))
     assert found.startswith("refused: public.test_") and found.endswith("would be written outside the corpus directory")
     assert list(outside.iterdir()) == []
+
+
+def test_a_cancelled_isolated_add_stops_its_child(hostile, config):
+    slow = replace(config, ingest=replace(config.ingest, download_seconds=60.0, timeout=30.0))
+    cancel = threading.Event()
+    threading.Timer(2.0, cancel.set).start()
+    report = add_sources(
+        slow, [hostile.url("/drip-body", "public.test")], isolated=True, cancel=cancel, resolver=RESOLVER
+    )
+    assert [(r.status, r.detail) for r in report.results] == [("skipped", "cancelled")]
+    assert report.build is None and written(config) == []
