@@ -7,7 +7,8 @@ build (full build vs the numpy reference's encode, and rebuilds), imports (what 
 query (6k passages: CLI batch mode and Python API), bot (start-up and bursts against the loopback
 fake Bot API), scale100k and scale1m (synthetic passages and vectors), quality (bench/quality.py),
 many (bench/many.py: duplicate detection and date questions on generated multi-article corpora),
-extraction (bench/extraction.py: real saved news pages read by us, trafilatura and other extractors).
+extraction (bench/extraction.py: real saved news pages read by us, trafilatura and other extractors),
+feeds (bench/feeds.py: a story published on a loopback feed → the bot answering from it).
 All results go to var/bench/results.json (or --out); the path is printed last. Exit status 1
 when a section could not run (with --strict also when a target is missed). bench/README.md
 explains every figure.
@@ -45,6 +46,7 @@ SECTIONS = (
     "many",
     "backends",
     "extraction",
+    "feeds",
 )
 
 
@@ -168,6 +170,14 @@ def section_extraction(quick: bool) -> dict[str, Any]:
     result = extraction.run()
     for entry in result["extractors"].values():
         entry.pop("pages")  # per-page detail: `python -m bench.extraction --show`
+    return result
+
+
+def section_feeds(quick: bool, work: Path) -> dict[str, Any]:
+    from bench import feeds
+
+    result = feeds.run(work / "feeds", poll_minutes=1.0, stories=1 if quick else 2)
+    print(json.dumps(result, indent=2))
     return result
 
 
@@ -522,6 +532,22 @@ def table(results: dict[str, Any]) -> list[Row]:
             "<= every other" if key == "rejected" else ">= every other",
             lambda v: v[1],
         )
+    feeds = results.get("feeds") or {}
+    interval = feeds.get("poll_interval_s", 60.0)
+    add(
+        f"feeds: publication -> bot answers from it, max s (poll every {interval:.0f} s)",
+        feeds.get("max_publication_to_answer_s"),
+        "{:.1f}",
+        f"<= {interval + 15:.0f}",
+        lambda v: v <= interval + 15,
+    )
+    add(
+        "feeds: poll -> bot answers from it, max s",
+        feeds.get("max_poll_to_answer_s"),
+        "{:.1f}",
+        "<= 15",
+        lambda v: v <= 15,
+    )
     return rows
 
 
@@ -586,6 +612,7 @@ def main() -> int:
         "many": lambda: section_many(args.quick),
         "backends": lambda: section_backends(args.quick, args.work),
         "extraction": lambda: section_extraction(args.quick),
+        "feeds": lambda: section_feeds(args.quick, args.work),
     }
     started = time.perf_counter()
     for name in sections:
