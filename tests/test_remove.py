@@ -214,7 +214,7 @@ def bot_config(config_file: Path) -> Config:
     return replace(
         base,
         telegram=replace(base.telegram, admins=(ADMIN,), reload_seconds=0.0),
-        ingest=replace(base.ingest, timeout=2.0, download_seconds=5.0),
+        ingest=replace(base.ingest, timeout=2.0, download_seconds=5.0, allow_hosts=("127.0.0.1",)),
     )
 
 
