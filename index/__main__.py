@@ -164,15 +164,15 @@ def _check(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from index import catalog
+    from index import overview
     from index.feeds import feed_status
 
     with _backend(args) as backend:
         described = backend.describe()
         reader = backend.open_reader()
         try:
-            articles = catalog.newest_first(reader.articles())
-            summary = catalog.summary(articles, reader.duplicate_groups())
+            articles = overview.newest_first(reader.articles())
+            summary = overview.summary(articles, reader.duplicate_groups())
         finally:
             reader.close()
     keep = ("id", "title", "source", "date", "url", "passages")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from index import catalog
+from index import overview
 from index.backends import open_backend
 from index.build import BuildReport
 from retrieval import Answer, Hit, PassageRow, Retriever
@@ -261,7 +261,7 @@ class QAService:
         if library is None or library.version != self.retriever.version:
             version = self.retriever.version
             articles = await asyncio.to_thread(self.retriever.articles)
-            library = Library(version, tuple(catalog.newest_first(articles)), self.retriever.meta)
+            library = Library(version, tuple(overview.newest_first(articles)), self.retriever.meta)
             self._library = library
         return library
 

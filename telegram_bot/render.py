@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corpus.splitter import split_sentences
-from index import catalog
+from index import overview
 from retrieval import format_citation
 from retrieval.model import Also, format_also
 from telegram_bot.feedback import Stats
@@ -472,7 +472,7 @@ def sources_doc(lang: str, library: Library, page: int = 0, limit: int = TELEGRA
     pages = sources_pages(library)
     page = max(0, min(page, pages - 1))
     head = Line.of(t(lang, "sources_header", count=len(library.articles)), bold=True)
-    counts = " · ".join(f"{clip(source, 30) or '?'} {n}" for source, n in catalog.outlets(library.articles))
+    counts = " · ".join(f"{clip(source, 30) or '?'} {n}" for source, n in overview.outlets(library.articles))
     fixed = [head, Line.of(t(lang, "sources_outlets", outlets=clip(counts, 600)))]
     if pages > 1:
         fixed.append(Line.of(t(lang, "sources_page", page=page + 1, pages=pages)))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from index import catalog, publish, store, vectors
+from index import overview, publish, store, vectors
 from index.backends.base import (
     CopyRow,
     IndexBackend,
@@ -307,7 +307,7 @@ class SqliteFaissReader(IndexReader):
 
     def duplicate_groups(self) -> int:
         with self.lock:
-            return catalog.duplicate_groups(self.db.conn)
+            return overview.duplicate_groups(self.db.conn)
 
     def sample_texts(self, limit: int) -> list[str]:
         with self.lock:
