@@ -55,6 +55,8 @@ def _build(args: argparse.Namespace) -> int:
     config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
     try:
         with open_backend(config) as backend:
+            if args.take_over:
+                print(backend.take_over(), flush=True)
             report = backend.build(full=args.full, progress=_progress_printer(), on_wait=_waiting)
     except (BuildError, BuildLockedError) as exc:
         _print_skipped(getattr(exc, "skipped", ()))  # why the corpus looked empty
@@ -201,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--corpus", type=Path, help="corpus directory (default from config)")
         if name == "build":
             cmd.add_argument("--full", action="store_true", help="re-read and re-embed every article")
+            cmd.add_argument(
+                "--take-over",
+                action="store_true",
+                help="make this index directory the one writer of the Milvus collections another one claimed",
+            )
         if name == "add":
             cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="article or feed URL, file or directory")
             cmd.add_argument("--no-build", action="store_true", help="only write the corpus files")

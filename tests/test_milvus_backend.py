@@ -24,10 +24,13 @@ from fake_telegram import write_config
 from bench.many import generate as generate_corpus
 from bench.synth import make_corpus
 from index import publish, store
+from index.__main__ import main as index_main
+from index.add import add_sources
+from index.backends import milvus_owner, milvus_sync
 from index.backends import milvus_store as ms
-from index.backends import milvus_sync
 from index.backends.base import IndexUnavailableError, RebuildRequiredError
 from index.backends.milvus import MilvusBackend, MilvusReader
+from index.build import build_index
 from index.embedder import HashEmbedder
 from settings import PROJECT_ROOT, Config
 
@@ -323,6 +326,116 @@ def test_reader_during_sync_sees_whole_articles(tmp_path: Path, monkeypatch: pyt
     assert True in flipped and flipped.index(True) < len(flipped) - 1 - flipped[::-1].index(False)
     assert backend.check()[1] == []
     backend.close()
+
+
+# ---------- one writer: a second catalog is refused, a take-over starts fresh ----------
+def small_corpus(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "b.md").write_text("# 乙\n\n四川发文清理关停虚拟货币挖矿项目，电网企业停止供电。\n", encoding="utf-8")
+    (folder / "c.md").write_text("# 丙\n\n内蒙古发改委设立举报平台，专门受理虚拟货币挖矿线索。\n", encoding="utf-8")
+    return folder
+
+
+def live_passages(backend: MilvusBackend) -> list[dict]:
+    reader = backend.open_reader()
+    try:
+        return milvus_rows(reader, "", ["id", "article_id", "text"])
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["lite-file", "lite-server"])
+def test_a_second_catalog_is_refused_and_deletes_nothing(
+    tmp_path: Path, corpus_dir: Path, served: bool, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two catalogs (two index directories) pointed at one Milvus: the first claims it; the
+    second's build, add, CLI and even a direct sync are refused with one line naming both
+    and the fix, and change nothing; after `--take-over` the second fills fresh collections
+    under its own ids (both catalogs' ids start at 1: none of the first's survives) and the
+    first is refused in turn."""
+    uri = request.getfixturevalue("lite_server") if served else str(tmp_path / "milvus.db")
+    first = MilvusBackend(milvus_config(corpus_dir, tmp_path / "a", uri))
+    second_config = milvus_config(small_corpus(tmp_path / "corpus-b"), tmp_path / "b", uri)
+    second = MilvusBackend(second_config)
+    try:
+        first.build()
+        before = live_passages(first)
+        stamp = first.stamp()
+        with pytest.raises(milvus_owner.OwnerConflictError) as refused:
+            second.build()
+        message = str(refused.value)
+        assert "\n" not in message and str(tmp_path / "a" / "index") in message
+        assert str(tmp_path / "b" / "index") in message and "--take-over" in message
+        assert publish.current_version(second_config.index.dir) is None  # refused before its catalog build
+        added = add_sources(second_config, [str(DEFAULT_CORPUS / "blockchain-daily-2021-06-10-crackdown.md")])
+        assert added.build_error == message and added.results[0].status == "added"
+        config_file = write_config(
+            tmp_path / "b.toml",
+            corpus=second_config.corpus.dir,
+            index=second_config.index.dir,
+            index_settings={"backend": "milvus", "milvus_uri": uri},
+        )
+        capsys.readouterr()
+        assert index_main(["build", "--config", str(config_file)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {message}\n"
+        # The sync itself refuses too (a build of the second catalog without the Milvus step).
+        build_index(second_config)
+        version = publish.require_current(second_config.index.dir)
+        owner = milvus_owner.Owner.of(second_config.index.dir)
+        with pytest.raises(milvus_owner.OwnerConflictError):
+            milvus_sync.sync(first.client, second_config.index.milvus_collection, version, owner, where=uri)
+        assert first.stamp() == stamp and live_passages(first) == before and first.check()[1] == []
+        _, problems = second.check()
+        assert any("Milvus is claimed by another catalog" in p for p in problems)
+
+        assert index_main(["build", "--take-over", "--config", str(config_file)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"this catalog ({tmp_path / 'b' / 'index'} on host ") and "into new collections" in out
+        assert second.check()[1] == []
+        taken = live_passages(second)
+        ids = [r["id"] for r in taken]
+        db = catalog_db(second_config)
+        assert len(ids) == len(set(ids))
+        assert sorted((r["id"], r["article_id"], r["text"]) for r in taken) == sorted(
+            db.execute("select id, article_id, text from passages").fetchall()
+        )
+        assert min(ids) == min(r["id"] for r in before)  # the same ids as the first catalog's: fresh collections
+        with pytest.raises(milvus_owner.OwnerConflictError):
+            first.build()
+        assert live_passages(second) == taken
+    finally:
+        first.close()
+        second.close()
+
+
+def test_collections_synced_before_owners_existed_are_claimed_and_refilled(tmp_path: Path, corpus_dir: Path) -> None:
+    """Collections an earlier version synced (no owner; perhaps two catalogs' rows under
+    colliding ids) are claimed by the next build, which fills a fresh generation."""
+    backend = MilvusBackend(milvus_config(corpus_dir, tmp_path))
+    try:
+        backend.build()
+        names = backend.meta_names
+        live = ms.get_meta(backend.client, names, "live")
+        live.pop("owner")
+        ms.put_meta(backend.client, names, {"live": live})
+        backend.client.delete(names.meta, filter=f"key == {ms.quote(milvus_owner.OWNER)}")
+        assert backend.check()[1] == [f"Milvus is claimed by no catalog, not by {tmp_path / 'index'}"]
+        assert "into new collections" in backend.build().notes[-1]
+        assert backend.check()[1] == [] and milvus_owner.owner_of(backend.client, names)["dir"] == str(
+            tmp_path / "index"
+        )
+    finally:
+        backend.close()
+
+
+def test_the_catalog_id_is_created_once_and_checked(tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    ids = {milvus_owner.catalog_id(index_dir) for _ in range(3)}
+    assert len(ids) == 1 and (index_dir / milvus_owner.CATALOG_ID).read_text().strip() in ids
+    (index_dir / milvus_owner.CATALOG_ID).write_text("not an id\n")
+    with pytest.raises(IndexUnavailableError, match="is damaged"):
+        milvus_owner.catalog_id(index_dir)
 
 
 # ---------- processes: the Lite lock, a server, a killed sync ----------

@@ -172,6 +172,11 @@ class IndexBackend(ABC):
     ) -> BuildReport:
         """Bring the index up to date with the corpus (incremental unless `full`)."""
 
+    def take_over(self) -> str:
+        """Make this index directory the one writer of a store other directories could share
+        (Milvus collections); returns one line saying what changed."""
+        return f"nothing to take over: the {self.name} backend keeps its whole index in {self.config.index.dir}"
+
     @abstractmethod
     def check(self) -> tuple[str, list[str]]:
         """(version, problems) of the live index; no problems means consistent."""

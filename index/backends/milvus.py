@@ -2,9 +2,11 @@
 
 A build is the SQLite catalog build (`index.build`: incremental, reuses embeddings, groups
 copies, counts document frequencies) followed, under the same build lock, by a sync of the
-live catalog version into Milvus (`milvus_sync`). Readers search Milvus only: dense search
-on the embeddings (inner product), BM25 through Milvus's BM25 function over our own terms
-(`milvus_store.token`), rows, document frequencies and copy groups by key.
+live catalog version into Milvus (`milvus_sync`), by the one catalog that owns the
+collections (`milvus_owner`: another catalog's build is refused before it starts). Readers
+search Milvus only: dense search on the embeddings (inner product), BM25 through Milvus's
+BM25 function over our own terms (`milvus_store.token`), rows, document frequencies and copy
+groups by key.
 
 Visibility: a passage counts while its `tag` equals its article's (see `milvus_sync`).
 Searches and listings (`dense`, `lexical`, `neighbours`, `copies`, `sample_texts`) return
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from index import publish, store
+from index.backends import milvus_owner
 from index.backends import milvus_store as ms
 from index.backends.base import CopyRow, IndexBackend, IndexReader, PassageRow, Progress, require_model
 from index.backends.milvus_store import Names
@@ -336,9 +339,13 @@ class MilvusBackend(IndexBackend):
         on_wait: Callable[[], None] | None = None,
     ) -> BuildReport:
         synced: list[SyncReport] = []
+        owner = milvus_owner.Owner.of(self.config.index.dir)
+        where = ms.redact(self.config.index.milvus_uri)
+        milvus_owner.require(self.client, self.meta_names, owner, where)  # before the catalog changes
 
         def after_publish(version: publish.Version) -> None:
-            synced.append(sync(self.client, self.config.index.milvus_collection, version, fresh=full))
+            prefix = self.config.index.milvus_collection
+            synced.append(sync(self.client, prefix, version, owner, where=where, fresh=full))
 
         # Milvus searches; the catalog's FAISS file is then only a fallback for switching back,
         # so it is exact (flat): no IVF training in every build. A switch back to `faiss`
@@ -349,9 +356,20 @@ class MilvusBackend(IndexBackend):
         )
         return replace(report, notes=(*report.notes, *(s.note() for s in synced)))
 
+    def take_over(self) -> str:
+        """This catalog becomes the one writer of the collections (`milvus_owner`); its next
+        build fills a fresh generation from it."""
+        me = milvus_owner.Owner.of(self.config.index.dir)
+        previous = milvus_owner.take_over(self.client, self.meta_names, me)
+        collections = f"the Milvus collections {self.meta_names.prefix}_*"
+        if previous is not None and previous.get("id") == me.id:
+            return f"{collections} are already written by this catalog"
+        before = f" from {milvus_owner.describe(previous)}" if previous else ""
+        return f"this catalog ({milvus_owner.describe(me.record())}) now writes {collections}{before}"
+
     def check(self) -> tuple[str, list[str]]:
-        """Milvus against the live catalog version: articles and hashes, visible passages,
-        rows no article shows, the vocabulary and a sample of document frequencies, groups."""
+        """Milvus against the live catalog version: the owner, articles and hashes, visible
+        passages, rows no article shows, the vocabulary and a sample of document frequencies, groups."""
         catalog = publish.current_version(self.config.index.dir)
         if catalog is None:
             return "", [f"no catalog in {self.config.index.dir}: run `python -m index build`"]
@@ -362,6 +380,13 @@ class MilvusBackend(IndexBackend):
         names = Names(self.meta_names.prefix, int(live["generation"]))
         ms.ensure_loaded(client, [names.of(kind) for kind in ms.KINDS])
         problems = []
+        owner = milvus_owner.owner_of(client, self.meta_names)
+        mine = milvus_owner.read_catalog_id(self.config.index.dir)
+        if owner is None or owner.get("id") != mine:
+            who = f"another catalog ({milvus_owner.describe(owner)})" if owner else "no catalog"
+            problems.append(f"Milvus is claimed by {who}, not by {self.config.index.dir}")
+        elif live.get("owner") != mine:
+            problems.append("Milvus still shows the previous owner's index: `index build` fills it from this catalog")
         header, pending = marker(client, self.meta_names)
         if header is not None or pending:
             problems.append(f"a sync was interrupted ({len(pending)} articles pending): `index build` repairs it")
@@ -385,6 +410,7 @@ class MilvusBackend(IndexBackend):
                 "meta": names.meta,
                 **({names.alias(k): names.of(k) for k in ms.KINDS} if live else {}),
             },
+            "owner": milvus_owner.owner_of(client, self.meta_names),
             "live": {k: v for k, v in live.items() if k != "catalog"} | {"meta": live.get("catalog", {})},
         }
 

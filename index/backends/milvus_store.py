@@ -3,9 +3,10 @@ shared by the sync (`milvus_sync`) and the reader (`milvus`).
 
 Collections, named after `[index] milvus_collection` (P):
 
-- `P_meta` (fixed): `key` → JSON text. "live": the synced catalog version (its SQLite meta,
-  name, passage/article/group counts, generation); "sync" and "sync:<article id>": a sync in
-  progress and the articles it touches (left behind by a killed sync, repaired by the next).
+- `P_meta` (fixed): `key` → JSON text. "owner": the catalog that writes the collections
+  (`milvus_owner`); "live": the synced catalog version (its SQLite meta, name, passage/article/
+  group counts, generation, the owner that filled it); "sync" and "sync:<article id>": a sync
+  in progress and the articles it touches (left behind by a killed sync, repaired by the next).
 - `P_<kind>_g<generation>` for kind passages, articles, groups, terms, with the alias
   `P_<kind>` on the live generation. A fresh generation is filled beside the live one when
   the model or dimension changes (or on `--full`), then "live" and the aliases switch to it.

@@ -13,9 +13,13 @@ never see an article missing or half replaced, because a passage is visible only
 4. the copy groups are diffed against the catalog, "live" is written, the marker deleted.
 
 Changed means: the catalog's content hash differs from the one in Milvus, or the article is
-named in a marker a killed sync left behind. A model or dimension change (or `fresh`) fills a
-new generation of collections instead and switches "live" and the aliases to it; the previous
-generation is dropped by the next sync (readers still open on it keep working until then).
+named in a marker a killed sync left behind. A model or dimension change (or `fresh`, or a
+live generation another catalog filled) fills a new generation of collections instead and
+switches "live" and the aliases to it; the previous generation is dropped by the next sync
+(readers still open on it keep working until then).
+
+Only the catalog that owns the collections syncs (`milvus_owner`): it claims them first, and
+checks it still owns them before it deletes anything and before it switches "live".
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import numpy as np
 import sqlite_utils
 
 from index import publish, store
+from index.backends import milvus_owner
 from index.backends import milvus_store as ms
+from index.backends.milvus_owner import Owner
 from index.backends.milvus_store import DUMMY, Names
 
 log = logging.getLogger(__name__)
@@ -61,11 +67,14 @@ class SyncReport:
         )
 
 
-def sync(client: Any, prefix: str, version: publish.Version, *, fresh: bool = False) -> SyncReport:
-    """Make Milvus under `prefix` show catalog `version`; see the module docstring."""
+def sync(
+    client: Any, prefix: str, version: publish.Version, owner: Owner, *, where: str, fresh: bool = False
+) -> SyncReport:
+    """Make Milvus under `prefix` show catalog `version` of `owner`; see the module docstring.
+    `where` names the Milvus (redacted) in a refusal."""
     db = store.open_db(version.db_path, readonly=True)
     try:
-        return _Sync(client, prefix, version, db).run(fresh)
+        return _Sync(client, prefix, version, db, owner, where).run(fresh)
     finally:
         db.close()
 
@@ -80,19 +89,32 @@ def marker(client: Any, names: Names) -> tuple[dict[str, Any] | None, list[str]]
 
 
 class _Sync:
-    def __init__(self, client: Any, prefix: str, version: publish.Version, db: sqlite_utils.Database) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        version: publish.Version,
+        db: sqlite_utils.Database,
+        owner: Owner,
+        where: str,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.version = version
         self.db = db
         self.tag = version.name
+        self.owner = owner
+        self.where = where
+
+    def _require_owner(self) -> None:
+        milvus_owner.require(self.client, Names(self.prefix), self.owner, self.where)
 
     def run(self, fresh: bool) -> SyncReport:
         started = time.perf_counter()
         client, catalog_meta = self.client, store.get_meta(self.db)
         dim = int(catalog_meta.get("dim") or 0)
         meta_names = Names(self.prefix)
-        ms.create_meta(client, meta_names)
+        milvus_owner.claim(client, meta_names, self.owner, self.where)
         live = ms.get_meta(client, meta_names, "live")
         header, pending = marker(client, meta_names)
         live_generation = live["generation"] if live else None
@@ -101,6 +123,7 @@ class _Sync:
         reuse = (
             not fresh
             and live is not None
+            and live.get("owner") == self.owner.id  # never another catalog's ids beside ours
             and live["catalog"].get("model_key") == catalog_meta.get("model_key")
             and int(live["catalog"].get("dim") or 0) == dim
             and ms.generation_complete(client, Names(self.prefix, live_generation))
@@ -131,6 +154,7 @@ class _Sync:
         self._terms(changed, removed, everything=not reuse)
         written = self._articles(changed, catalog)
         if removed:
+            self._require_owner()
             ms.delete_in(client, names.articles, "id", removed)
             ms.delete_in(client, names.passages, "article_id", removed)
         regrouped = self._groups()
@@ -149,9 +173,11 @@ class _Sync:
                 log.debug("milvus: flush of %s skipped: %s", names.of(kind), exc)
         groups = self.db.execute("select count(distinct group_id) from passage_groups").fetchone()[0]
         max_id = self.db.execute("select max(id) from passages").fetchone()[0] or 0
+        self._require_owner()
         live = {
             "version": self.tag,
             "generation": names.generation,
+            "owner": self.owner.id,
             "catalog": catalog_meta,
             "passages": store.passage_count(self.db),
             "articles": len(catalog),
