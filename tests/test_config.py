@@ -109,8 +109,9 @@ def test_the_compose_deployment_config_serves_from_milvus(monkeypatch):
     assert config.corpus.dir.resolve() == (PROJECT_ROOT / "corpus" / "articles").resolve()
     compose = yaml.safe_load((PROJECT_ROOT / "deploy" / "docker-compose.yml").read_text(encoding="utf-8"))
     for service in ("bot", "indexer"):
-        assert "deploy/config.toml" in compose["services"][service]["command"]
-        assert compose["services"][service]["environment"]["MILVUS_URI"] == "http://milvus:19530"
+        environment = compose["services"][service]["environment"]
+        assert environment["QA_CONFIG"] == "/app/deploy/config.toml"
+        assert environment["MILVUS_URI"] == "http://milvus:19530"
 
 
 def test_token_comes_only_from_the_environment(tmp_path, monkeypatch):
