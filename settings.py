@@ -89,19 +89,22 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 4.962
-    evidence_coverage: float = 1.175
-    evidence_rare: float = 1.302
-    evidence_known: float = 1.052
-    evidence_salient: float = 0.521
-    evidence_specific: float = 2.192
-    evidence_number: float = 2.898
-    evidence_margin: float = 0.132
-    evidence_typed: float = 0.755
+    evidence_dense: float = 4.992
+    evidence_coverage: float = 1.165
+    evidence_rare: float = 1.323
+    evidence_known: float = 1.089
+    evidence_salient: float = 0.524
+    evidence_specific: float = 2.172
+    evidence_number: float = 2.891
+    evidence_margin: float = 0.128
+    evidence_typed: float = 0.744
     evidence_typed_rare: float = 0.089
-    evidence_focused: float = 1.11
-    evidence_gap: float = 1.614
-    evidence_threshold: float = 7.689
+    evidence_focused: float = 1.125
+    evidence_gap: float = 1.609
+    evidence_threshold: float = 7.701
+    # From this score up an answer is "sure"; between evidence_threshold and it, "unsure" (quoted
+    # under a caveat). Fitted with the weights by bench/fit_decide.py.
+    sure_threshold: float = 10.419
     max_query_chars: int = 1000
 
 

@@ -18,9 +18,16 @@ Labelled questions, each with the decision's features computed by the real retri
 The weights are a logistic regression with non-negative weights (gradient descent in numpy),
 each (source, label) group weighing alike; the threshold is then the highest
 score that flags at most `--target` of each corpus's answerable questions, so the flag stays
-rare on real questions. Cross-validation holds out a fold of CMRC paragraphs (whole articles:
-their questions on both sides) together with a fold of the article's questions (one article,
-so its questions are split by position). The parameters printed last are fitted on everything and are what
+rare on real questions. The second threshold, `sure_threshold`, splits what is quoted into
+"sure" and "unsure": it is the score below which at most a share `u` of the article's
+answerable questions fall (flagged or unsure); `u` is the middle one of those on a grid whose
+cross-validated figures leave at least `--near-topic` of the article's near-topic questions
+unsure or not covered and at most `--max-unsure` of its answerable ones unsure (three grades:
+`retrieval.model.Confidence`).
+
+Cross-validation holds out a fold of CMRC paragraphs (whole articles: their questions on both
+sides) together with a fold of the article's questions (one article, so its questions are
+split by position). The parameters printed last are fitted on everything and are what
 `config.toml` `[retrieval]` holds, with their in-sample figures. Seed-dev, held-out and the
 `bench/quality.py` lists are never used here. `--cache` keeps the model's vectors between runs
 (`bench.embed_cache`): a rerun then takes ~3 minutes instead of ~6.
@@ -204,16 +211,67 @@ def tradeoff(rows: list[dict], margins: np.ndarray, shifts: Iterable[float]) -> 
     ]
 
 
+# The shares of the article's answerable questions the sure threshold may leave below it.
+UNSURE_TARGETS = tuple(round(u, 2) for u in np.arange(0.05, 0.3001, 0.01))
+
+
+def sure_shift(rows: list[dict], margins: np.ndarray, unsure: float) -> float:
+    """How far above the not-covered threshold the sure one lies: the margin below which a
+    share `unsure` of the article's answerable questions fall (flagged or unsure)."""
+    answerable = np.sort([m for m, r in zip(margins, rows, strict=True) if r["corpus"] == "article" and r["label"]])
+    return max(0.0, float(answerable[min(int(np.floor(unsure * len(answerable))), len(answerable) - 1)]))
+
+
+def cross_validate_sure(rows: list[dict], folds: int, l2: float, target: float, unsure: float) -> np.ndarray:
+    """Out-of-fold margins against each fold's sure threshold (below 0: not sure)."""
+    margins = np.zeros(len(rows))
+    groups = np.array([r["group"] for r in rows])
+    for fold in range(folds):
+        train = [r for r, g in zip(rows, groups, strict=True) if g != fold]
+        w, t = fit(train, l2, target)
+        shift = sure_shift(train, matrix(train) @ w - t, unsure)
+        test = groups == fold
+        margins[test] = matrix([r for r, g in zip(rows, groups, strict=True) if g == fold]) @ w - t - shift
+    return margins
+
+
+def article_share(rows: list[dict], marked: np.ndarray, label: int) -> float:
+    """Share of the article's questions with `label` (1 answerable, 0 near-topic) `marked` marks."""
+    mask = np.array([r["corpus"] == "article" and r["label"] == label for r in rows])
+    return float(marked[mask].mean())
+
+
+def grades(rows: list[dict], not_covered: np.ndarray, unsure: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per question file and language: the share not covered, and the share unsure."""
+    nc = flagged(rows, not_covered)
+    un = flagged(rows, unsure & ~not_covered)
+    return {
+        name: {
+            f"{key} nc/unsure" if not key.startswith("n_") else key: (v, un[name][key])
+            if not key.startswith("n_")
+            else v
+            for key, v in shares.items()
+        }
+        for name, shares in nc.items()
+    }
+
+
 def run(
     folds: int = 5,
     target: float = 0.03,
     l2s: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
     rows: list | None = None,
     cache: Path | None = None,
+    near_topic: float = 0.8,
+    max_unsure: float = 0.2,
 ) -> dict:
     """Cross-validate the fitting procedure for each regularisation strength, then fit the
-    parameters on everything with the best one. Returns the figures and parameters. `cache`:
-    an .npz file of the model's vectors kept between runs (`bench.embed_cache`)."""
+    parameters on everything with the best one; then the sure threshold (`sure_shift`), with
+    the share of caveats in the middle of those whose cross-validated figures leave at least
+    `near_topic` of the near-topic questions and at most `max_unsure` of the answerable ones
+    unsure. Returns
+    the figures and parameters. `cache`: an .npz file of the model's vectors kept between runs
+    (`bench.embed_cache`)."""
     if rows is None:
         embedder = CachedEmbedder(load_embedder(load_config().model), cache) if cache else None
         with tempfile.TemporaryDirectory() as tmp:
@@ -227,10 +285,24 @@ def run(
     cv = {l2: flagged(rows, margins < 0) for l2, margins in out_of_fold.items()}
     chosen = min(cv, key=lambda l2: _errors(flagged(rows, out_of_fold[l2] < 0, "corpus")))
     weights, threshold = fit(rows, chosen, target)
+    # Of the caveat shares whose cross-validated figures meet both bounds (near-topic questions
+    # unsure or not covered, answerable ones unsure), the middle one: slack on both sides.
+    sure_cv = {u: cross_validate_sure(rows, folds, chosen, target, u) for u in UNSURE_TARGETS}
+    not_covered = out_of_fold[chosen] < 0
+    feasible = [
+        u
+        for u in UNSURE_TARGETS
+        if article_share(rows, sure_cv[u] < 0, 0) >= near_topic
+        and article_share(rows, (sure_cv[u] < 0) & ~not_covered, 1) <= max_unsure
+    ]
+    unsure = feasible[len(feasible) // 2] if feasible else UNSURE_TARGETS[-1]
+    margins = matrix(rows) @ weights - threshold
+    shift = sure_shift(rows, margins, unsure)
     held_margins = matrix(held_out) @ weights - threshold if held_out else np.zeros(0)
     parameters = {f"evidence_{n}": round(float(w), 3) for n, w in zip(FEATURES, weights, strict=True)}
     parameters["evidence_threshold"] = round(threshold, 3)
-    in_sample = flagged(rows, matrix(rows) @ weights < threshold)
+    parameters["sure_threshold"] = round(threshold + shift, 3)
+    in_sample = flagged(rows, margins < 0)
     return {
         "rows": rows + held_out,
         "cv": cv,
@@ -238,6 +310,9 @@ def run(
         "cv_chosen": cv[chosen],
         "in_sample": in_sample,
         "held_out": flagged(held_out, held_margins < 0) if held_out else {},
+        "unsure_target": unsure,
+        "cv_grades": grades(rows, out_of_fold[chosen] < 0, sure_cv[unsure] < 0),
+        "held_out_grades": grades(held_out, held_margins < 0, held_margins < shift) if held_out else {},
         # Out of fold for the fitted questions, decided by the final fit for the held-out ones.
         "tradeoff": tradeoff(
             rows + held_out, np.concatenate([out_of_fold[chosen], held_margins]), np.arange(-2.0, 4.01, 0.5)
@@ -260,9 +335,16 @@ def main() -> int:
     parser.add_argument("--rows", type=Path, help="labelled features from an earlier --json, instead of computing them")
     parser.add_argument("--json", type=Path, help="write the labelled features, figures and parameters here")
     parser.add_argument("--cache", type=Path, help="an .npz file keeping the model's vectors between runs")
+    parser.add_argument(
+        "--near-topic", type=float, default=0.8, help="share of near-topic questions to leave unsure or not covered"
+    )
+    parser.add_argument(
+        "--max-unsure", type=float, default=0.2, help="share of answerable questions that may be unsure"
+    )
     args = parser.parse_args()
     rows = json.loads(args.rows.read_text(encoding="utf-8"))["rows"] if args.rows else None
-    report = run(args.folds, args.target, tuple(float(v) for v in args.l2.split(",")), rows, args.cache)
+    l2s = tuple(float(v) for v in args.l2.split(","))
+    report = run(args.folds, args.target, l2s, rows, args.cache, args.near_topic, args.max_unsure)
     tables = [(f"l2={l2}: cross-validated", shares) for l2, shares in report["cv"].items()]
     tables += [
         (f"l2={report['l2']}: in-sample (fitted on everything)", report["in_sample"]),
@@ -272,6 +354,15 @@ def main() -> int:
         print(f"\n{title} share flagged not covered")
         for name, values in shares.items():
             print(f"  {name:<52}" + "  ".join(f"{k} {v}" for k, v in values.items() if not k.startswith("n_")))
+    grade_tables = [
+        (f"cross-validated, unsure target {report['unsure_target']}", report["cv_grades"]),
+        ("held out (decided by the parameters fitted on everything)", report["held_out_grades"]),
+    ]
+    for title, shares in grade_tables:
+        print(f"\n{title}: share not covered / unsure")
+        for name, values in shares.items():
+            cells = [f"{k.split()[0]} {v[0]:.3f}/{v[1]:.3f}" for k, v in values.items() if not k.startswith("n_")]
+            print(f"  {name:<52}" + "  ".join(cells))
     print("\nthe article's questions (cross-validated, and held out) flagged if the threshold moved by:")
     for row in report["tradeoff"]:
         print("  " + "  ".join(f"{k} {v:+.1f}" if k == "shift" else f"{k} {v:.3f}" for k, v in row.items()))

@@ -33,13 +33,15 @@ def render(answer, console) -> None:  # type: ignore[no-untyped-def]
     """Print an answer as quotes with the best sentence highlighted, then the citation."""
     from rich.text import Text
 
-    from retrieval.model import format_also
+    from retrieval.model import Confidence, format_also
 
     if not answer.hits:
         console.print("[yellow]No passage found. Ask a question about the indexed articles.[/]")
         return
     if not answer.answered:
         console.print("[yellow]The articles do not seem to cover this. Closest passage (weak match):[/]")
+    elif answer.confidence is Confidence.UNSURE:
+        console.print("[yellow]The closest passages; they may not answer this exactly:[/]")
     for hit in answer.hits if answer.answered else answer.hits[:1]:
         quote = Text("> ", style="dim")
         quote.append(hit.text[: hit.highlight_start])

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.text import general_idf, normalize
+from retrieval.model import Confidence
 from retrieval.question import AnswerKind, Question, is_question_word, kind_spans
 from settings import RetrievalConfig
 
@@ -242,18 +243,25 @@ def features(evidence: Evidence) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Policy:
-    """Non-negative weights per feature and the threshold their sum must reach."""
+    """Non-negative weights per feature and the two thresholds their sum is held against:
+    below `threshold` the articles do not cover the question; from `sure` up the passages are
+    quoted as its answer; in between they are quoted as the closest there is."""
 
     weights: Mapping[str, float]
     threshold: float
+    sure: float
 
     @classmethod
     def from_config(cls, config: RetrievalConfig) -> Policy:
-        """`[retrieval] evidence_<feature>` weights and `evidence_threshold`."""
-        return cls({name: getattr(config, f"evidence_{name}") for name in FEATURES}, config.evidence_threshold)
+        """`[retrieval] evidence_<feature>` weights, `evidence_threshold` and `sure_threshold`."""
+        weights = {name: getattr(config, f"evidence_{name}") for name in FEATURES}
+        return cls(weights, config.evidence_threshold, max(config.sure_threshold, config.evidence_threshold))
 
     def score(self, values: Mapping[str, float]) -> float:
         return sum(self.weights[name] * values[name] for name in FEATURES)
 
-    def answered(self, values: Mapping[str, float]) -> bool:
-        return self.score(values) >= self.threshold
+    def confidence(self, values: Mapping[str, float]) -> Confidence:
+        score = self.score(values)
+        if score < self.threshold:
+            return Confidence.NOT_COVERED
+        return Confidence.SURE if score >= self.sure else Confidence.UNSURE

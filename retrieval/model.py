@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from index.backends import PassageRow
@@ -113,17 +114,30 @@ class Hit:
         return data
 
 
+class Confidence(StrEnum):
+    """How sure the bot is that its passages answer the question (`retrieval.decide`)."""
+
+    SURE = "sure"  # quote them plainly
+    UNSURE = "unsure"  # quote them, saying they may not answer it exactly
+    NOT_COVERED = "not_covered"  # say the articles do not cover it; at most the closest passage
+
+
 @dataclass(frozen=True)
 class Answer:
-    """The result for one question. `answered` is False when the corpus does not cover it;
-    `hits` are then still the closest passages, to be shown as weak matches at most."""
+    """The result for one question. When the corpus does not cover it (`Confidence.NOT_COVERED`)
+    `hits` are still the closest passages, to be shown as weak matches at most."""
 
     question: str
-    answered: bool
+    confidence: Confidence = Confidence.NOT_COVERED
     hits: tuple[Hit, ...] = ()
     version: str = ""
     # The "not covered" decision's inputs (`retrieval.decide.FEATURES`), for benchmarks and debugging.
     features: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> bool:
+        """The passages are quoted as an answer (sure or unsure)."""
+        return self.confidence is not Confidence.NOT_COVERED
 
     @property
     def coverage(self) -> float:
@@ -134,5 +148,6 @@ class Answer:
         return {
             "question": self.question,
             "answered": self.answered,
+            "confidence": str(self.confidence),
             "results": [h.to_dict() for h in self.hits],
         }

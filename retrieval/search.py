@@ -184,7 +184,7 @@ class Retriever:
         reader = served.reader
         parsed = [self._parse(served, q) for q in questions]
         todo = [i for i, q in enumerate(parsed) if q.text]
-        answers = [Answer(question=q, answered=False, version=reader.version) for q in questions]
+        answers = [Answer(question=q, version=reader.version) for q in questions]
         if not todo or reader.count == 0:
             return answers
         vectors, (sims, ids) = self._nearest(reader, [parsed[i] for i in todo])
@@ -223,7 +223,7 @@ class Retriever:
         pick. With `settled`, None when the store changed while the question was answered, so
         that it is asked again rather than answered from half of each state."""
         question = found.question
-        unanswered = Answer(question=question.asked, answered=False, version=served.reader.version)
+        unanswered = Answer(question=question.asked, version=served.reader.version)
         if not found.ids:
             return unanswered, []
         scores = rank.fused_scores(served, found, self.config.retrieval)
@@ -263,7 +263,7 @@ class Retriever:
         )
         answer = Answer(
             question=question.asked,
-            answered=self._policy.answered(signals),
+            confidence=self._policy.confidence(signals),
             hits=tuple(hits),
             version=served.reader.version,
             features=signals,

@@ -19,6 +19,7 @@ DEFAULT_LANG = "en"
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "answer_header": "From the articles (quoted in the original Chinese):",
+        "unsure_header": "The closest passages; they may not answer this exactly:",
         "also_in": "also in: ",
         "more_header": "More passages ({start}–{end}):",
         "no_answer": "The articles do not cover this.",
@@ -90,6 +91,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "remove_nothing": "Nothing was removed.",
         "ask_usage": "Usage: /ask <question>",
         "inline_weak": "Weak match",
+        "inline_unsure": "Closest",
         "inline_help": "How to ask",
         "inline_nothing": "Nothing found",
         "understood_as": "Understood as: {question}",
@@ -115,6 +117,7 @@ STRINGS: dict[str, dict[str, str]] = {
     },
     "zh": {
         "answer_header": "文章原文摘录：",
+        "unsure_header": "最接近的段落，未必直接回答你的问题：",
         "also_in": "也见于：",
         "more_header": "更多段落（{start}–{end}）：",
         "no_answer": "这些文章没有涉及这个问题。",
@@ -183,6 +186,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "remove_nothing": "没有删除任何内容。",
         "ask_usage": "用法：/ask 问题",
         "inline_weak": "弱匹配",
+        "inline_unsure": "最接近",
         "inline_help": "如何提问",
         "inline_nothing": "没有找到",
         "understood_as": "理解为：{question}",

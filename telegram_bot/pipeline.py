@@ -20,7 +20,7 @@ from typing import Any
 from index import overview
 from index.backends import open_backend
 from index.build import BuildReport
-from retrieval import Answer, Hit, PassageRow, Retriever
+from retrieval import Answer, Confidence, Hit, PassageRow, Retriever
 from retrieval.conversation import ConversationStore, Rewritten, answer_turns
 from settings import Config
 from telegram_bot.i18n import is_chitchat
@@ -42,7 +42,8 @@ class Reply:
 
     `question` is the question as searched, so "More" pages of a follow-up continue it;
     `understood_as` is that question when it was read in the conversation's context (shown,
-    so the user can correct it), else None.
+    so the user can correct it), else None. `unsure`: the passages are the closest there are
+    but may not answer the question exactly (`retrieval.Confidence.UNSURE`).
     """
 
     kind: Kind
@@ -54,6 +55,7 @@ class Reply:
     truncated: bool = False
     version: str = ""
     understood_as: str | None = None
+    unsure: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,8 @@ class QAService:
             return Reply(Kind.NO_MORE, offset=offset, **common)
         end = offset + len(page)
         has_more = len(answer.hits) > end and end < max_k
-        return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, **common)
+        unsure = answer.confidence is Confidence.UNSURE
+        return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, unsure=unsure, **common)
 
     def conversation_for(self, chat_id: int, user_id: int, replied_to: int | None = None) -> Hashable:
         """The conversation a message continues: that of the bot answer it replies to (linked

@@ -406,18 +406,24 @@ def answer_doc(reply: Reply) -> Doc:
             end = reply.offset + len(reply.hits)
             blocks.append(Line.of(t(lang, "more_header", start=reply.offset + 1, end=end)))
         else:
-            blocks.append(Line.of(t(lang, "answer_header")))
+            blocks.append(Line.of(t(lang, _header(reply))))
         blocks.extend(_passages(reply.hits, lang))
     if reply.truncated:
         blocks.append(Line.of(t(lang, "truncated", limit=len(reply.question))))
     return tuple(blocks)
 
 
+def _header(reply: Reply) -> str:
+    """The line above the passages: an answer, the closest passages, or none at all."""
+    if reply.kind is Kind.WEAK:
+        return "no_answer"
+    return "unsure_header" if reply.unsure else "answer_header"
+
+
 def passage_doc(reply: Reply, index: int) -> Doc:
     """One passage of a reply on its own (an inline-mode result's message)."""
     hit = reply.hits[index]
-    head = Line.of(t(reply.lang, "no_answer" if reply.kind is Kind.WEAK else "answer_header"))
-    return (head, *_passages([hit], reply.lang))
+    return (Line.of(t(reply.lang, _header(reply))), *_passages([hit], reply.lang))
 
 
 def _passages(hits: Iterable[Any], lang: str) -> list[Block]:
