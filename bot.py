@@ -83,7 +83,7 @@ def _run_console(config: Config) -> int:
 
 
 def _run_stats(config: Config, export: Path | None, force: bool) -> int:
-    """Print the /stats figures, or export the not-covered and 👎 questions, from the bot's
+    """Print the /stats figures, or export the unsure, not-covered and 👎 questions, from the bot's
     state file (never created or changed here, beyond retention and moving it to state_dir)."""
     import sqlite3
     import time
@@ -105,7 +105,7 @@ def _run_stats(config: Config, export: Path | None, force: bool) -> int:
             print(render.to_text(render.stats_doc(locale_lang(), answers.stats(time.time()))))
         else:
             count = answers.export(export, force=force)
-            print(f"wrote {count} not-covered or 👎 question(s) to {export}")
+            print(f"wrote {count} unsure, not-covered or 👎 question(s) to {export}")
     except FileExistsError:
         print(f"error: {export} exists (--force replaces it)", file=sys.stderr)
         return 2
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=argparse.SUPPRESS, help="config file (default: $QA_CONFIG, else config.toml)"
     )
     stats.add_argument(
-        "--export", type=Path, metavar="FILE.jsonl", help="write the not-covered and 👎 questions as JSON lines"
+        "--export", type=Path, metavar="FILE.jsonl", help="write the unsure, not-covered and 👎 questions as JSON lines"
     )
     stats.add_argument("--force", action="store_true", help="let --export replace an existing file")
     args = parser.parse_args(argv)

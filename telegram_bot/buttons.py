@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from telegram_bot.i18n import t
-from telegram_bot.pipeline import Kind, Reply
+from telegram_bot.pipeline import QUOTED, Kind, Reply
 
 MORE, CONTEXT, SOURCE, VOTE, SOURCES_PAGE = "m", "c", "s", "v", "p"
 MAX_CALLBACK_BYTES = 64
@@ -85,11 +85,11 @@ def keyboard(
 ) -> InlineKeyboardMarkup | None:
     """More / Context / Source under an answer, and the `votes` row below them (none under
     help or no-answer texts)."""
-    if reply.kind not in (Kind.ANSWER, Kind.WEAK) or not reply.hits:
+    if reply.kind not in (*QUOTED, Kind.WEAK) or not reply.hits:
         return None
     top = reply.hits[0].passage_id
     row = []
-    if reply.kind is Kind.ANSWER and reply.has_more and token:
+    if reply.kind in QUOTED and reply.has_more and token:
         more = ButtonData(MORE, vtag, token=token, offset=reply.offset + len(reply.hits))
         row.append(InlineKeyboardButton(t(reply.lang, "btn_more"), callback_data=more.encode()))
     row.append(

@@ -23,7 +23,7 @@ from typing import BinaryIO, TextIO
 from settings import Config
 from telegram_bot import app_version, render
 from telegram_bot.i18n import DEFAULT_LANG, detect_lang, normalise_lang
-from telegram_bot.pipeline import Kind, QAService, Reply
+from telegram_bot.pipeline import QUOTED, Kind, QAService, Reply
 
 CONVERSATION = "console"  # the console's one conversation key
 
@@ -94,7 +94,7 @@ async def respond(qa: QAService, line: str, session: _Session, lang_hint: str) -
         if last is None or not last.hits:
             return render.text_doc(lang_hint, "no_more")
         if command == "/more":
-            if last.kind is not Kind.ANSWER or not last.has_more:
+            if last.kind not in QUOTED or not last.has_more:
                 return render.text_doc(last.lang, "no_more")
             session.last = await qa.ask(last.question, last.lang, offset=last.offset + len(last.hits))
             return render.answer_doc(session.last)

@@ -27,7 +27,7 @@ from telegram_bot.statefile import FILE_MODE, StateStore
 
 log = logging.getLogger(__name__)
 
-LOGGED = (Kind.ANSWER, Kind.WEAK, Kind.NOTHING)  # replies to a question (not help, not "More")
+LOGGED = (Kind.ANSWER, Kind.UNSURE, Kind.WEAK, Kind.NOTHING)  # replies to a question (not help, not "More")
 TOP = 10
 
 
@@ -51,10 +51,12 @@ class Answered:
 
 @dataclass(frozen=True)
 class Flagged:
-    """A question that was not covered or got 👎, with how often."""
+    """A question answered unsure, not covered or given 👎, with how often: what an operator
+    should add articles for."""
 
     question: str
     times: int
+    unsure: int
     not_covered: int
     down: int
 
@@ -62,7 +64,8 @@ class Flagged:
 @dataclass(frozen=True)
 class Stats:
     days: tuple[tuple[str, int], ...]  # (UTC date, questions), oldest first
-    answered: int
+    answered: int  # sure
+    unsure: int
     not_covered: int
     up: int
     down: int
@@ -72,7 +75,7 @@ class Stats:
 
     @property
     def questions(self) -> int:
-        return self.answered + self.not_covered
+        return self.answered + self.unsure + self.not_covered
 
 
 class AnswerLog(StateStore):
@@ -141,24 +144,27 @@ class AnswerLog(StateStore):
         rows = self._rows(max(start, now - self.retention))
         per_day = Counter(datetime.fromtimestamp(r[1], UTC).date() for r in rows)
         answered = sum(r[3] == Kind.ANSWER for r in rows)
-        flagged: dict[str, list[int]] = {}  # folded question -> [times, not covered, down]
+        unsure = sum(r[3] == Kind.UNSURE for r in rows)
+        flagged: dict[str, list[int]] = {}  # folded question -> [times, unsure, not covered, down]
         shown: dict[str, str] = {}
         for row in rows:  # oldest first: the newest spelling of a question is shown
             _, _, question, kind, _, _, _, _, _, downs = row
             if kind == Kind.ANSWER and not downs:
                 continue
             folded = question.casefold()
-            counts = flagged.setdefault(folded, [0, 0, 0])
+            counts = flagged.setdefault(folded, [0, 0, 0, 0])
             counts[0] += 1
-            counts[1] += kind != Kind.ANSWER
-            counts[2] += downs
+            counts[1] += kind == Kind.UNSURE
+            counts[2] += kind not in (Kind.ANSWER, Kind.UNSURE)
+            counts[3] += downs
             shown[folded] = question
         top = sorted(flagged.items(), key=lambda item: -item[1][0])[:TOP]  # stable: earlier first on ties
         p50, p95 = _p50_p95([r[4] for r in rows])
         return Stats(
             days=tuple((d.isoformat(), per_day[d]) for d in dates),
             answered=answered,
-            not_covered=len(rows) - answered,
+            unsure=unsure,
+            not_covered=len(rows) - answered - unsure,
             up=sum(r[8] for r in rows),
             down=sum(r[9] for r in rows),
             p50_ms=p50,
@@ -167,8 +173,8 @@ class AnswerLog(StateStore):
         )
 
     def export(self, path: Path, *, force: bool = False) -> int:
-        """Write every unexpired question that was not covered or got 👎 as JSON lines (oldest
-        first), for curating articles and building evaluation sets; returns how many.
+        """Write every unexpired question that was answered unsure, not covered or got 👎 as
+        JSON lines (oldest first), for curating articles and building evaluation sets; returns how many.
 
         The file holds users' questions: it is created 0600, and an existing one is replaced
         only with `force` (FileExistsError otherwise)."""

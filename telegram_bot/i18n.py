@@ -100,12 +100,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "stats_header": "Statistics, last {days} days (UTC)",
         "stats_per_day": "Questions per day:",
         "stats_none": "No questions in this period.",
-        "stats_answered": "Answered: {answered} of {questions} ({answered_share}) · not covered: {not_covered} "
-        "({not_covered_share})",
+        "stats_answered": "Answered: {answered} of {questions} ({answered_share}) · unsure: {unsure} "
+        "({unsure_share}) · not covered: {not_covered} ({not_covered_share})",
         "stats_votes": "Votes: 👍 {up} · 👎 {down}",
         "stats_latency": "Time to answer: p50 {p50} ms · p95 {p95} ms",
-        "stats_top": "Most frequent questions not covered or with 👎:",
-        "stats_top_item": "{rank}. {question} — {times}× (not covered {not_covered}, 👎 {down})",
+        "stats_top": "Most frequent questions answered unsure, not covered or with 👎:",
+        "stats_top_item": "{rank}. {question} — {times}× (unsure {unsure}, not covered {not_covered}, 👎 {down})",
         "stats_private": "Statistics show other people's questions: send /stats in a private chat with me.",
         "feed_failing": "Watched feed failing: {url}\n{error}\nI keep trying, less often each time, and will tell you "
         "once it works again.",
@@ -196,12 +196,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "stats_per_day": "每日提问：",
         "stats_none": "这段时间没有提问。",
         "stats_answered": (
-            "已回答：{answered}/{questions}（{answered_share}）· 未涉及：{not_covered}（{not_covered_share}）"
+            "已回答：{answered}/{questions}（{answered_share}）· 未必回答：{unsure}（{unsure_share}）"
+            "· 未涉及：{not_covered}（{not_covered_share}）"
         ),
         "stats_votes": "评价：👍 {up} · 👎 {down}",
         "stats_latency": "回答用时：p50 {p50} 毫秒 · p95 {p95} 毫秒",
-        "stats_top": "最常见的未涉及或被 👎 的问题：",
-        "stats_top_item": "{rank}. {question} — {times} 次（未涉及 {not_covered}，👎 {down}）",
+        "stats_top": "最常见的未必回答、未涉及或被 👎 的问题：",
+        "stats_top_item": "{rank}. {question} — {times} 次（未必回答 {unsure}，未涉及 {not_covered}，👎 {down}）",
         "stats_private": "统计包含其他用户的问题：请在与我的私聊中发送 /stats。",
         "feed_failing": "监视的订阅源出错：{url}\n{error}\n我会继续重试（间隔逐次变长），恢复后再通知你。",
         "feed_recovered": "监视的订阅源已恢复：{url}",

@@ -30,10 +30,15 @@ log = logging.getLogger("telegram_bot.pipeline")
 
 class Kind(StrEnum):
     ANSWER = "answer"  # the articles answer it: up to `max_passages` quotes
+    UNSURE = "unsure"  # the closest passages, quoted under a caveat: they may not answer it exactly
     WEAK = "weak"  # not covered: say so, show at most the closest passage
     NOTHING = "nothing"  # no passage at all
     NO_MORE = "no_more"  # "More" pressed past the last result
     HELP = "help"  # small talk or an empty question: the short help text
+
+
+# Replies that quote passages as an answer (sure or not).
+QUOTED = (Kind.ANSWER, Kind.UNSURE)
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,7 @@ class Reply:
 
     `question` is the question as searched, so "More" pages of a follow-up continue it;
     `understood_as` is that question when it was read in the conversation's context (shown,
-    so the user can correct it), else None. `unsure`: the passages are the closest there are
-    but may not answer the question exactly (`retrieval.Confidence.UNSURE`).
+    so the user can correct it), else None.
     """
 
     kind: Kind
@@ -55,7 +59,6 @@ class Reply:
     truncated: bool = False
     version: str = ""
     understood_as: str | None = None
-    unsure: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,8 +236,8 @@ class QAService:
             return Reply(Kind.NO_MORE, offset=offset, **common)
         end = offset + len(page)
         has_more = len(answer.hits) > end and end < max_k
-        unsure = answer.confidence is Confidence.UNSURE
-        return Reply(Kind.ANSWER, hits=tuple(page), offset=offset, has_more=has_more, unsure=unsure, **common)
+        kind = Kind.UNSURE if answer.confidence is Confidence.UNSURE else Kind.ANSWER
+        return Reply(kind, hits=tuple(page), offset=offset, has_more=has_more, **common)
 
     def conversation_for(self, chat_id: int, user_id: int, replied_to: int | None = None) -> Hashable:
         """The conversation a message continues: that of the bot answer it replies to (linked

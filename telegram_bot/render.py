@@ -417,7 +417,7 @@ def _header(reply: Reply) -> str:
     """The line above the passages: an answer, the closest passages, or none at all."""
     if reply.kind is Kind.WEAK:
         return "no_answer"
-    return "unsure_header" if reply.unsure else "answer_header"
+    return "unsure_header" if reply.kind is Kind.UNSURE else "answer_header"
 
 
 def passage_doc(reply: Reply, index: int) -> Doc:
@@ -577,6 +577,8 @@ def stats_doc(lang: str, stats: Stats) -> Doc:
                 answered=stats.answered,
                 questions=stats.questions,
                 answered_share=f"{stats.answered / stats.questions:.0%}",
+                unsure=stats.unsure,
+                unsure_share=f"{stats.unsure / stats.questions:.0%}",
                 not_covered=stats.not_covered,
                 not_covered_share=f"{stats.not_covered / stats.questions:.0%}",
             )
@@ -594,6 +596,7 @@ def stats_doc(lang: str, stats: Stats) -> Doc:
                 rank=rank,
                 question=clip(item.question, 120),
                 times=item.times,
+                unsure=item.unsure,
                 not_covered=item.not_covered,
                 down=item.down,
             )

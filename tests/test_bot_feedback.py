@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,14 +225,39 @@ def test_stats_for_admins_in_private_refused_to_others(config_file: Callable[...
     assert lines[0] == "Statistics, last 7 days (UTC)"
     assert len([line for line in lines if re.match(r"\d{4}-\d\d-\d\d ", line)]) == 7
     assert re.search(rf"^{today}\s+5\s+▇{{12}}$", report, re.MULTILINE)
-    assert "Answered: 2 of 5 (40%) · not covered: 3 (60%)" in lines
+    assert "Answered: 2 of 5 (40%) · unsure: 0 (0%) · not covered: 3 (60%)" in lines
     assert "Votes: 👍 1 · 👎 1" in lines
     assert re.search(r"^Time to answer: p50 \d+ ms · p95 \d+ ms$", report, re.MULTILINE)
     top = lines[lines.index(t("en", "stats_top")) + 1 :]
     assert top == [
-        f"1. {OFF_TOPIC_ZH} — 2× (not covered 2, 👎 0)",
-        f"2. {QUESTION} — 1× (not covered 0, 👎 1)",
-        f"3. {OFF_TOPIC_EN} — 1× (not covered 1, 👎 0)",
+        f"1. {OFF_TOPIC_ZH} — 2× (unsure 0, not covered 2, 👎 0)",
+        f"2. {QUESTION} — 1× (unsure 0, not covered 0, 👎 1)",
+        f"3. {OFF_TOPIC_EN} — 1× (unsure 0, not covered 1, 👎 0)",
+    ]
+
+
+def test_unsure_answers_are_quoted_under_a_caveat_and_listed_for_curation(config_file: Callable[..., Path]) -> None:
+    """With a sure threshold no answer reaches, the answerable question is quoted under the
+    caveat, and /stats counts it as unsure and lists it among the questions to add articles for."""
+    config = load_config(config_file())
+    config = replace(config, retrieval=replace(config.retrieval, sure_threshold=1000.0))
+    texts: dict[str, str] = {}
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        [answer] = sent(await bot.feed(p.message(QUESTION, chat_id=ADMIN, lang="en")))
+        texts["answer"] = parse_html(answer.params["text"]).text
+        await bot.feed(p.message(OFF_TOPIC_ZH, chat_id=ADMIN, lang="en"))
+        [report] = sent(await bot.feed(p.message("/stats", chat_id=ADMIN, lang="en")))
+        texts["stats"] = parse_html(report.params["text"]).text
+
+    run_bot(config, scenario)
+    assert texts["answer"].startswith(t("zh", "unsure_header")) and "170余个" in texts["answer"]
+    lines = texts["stats"].split("\n")
+    assert "Answered: 0 of 2 (0%) · unsure: 1 (50%) · not covered: 1 (50%)" in lines
+    top = lines[lines.index(t("en", "stats_top")) + 1 :]
+    assert top == [
+        f"1. {QUESTION} — 1× (unsure 1, not covered 0, 👎 0)",
+        f"2. {OFF_TOPIC_ZH} — 1× (unsure 0, not covered 1, 👎 0)",
     ]
 
 
@@ -259,9 +285,9 @@ def test_bot_py_stats_and_export_read_what_a_bot_run_left(config_file: Callable[
 
     result = bot_stats("stats", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "Answered: 2 of 5 (40%) · not covered: 3 (60%)" in result.stdout
+    assert "Answered: 2 of 5 (40%) · unsure: 0 (0%) · not covered: 3 (60%)" in result.stdout
     assert "Votes: 👍 1 · 👎 1" in result.stdout
-    assert f"1. {OFF_TOPIC_ZH} — 2× (not covered 2, 👎 0)" in result.stdout
+    assert f"1. {OFF_TOPIC_ZH} — 2× (unsure 0, not covered 2, 👎 0)" in result.stdout
     assert "<" not in result.stdout and "\x1b" not in result.stdout  # plain text, no HTML, no colour
     assert bot_stats("--config", str(config), "stats").stdout == result.stdout  # --config either side
 

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +388,31 @@ def test_inline_query_offers_quotes_as_articles(make_config: Callable[..., Confi
         text = parse_html(content["message_text"]).text
         assert "¶" in text and "<blockquote>" in content["message_text"]
     assert empty.params["results"] == [] and empty.params["button"]["start_parameter"] == "help"
+
+
+def test_unsure_answers_carry_the_caveat_in_private_groups_and_inline(make_config: Callable[..., Config]) -> None:
+    """An answer below the sure threshold is still quoted, under one plain line in the asker's
+    language: in a private chat, in a group, and as inline results."""
+    config = make_config()
+    config = replace(config, retrieval=replace(config.retrieval, sure_threshold=1000.0))
+    calls: list[Call] = []
+
+    async def scenario(bot: InProcessBot, p: Payloads) -> None:
+        calls.extend(await bot.feed(p.message(QUESTION, chat_id=1001)))
+        calls.extend(
+            await bot.feed(p.mention("How many gangs did the card-cutting action bust?", chat_id=GROUP, user_id=21))
+        )
+        calls.extend(await bot.feed(p.inline(QUESTION, user_id=31)))
+
+    run_bot(config, scenario)
+    private, group = sent(calls)
+    assert assert_valid_answer_html(private).startswith(t("zh", "unsure_header"))
+    assert assert_valid_answer_html(group).startswith(t("en", "unsure_header"))
+    assert "<blockquote>" in private.params["text"] and "<blockquote>" in group.params["text"]
+    [inline] = sent(calls, "answerInlineQuery")
+    for result in inline.params["results"]:
+        assert result["title"].startswith(t("zh", "inline_unsure") + ": ")
+        assert parse_html(result["input_message_content"]["message_text"]).text.startswith(t("zh", "unsure_header"))
 
 
 # ---------------------------------------------------------------- access and load

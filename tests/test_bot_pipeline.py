@@ -15,7 +15,8 @@ import pytest
 from fake_telegram import write_config
 
 from index.build import build_index
-from retrieval import Answer
+from retrieval import Answer, Confidence
+from retrieval.conversation import Rewritten
 from settings import PROJECT_ROOT, Config, load_config
 from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, decode
 from telegram_bot.guards import Allowlist, FloodGate, Verdict
@@ -82,20 +83,20 @@ def test_paging_and_limits(config: Config) -> None:
 
 
 def test_one_failing_question_does_not_fail_its_batch() -> None:
-    def answer_many(questions: Sequence[str], k: int) -> list[Answer]:
-        if "bad" in questions:
+    def answer_turns(turns: Sequence[tuple[Sequence[str], str]], k: int) -> list[tuple[Answer, Rewritten]]:
+        if any(question == "bad" for _, question in turns):
             raise ValueError("cannot answer 'bad'")
-        return [Answer(question=q, answered=True) for q in questions]
+        return [(Answer(question=q, confidence=Confidence.SURE), Rewritten(q, False)) for _, q in turns]
 
-    async def main() -> list[Answer | BaseException]:
-        batcher = AnswerBatcher(answer_many, workers=1)
-        asks = [batcher.answer(q, 3) for q in ("a", "bad", "c", "d")]
+    async def main() -> list[tuple[Answer, Rewritten] | BaseException]:
+        batcher = AnswerBatcher(answer_turns, workers=1)
+        asks = [batcher.answer(((), q), 3) for q in ("a", "bad", "c", "d")]
         return await asyncio.gather(*asks, return_exceptions=True)
 
     first, bad, *rest = asyncio.run(main())
-    assert isinstance(first, Answer) and first.question == "a"
+    assert isinstance(first, tuple) and first[0].question == "a"
     assert isinstance(bad, ValueError)
-    assert [r.question for r in rest if isinstance(r, Answer)] == ["c", "d"]
+    assert [r[0].question for r in rest if isinstance(r, tuple)] == ["c", "d"]
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def hits(draw: st.DrawFn, rank: int) -> Hit:
 @st.composite
 def replies(draw: st.DrawFn) -> Reply:
     kind = draw(st.sampled_from(list(Kind)))
-    count = draw(st.integers(1, 12)) if kind in (Kind.ANSWER, Kind.WEAK) else 0
+    count = draw(st.integers(1, 12)) if kind in (Kind.ANSWER, Kind.UNSURE, Kind.WEAK) else 0
     found = tuple(draw(hits(i + 1)) for i in range(count))
     question = draw(TEXT)
     return Reply(

@@ -83,8 +83,8 @@ def test_json_answer_has_the_documented_shape(cli_env):
     result = ask(cli_env, "--json", QUESTION)
     assert result.returncode == 0
     [data] = json_lines(result)
-    assert set(data) >= {"question", "answered", "results"}
-    assert data["question"] == QUESTION and data["answered"] is True
+    assert set(data) >= {"question", "answered", "confidence", "results"}
+    assert data["question"] == QUESTION and data["answered"] is True and data["confidence"] in ("sure", "unsure")
     assert len(data["results"]) == 3  # config k
     for rank, hit in enumerate(data["results"], start=1):
         assert set(hit) >= RESULT_KEYS
@@ -148,7 +148,7 @@ def test_batch_mode_answers_every_line_and_survives_hostile_input(cli_env):
         for hit in answer["results"]:
             assert set(hit) >= RESULT_KEYS
     blank = answers[:6]  # empty, whitespace, invisible and control characters only
-    assert all(a["answered"] is False and a["results"] == [] for a in blank)
+    assert all(a["answered"] is False and a["confidence"] == "not_covered" and a["results"] == [] for a in blank)
     last = answers[-1]
     assert last["answered"] is True and FACT in last["results"][0]["text"]
     # The index was only read: still intact.

@@ -17,6 +17,7 @@ from index.build import build_index
 from index.text import segment_for_index
 from retrieval import Retriever
 from retrieval.decide import FEATURES, Evidence, Policy, features, type_evidence
+from retrieval.model import Confidence
 from retrieval.question import KINDS, Question, answer_kind, kind_nouns
 
 
@@ -217,14 +218,20 @@ def test_typed_features_need_the_answer_kind_and_the_questions_words_together():
     assert words_only["typed_rare"] == 0.0 and number_only["coverage"] == number_only["typed"] == 0.0
 
 
-def test_policy_weighs_the_features_against_a_threshold():
-    policy = Policy(weights=dict.fromkeys(FEATURES, 1.0), threshold=len(FEATURES) - 0.5)
-    assert policy.answered(dict.fromkeys(FEATURES, 1.0))
-    assert not policy.answered(dict.fromkeys(FEATURES, 1.0) | {"number": 0.0})
+def test_policy_grades_the_weighted_features_against_two_thresholds():
+    n = len(FEATURES)
+    policy = Policy(weights=dict.fromkeys(FEATURES, 1.0), threshold=n - 2.5, sure=n - 0.5)
+    everything = dict.fromkeys(FEATURES, 1.0)
+    assert policy.confidence(everything) is Confidence.SURE
+    assert policy.confidence(everything | {"number": 0.0}) is Confidence.UNSURE
+    assert policy.confidence(everything | {"number": 0.0, "gap": 0.0, "rare": 0.0}) is Confidence.NOT_COVERED
     config = make_config(DEFAULT_CORPUS, DEFAULT_CORPUS).retrieval
     fitted = Policy.from_config(config)
     assert fitted.threshold == config.evidence_threshold > 0
+    assert fitted.sure == config.sure_threshold > fitted.threshold
     assert all(fitted.weights[name] == getattr(config, f"evidence_{name}") >= 0 for name in FEATURES)
+    # A sure threshold below the other one leaves no unsure grade, never an inverted one.
+    assert Policy.from_config(replace(config, sure_threshold=0.0)).sure == config.evidence_threshold
 
 
 @pytest.fixture(scope="module")
@@ -247,12 +254,22 @@ def test_near_topic_question_is_flagged_and_an_answerable_one_is_not(retriever):
 
 def test_the_flag_follows_the_configured_policy(retriever):
     """The same retrieval decided by another policy: only the flag changes."""
-    strict = replace(retriever.config.retrieval, evidence_threshold=sum(1.0 for _ in FEATURES) * 100)
+    strict = replace(
+        retriever.config.retrieval, evidence_threshold=len(FEATURES) * 100, sure_threshold=len(FEATURES) * 100
+    )
     other = Retriever.open(retriever.config.index.dir, replace(retriever.config, retrieval=strict))
     try:
         question = "断卡行动打掉了多少个犯罪团伙？"
         mine, theirs = retriever.answer(question), other.answer(question)
-        assert mine.answered and not theirs.answered
+        assert mine.answered and theirs.confidence is Confidence.NOT_COVERED
         assert mine.hits == theirs.hits and mine.features == theirs.features
+        lenient = replace(retriever.config.retrieval, evidence_threshold=0.0, sure_threshold=len(FEATURES) * 100)
+        unsure = Retriever.open(retriever.config.index.dir, replace(retriever.config, retrieval=lenient))
+        try:
+            answer = unsure.answer(question)
+        finally:
+            unsure.close()
+        assert answer.confidence is Confidence.UNSURE and answer.answered and answer.hits == mine.hits
+        assert answer.to_dict()["confidence"] == "unsure"
     finally:
         other.close()

@@ -24,7 +24,7 @@ def _results(reply: Reply, lang: str, *, html: bool) -> list[InlineQueryResultAr
         title = render.clip(hit.sentence or hit.text, 64)
         if reply.kind is Kind.WEAK:
             title = f"{t(lang, 'inline_weak')}: {title}"
-        elif reply.unsure:
+        elif reply.kind is Kind.UNSURE:
             title = f"{t(lang, 'inline_unsure')}: {title}"
         doc = render.passage_doc(reply, i)
         content = (
