@@ -189,13 +189,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cache", type=Path, help="an .npz file keeping the model's vectors between runs")
+    parser.add_argument("--no-titles", action="store_true", help="paragraphs without their Wikipedia titles")
     args = parser.parse_args()
     base = load_config()
     embedder = CachedEmbedder(load_embedder(base.model), args.cache) if args.cache else None
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "cmrc"
         corpus.mkdir()
-        pairs = write_cmrc_corpus(corpus)
+        pairs = write_cmrc_corpus(corpus, titles=not args.no_titles)
         config = replace(
             base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=Path(tmp) / "index")
         )

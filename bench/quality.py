@@ -23,6 +23,7 @@ from pathlib import Path
 from index.backends import open_backend
 from index.build import build_index
 from retrieval.fusion import METHODS
+from retrieval.model import Confidence
 from retrieval.search import Retriever
 from settings import PROJECT_ROOT, Config, load_config
 
@@ -126,16 +127,19 @@ def cmrc_paragraphs() -> list[tuple[str, str, dict]]:
     return [(par["id"], doc.get("title", par["id"]), par) for doc in data for par in doc["paragraphs"]]
 
 
-def write_cmrc_corpus(target: Path, exclude: frozenset[int] = frozenset()) -> list[tuple[str, str]]:
-    """One article per CMRC paragraph (but the paragraphs numbered in `exclude`); returns
-    (question, article id) pairs."""
+def write_cmrc_corpus(
+    target: Path, exclude: frozenset[int] = frozenset(), *, titles: bool = True
+) -> list[tuple[str, str]]:
+    """One article per CMRC paragraph (but the paragraphs numbered in `exclude`), with its
+    Wikipedia title unless `titles` is False (passages without titles, as many news feeds give
+    them); returns (question, article id) pairs."""
     pairs = []
     for n, (pid, title, par) in enumerate(cmrc_paragraphs()):
         if n in exclude:
             continue
         name = f"{pid}.md"
-        title = title.replace('"', "'")
-        (target / name).write_text(f'---\ntitle: "{title}"\nsource: CMRC-2018\n---\n{par["context"]}\n', "utf-8")
+        head = f'title: "{title.replace(chr(34), chr(39))}"\n' if titles else ""
+        (target / name).write_text(f"---\n{head}source: CMRC-2018\n---\n{par['context']}\n", "utf-8")
         pairs.extend((qa["question"], name) for qa in par["qas"])
     return pairs
 
@@ -161,12 +165,20 @@ def by_language(retriever: Retriever, questions: list[dict]) -> dict:
 
 
 def flagged_by_language(retriever: Retriever, questions: list[dict]) -> dict[str, float]:
-    """Share of `questions` flagged "not covered", overall and per language."""
+    """Share of `questions` flagged "not covered" ("all", and per language) and answered
+    "unsure" ("unsure", and "unsure <lang>")."""
     answers = retriever.answer_many([q["q"] for q in questions], 3)
-    out = {"all": sum(not a.answered for a in answers) / len(answers), "n": len(answers)}
+
+    def shares(subset: list) -> tuple[float, float]:  # type: ignore[type-arg]
+        not_covered = sum(a.confidence == Confidence.NOT_COVERED for a in subset) / len(subset)
+        return not_covered, sum(a.confidence == Confidence.UNSURE for a in subset) / len(subset)
+
+    out: dict[str, float] = {"n": len(answers)}
+    out["all"], out["unsure"] = shares(answers)
     for lang in sorted({q["lang"] for q in questions}):
-        subset = [a for a, q in zip(answers, questions, strict=True) if q["lang"] == lang]
-        out[lang] = sum(not a.answered for a in subset) / len(subset)
+        out[lang], out[f"unsure {lang}"] = shares(
+            [a for a, q in zip(answers, questions, strict=True) if q["lang"] == lang]
+        )
     return out
 
 
@@ -244,6 +256,21 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = T
             cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
             r.close()
         report["sets"]["cmrc-trial"] = cmrc_rows
+        # The same paragraphs without their titles (as many news feeds give passages): fusion must
+        # not rank below its best single signal there either.
+        bare = tmp_path / "cmrc-no-titles"
+        bare.mkdir()
+        write_cmrc_corpus(bare, titles=False)
+        bare_cfg = replace(
+            base, corpus=replace(base.corpus, dir=bare), index=replace(base.index, dir=tmp_path / "cmrc-bare-index")
+        )
+        build_index(bare_cfg)
+        bare_rows = {}
+        for name, w in modes.items():
+            r = Retriever.open(bare_cfg.index.dir, with_weight(bare_cfg, w))
+            bare_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
+            r.close()
+        report["sets"]["cmrc-trial-no-titles"] = bare_rows
         report["not_covered"]["answerable: CMRC own paragraph"] = {"all": cmrc_rows["hybrid"]["unanswered"]}
         report["backends"] = backends_agree(
             {

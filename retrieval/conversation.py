@@ -147,6 +147,8 @@ def rewrite(
     if _is_bare(question):
         return Rewritten(f"{last} {question}", True, "bare")
     if _ZH_DEMONSTRATIVE.match(question) or _ZH_PRONOUN.search(question) or _english_pronoun(question):
+        if _names_its_antecedent(question):
+            return Rewritten(asked, False)
         return Rewritten(_resolve_pronoun(previous, question), True, "pronoun")
     if alone_answered is False and word_count(question) <= limits.fallback_words and not _names_something(question):
         return Rewritten(_attach(previous, question), True, "not-covered", tentative=True)
@@ -280,6 +282,28 @@ def _is_bare(question: str) -> bool:
     """A question with no subject or topic word: only question words and generic verbs
     ("哪天發布的？": the search terms of 哪天 and 几号 keep their 天 and 几号)."""
     return all(t in _GENERIC for t in terms(QUESTION_PHRASE.sub(" ", to_simplified(question))))
+
+
+def _names_its_antecedent(question: str) -> bool:
+    """Whether the question names what its pronoun or demonstrative stands for: a name before
+    the pronoun ("What did Binance say about its merchants?", "陈晓华认为他们…"), or a specific
+    noun phrase after the demonstrative ("这次断卡行动…", "那次国务院金融委会议…"; "该通知" and
+    "这次行动" only point back). Such a question is about its own subject: it ranks as if asked
+    alone."""
+    if HAN.search(question):
+        match = _ZH_DEMONSTRATIVE.match(question)
+        if match:
+            nouns = []
+            for word, flag in _tagged(question[match.end() :]):
+                if not _noun_like(word, flag):
+                    break
+                nouns.append(flag)
+            return len(nouns) > 1 or any(flag in _PROPER_FLAGS for flag in nouns)
+        pronoun = _ZH_PRONOUN.search(question)
+        before = question[: pronoun.start()] if pronoun else ""
+        return bool(before.strip()) and _subject_span(before) is not None
+    pronoun = _EN_PRONOUN.search(question)
+    return pronoun is not None and _subject_span(question[: pronoun.start()]) is not None
 
 
 def _english_pronoun(question: str) -> bool:

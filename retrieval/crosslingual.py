@@ -38,11 +38,13 @@ from index.text import HAN, STOP_WORDS, general_idf, terms
 GLOSSARY = Path(__file__).parent / "data" / "glossary.tsv"
 
 # Question words and fillers that the index's stop list does not cover but that never name
-# the topic of a question.
+# the topic of a question; and "tomorrow", which news does not report and a dictionary reads
+# as 未来, "the future" (CC-CEDICT), a word the articles use in another sense.
 _FILLERS = frozenset(
     """
     did does do done doing happen happened happens say said says tell told according also still
     get got give gave given make made much many one ones other others whether yet just only
+    tomorrow tonight
     """.split()
 )
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

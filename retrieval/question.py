@@ -81,6 +81,17 @@ class AnswerKind:
 # does not.
 ANSWER_KINDS: tuple[AnswerKind, ...] = (
     AnswerKind(
+        # What a term means ("OTC是什么意思", "what does OTC stand for"): a passage defining it
+        # ("OTC即…", "“非柜”（非柜台业务）", "所谓…").
+        "definition",
+        re.compile(
+            r"什么意思|的意思|的含义|含义是|的定义|指的是什么|是指什么|指什么|什么是|"
+            r"\bwhat does .+ (?:mean|stand for)\b|\bmeaning of\b|\bwhat is meant by\b|\bdefinition of\b"
+        ),
+        re.compile(r"即|是指|指的是|意思是|意为|也就是|所谓|[（(]|\bstands? for\b|\bmeans\b"),
+        crisp=False,
+    ),
+    AnswerKind(
         "reason",
         re.compile(r"为什么|为何|原因|怎么会|\bwhy\b|reason"),
         re.compile(r"因|由于|为了|导致|所以|从而|以便|致使|使得|目的"),
@@ -160,6 +171,11 @@ ANSWER_KINDS: tuple[AnswerKind, ...] = (
     ),
 )
 KINDS = {kind.name: kind for kind in ANSWER_KINDS}
+
+
+# The words an English definition question is phrased with ("mean", "stand for"): its form,
+# not its topic, so they are not translated ("mean" → 意味着 would find "这意味着…").
+_DEFINITION_FORM = re.compile(r"\b(?:mean|means|meant|meaning|stands? for|refers? to|definition)\b", re.IGNORECASE)
 
 
 def answer_kind(question: str) -> AnswerKind | None:
@@ -282,7 +298,12 @@ class Question:
         query_terms = terms(text)
         translation = None
         if text and not HAN.search(text):
-            translation = translate(text, vocabulary.lexicon(), vocabulary.pinyin(), vocabulary.document_frequencies)
+            topic = text
+            kind = answer_kind(text)
+            if kind is not None and kind.name == "definition":
+                topic = _DEFINITION_FORM.sub(" ", text)
+                query_terms = terms(topic)
+            translation = translate(topic, vocabulary.lexicon(), vocabulary.pinyin(), vocabulary.document_frequencies)
             query_terms += translation.terms
         unique = list(dict.fromkeys(query_terms))
         df = vocabulary.document_frequencies(unique) if unique else {}

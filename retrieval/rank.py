@@ -9,16 +9,18 @@ knows no SQL, FAISS or Milvus: only ranking policy over an `IndexReader`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from index.backends import PassageRow
+from index.text import normalize
 from retrieval import collapse, dates
 from retrieval.fusion import fuse, title_matches
 from retrieval.model import Also
-from retrieval.question import Question
+from retrieval.question import Question, is_question_word
 from retrieval.served import Served
 from settings import RetrievalConfig
 
@@ -73,12 +75,47 @@ def _title_scores(served: Served, candidate_ids: Sequence[int], question: Questi
 
 
 def fused_scores(served: Served, found: Candidates, config: RetrievalConfig) -> np.ndarray:
-    """One score per candidate: the fused cosine and BM25, plus title evidence and the
-    preferences for the dates the question names."""
+    """One score per candidate: the fused cosine and BM25, plus title evidence, the
+    preferences for the dates the question names, and for a question asking what a term means,
+    the passages that define it."""
     fused = fuse(found.dense, found.lexical, config.dense_weight, config.fusion, rrf_k=config.rrf_k)
     if config.title_weight:
         fused = fused + config.title_weight * found.title
-    return dates.adjust(found.question.dates, served.reference_date, found.ids, fused, served.date_rows)
+    fused = dates.adjust(found.question.dates, served.reference_date, found.ids, fused, served.date_rows)
+    return _prefer_definitions(served, found, fused)
+
+
+# Definition bonus, in fused-score units (z-scores), for candidates within `_MARGIN` of the best
+# among the best `_RELEVANT` (as for dates: it never lifts an unrelated passage).
+DEFINITION_BONUS = 1.0
+_MARGIN = 2.0
+_RELEVANT = 30
+# After the defined term: a closing quote, then "即", "是指", "指", "（…）"…; or "所谓" before it.
+_DEFINES = r"[”\"」』’']?\s*(?:即|是指|指的是|指|意思是|意为|也就是|[（(]|,? which means|\s+means|\s+stands for)"
+
+
+def _prefer_definitions(served: Served, found: Candidates, fused: np.ndarray) -> np.ndarray:
+    """For a question asking what a term means, a bonus to the relevant passages that define one
+    of its terms ("OTC即Over-the-Counter，指…"): the paragraph that explains a word, not the one
+    that uses it most."""
+    question = found.question
+    if question.kind is None or question.kind.name != "definition" or not len(fused):
+        return fused
+    topic = [t for t in question.terms if question.df.get(t, 0) > 0 and not is_question_word(t)]
+    if not topic:
+        return fused
+    pattern = re.compile(
+        "|".join(rf"{re.escape(t)}{_DEFINES}|所谓[“\"「]?{re.escape(t)}" for t in sorted(topic, key=len, reverse=True))
+    )
+    relevant = np.argsort(-fused, kind="stable")[:_RELEVANT]
+    relevant = relevant[fused[relevant] >= fused.max() - _MARGIN]
+    texts = served.date_rows([found.ids[i] for i in relevant])
+    bonus = np.zeros_like(fused)
+    for position in relevant:
+        text, _ = texts.get(found.ids[position], ("", ""))
+        if pattern.search(normalize(text)):
+            bonus[position] = DEFINITION_BONUS
+    return fused + bonus
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,13 @@ def test_a_phrase_the_articles_never_use_leaves_its_words_to_shorter_spans(lexic
     assert "bank" not in dict(result.unknown) and "cards" in dict(result.unknown)
 
 
+def test_tomorrow_is_no_topic_of_the_question(lexicon: Lexicon) -> None:
+    """The dictionary reads "tomorrow" as 未来 ("the future"), which news articles use in
+    another sense: it is left out like a question word."""
+    translation = translate("What's the weather like in Paris tomorrow?", lexicon, {}, known("未来"))
+    assert "未来" not in translation.terms and "tomorrow" not in translation.words
+
+
 def test_words_the_index_holds_are_not_translated(lexicon: Lexicon) -> None:
     assert translate("Which bank cards?", lexicon, {}, known("银行卡", "bank")).terms == []
     assert translate("Which bank cards?", lexicon, {}, known("银行卡")).terms == ["银行卡"]

@@ -371,6 +371,49 @@ def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_confi
         retriever.close()
 
 
+DEFINED = "OTC即Over-the-Counter"  # the paragraph that explains the term
+
+
+@pytest.mark.parametrize("question", ["What does OTC trading mean?", "What does OTC mean?", "What does OTC stand for?"])
+def test_an_english_what_does_x_mean_question_reaches_the_paragraph_that_explains_x(retriever, question):
+    """ "mean" is the question's form, not its topic (translated, 意味着 found "这意味着…OTC"),
+    and a passage defining the term ("OTC即…，指…") is preferred to one merely using it."""
+    answer = retriever.answer(question)
+    assert answer.hits[0].text.startswith(DEFINED), [h.text[:20] for h in answer.hits]
+    assert retriever.question(question).kind.name == "definition"
+    assert "意味着" not in retriever.question(question).terms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "question",
+    [
+        "OTC是什么意思？",
+        "OTC交易是什么意思？",
+        "OTC交易是什麼意思？",
+        "What does OTC trading mean?",
+        "What does OTC mean?",
+    ],
+)
+def test_real_model_what_does_x_mean_reaches_the_explaining_paragraph_in_every_script(real_config, question):
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        assert retriever.answer(question).hits[0].text.startswith(DEFINED)
+    finally:
+        retriever.close()
+
+
+@pytest.mark.slow
+def test_off_topic_questions_stay_not_covered(real_config):
+    """ "tomorrow" is no topic (a dictionary read it as 未来, a word the article uses)."""
+    retriever = Retriever.open(real_config.index.dir, real_config)
+    try:
+        for question in ("What's the weather like in Paris tomorrow?", "Will it rain in Shanghai tomorrow?"):
+            assert retriever.answer(question).confidence == "not_covered", question
+    finally:
+        retriever.close()
+
+
 @pytest.mark.slow
 def test_short_questions_about_a_name_in_the_article_count_as_covered(real_config):
     """Every term of the question is in the passage; the cosine of such short questions is
