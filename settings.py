@@ -89,22 +89,22 @@ class RetrievalConfig:
     # The "not covered" decision (retrieval.decide): a question counts as answered when the
     # weighted sum of its evidence features reaches evidence_threshold. Fitted by
     # cross-validation with bench/fit_decide.py.
-    evidence_dense: float = 4.992
-    evidence_coverage: float = 1.165
-    evidence_rare: float = 1.323
-    evidence_known: float = 1.089
-    evidence_salient: float = 0.524
-    evidence_specific: float = 2.172
-    evidence_number: float = 2.891
-    evidence_margin: float = 0.128
-    evidence_typed: float = 0.744
-    evidence_typed_rare: float = 0.089
-    evidence_focused: float = 1.125
-    evidence_gap: float = 1.609
+    evidence_dense: float = 4.988
+    evidence_coverage: float = 1.146
+    evidence_rare: float = 1.318
+    evidence_known: float = 1.093
+    evidence_salient: float = 0.497
+    evidence_specific: float = 2.17
+    evidence_number: float = 2.943
+    evidence_margin: float = 0.145
+    evidence_typed: float = 0.783
+    evidence_typed_rare: float = 0.074
+    evidence_focused: float = 1.048
+    evidence_gap: float = 1.66
     evidence_threshold: float = 7.701
     # From this score up an answer is "sure"; between evidence_threshold and it, "unsure" (quoted
     # under a caveat). Fitted with the weights by bench/fit_decide.py.
-    sure_threshold: float = 10.419
+    sure_threshold: float = 10.428
     max_query_chars: int = 1000
 
 
