@@ -33,7 +33,8 @@ from retrieval.question import KINDS, Question, answer_kind, kind_nouns
         (("火币的总部在哪里？", "火幣的總部在哪裡？", "Where is Huobi headquartered?"), "place"),
         (("为什么交易很难取证？", "為什麼交易很難取證？", "Why is it hard to gather evidence?"), "reason"),
         (("如何把比特币卖成人民币？", "如何把比特幣賣成人民幣？", "How do I sell bitcoin for yuan?"), "procedure"),
-        (("青海省禁止向挖矿项目提供什么？", "青海省禁止向挖礦項目提供什麼？", "What does OTC trading mean?"), None),
+        (("OTC交易是什么意思？", "OTC交易是什麼意思？", "What does OTC trading mean?"), "definition"),
+        (("青海省禁止向挖矿项目提供什么？", "青海省禁止向挖礦項目提供什麼？", "What did Qinghai ban?"), None),
     ],
 )
 def test_answer_type_in_simplified_traditional_and_english(questions, kind):
