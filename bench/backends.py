@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.perf import cpu_model, exact_top_k, log, percentile, questions
-from bench.synth import _material, make_corpus
+from bench.synth import make_corpus, material
 
 BACKENDS = ("faiss", "milvus")
 
@@ -73,7 +73,7 @@ def evaluate(work: Path, passages: int, n_queries: int) -> dict[str, Any]:
     log(f"backends: {articles} synthetic articles written in {time.perf_counter() - started:.0f}s")
     base = load_config()
     model = load_embedder(base.model)
-    _, sentences = _material()
+    _, sentences = material()
     synthetic = SyntheticEmbedder(model.encode_documents(sentences[:1500]), base.model.name)
     qs = questions(2 * n_queries, seed=4)
     qvecs = model.encode_queries(qs[:n_queries]).astype(np.float32)

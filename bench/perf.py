@@ -536,7 +536,7 @@ def scale_index(
 
     import numpy as np
 
-    from bench.synth import _material
+    from bench.synth import material
     from index import publish, store, vectors
     from index.text import segment_for_index, sentence_spans
     from settings import load_config
@@ -569,7 +569,7 @@ def scale_index(
     ).reshape(-1, 512)
     n_real = len(real)
     synthetic, pairs = synthetic_vectors(real, n - n_real)
-    titles, _ = _material()
+    titles, _ = material()
     # A synthetic passage's text is made of sentences of the two real passages its vector
     # mixes, so that text and vector agree as in a real corpus: with unrelated text, ~35 % of
     # questions found dense hits sharing none of their words and paid for highlighting by

@@ -25,7 +25,9 @@ _SENTENCE_END = re.compile(r"(?<=[。！？])")
 _MAX_PARAGRAPH = 330
 
 
-def _material() -> tuple[list[str], list[str]]:
+def material() -> tuple[list[str], list[str]]:
+    """The CMRC-2018 trial's titles and its sentences of six characters or more: what synthetic
+    articles are written from."""
     data = json.loads(CMRC.read_text(encoding="utf-8"))["data"]
     titles = [str(doc.get("title") or doc["paragraphs"][0]["id"]) for doc in data]
     sentences = [
@@ -71,7 +73,7 @@ def make_corpus(target: Path, n_passages: int = 6000, seed: int = 2018, per_arti
     passages from them; returns the article count."""
     from corpus import read_article, split_article
 
-    titles, sentences = _material()
+    titles, sentences = material()
     rng = random.Random(seed)
     target.mkdir(parents=True, exist_ok=True)
     passages = number = 0
@@ -86,7 +88,7 @@ def make_corpus(target: Path, n_passages: int = 6000, seed: int = 2018, per_arti
 
 def add_article(target: Path, seed: int = 7, paragraphs: int = 12) -> Path:
     """One more article (for the incremental rebuild benchmark)."""
-    titles, sentences = _material()
+    titles, sentences = material()
     path = target / "zz-added.md"
     path.write_text(article_text(random.Random(seed), titles, sentences, 99_999, paragraphs), encoding="utf-8")
     return path
