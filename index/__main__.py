@@ -70,33 +70,21 @@ def _build(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     from index.add import AddError, add_sources
 
-    config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
-    try:
-        report = add_sources(
-            config,
-            args.sources,
-            build=not args.no_build,
-            progress=_progress_printer(),
-            on_result=lambda result: print(result.line(), flush=True),
-            on_wait=_waiting,
-        )
-    except AddError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if report.build is not None:
-        _print_skipped(report.build.skipped)
-    print(report.summary())
-    if report.build_error:
-        return 2
-    return 0 if report.ok else 1
+    return _change_corpus(args, add_sources, AddError)
 
 
 def _remove(args: argparse.Namespace) -> int:
     from index.remove import RemoveError, remove_sources
 
+    return _change_corpus(args, remove_sources, RemoveError)
+
+
+def _change_corpus(args: argparse.Namespace, change, error: type[Exception]) -> int:  # type: ignore[no-untyped-def]
+    """`add` or `remove`: one line per source as it is known, then the build's summary. Exit 0
+    when every source was done, 1 when some were not, 2 when nothing could run or the build failed."""
     config = with_overrides(load_config(args.config), corpus_dir=args.corpus, index_dir=args.index)
     try:
-        report = remove_sources(
+        report = change(
             config,
             args.sources,
             build=not args.no_build,
@@ -104,7 +92,7 @@ def _remove(args: argparse.Namespace) -> int:
             on_result=lambda result: print(result.line(), flush=True),
             on_wait=_waiting,
         )
-    except RemoveError as exc:
+    except error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if report.build is not None:
