@@ -39,7 +39,7 @@ class BotState:
         self._questions: QuestionStore | None = None
         self._answers: AnswerLog | None = None
         self._watcher: asyncio.Task[None] | None = None
-        # Adds and feed passes run here, never in the default pool that answering uses; each
+        # Adds, removals and feed passes run here, never in the default pool that answering uses; each
         # gets a cancel event (set on close: the job's child process is killed).
         self._ingest_pool: ThreadPoolExecutor | None = None
         self._ingest_jobs: set[threading.Event] = set()
@@ -75,7 +75,7 @@ class BotState:
         self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
 
     async def run_ingest(self, job: Callable[[threading.Event], T]) -> T:
-        """Run `job(cancel)` (an add or a feed pass, blocking) on the ingest thread. If this
+        """Run `job(cancel)` (an add, a removal or a feed pass, blocking) on the ingest thread. If this
         coroutine is cancelled, `cancel` is set and the job is still awaited: the caller's
         lock is released only once the job has really stopped."""
         if self._ingest_pool is None:

@@ -8,7 +8,6 @@ one request at a time. The work (`index.remove.remove_sources`) blocks: a worker
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from telegram import Update
@@ -43,7 +42,8 @@ async def cmd_remove(update: Update, context: BotContext) -> None:
         reply_to=reply_to(update),
     )
     async with st.changing_corpus:
-        report = await asyncio.to_thread(remove_sources, st.config, sources)
+        # On the ingest thread with the adds: never in the pool that answers questions.
+        report = await st.run_ingest(lambda _cancel: remove_sources(st.config, sources))
         if report.build is not None and report.build.published:
             await st.qa.refresh()
     await edit_status(status, _final_text(report, lang))
