@@ -240,37 +240,27 @@ def run(weights: tuple[float, ...] = (), fusion: str | None = None, cv: bool = T
             r.close()
         report["sets"]["seed-dev"] = seed_rows
         report["sets"]["article-heldout"] = heldout_rows
-        # CMRC trial
-        corpus = tmp_path / "cmrc"
-        corpus.mkdir()
-        pairs = write_cmrc_corpus(corpus)
-        cmrc_cfg = replace(
-            base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=tmp_path / "cmrc-index")
-        )
-        t = time.perf_counter()
-        build_index(cmrc_cfg)
-        report["cmrc_build_s"] = round(time.perf_counter() - t, 2)
-        cmrc_rows = {}
-        for name, w in modes.items():
-            r = Retriever.open(cmrc_cfg.index.dir, with_weight(cmrc_cfg, w))
-            cmrc_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
-            r.close()
-        report["sets"]["cmrc-trial"] = cmrc_rows
-        # The same paragraphs without their titles (as many news feeds give passages): fusion must
-        # not rank below its best single signal there either.
-        bare = tmp_path / "cmrc-no-titles"
-        bare.mkdir()
-        write_cmrc_corpus(bare, titles=False)
-        bare_cfg = replace(
-            base, corpus=replace(base.corpus, dir=bare), index=replace(base.index, dir=tmp_path / "cmrc-bare-index")
-        )
-        build_index(bare_cfg)
-        bare_rows = {}
-        for name, w in modes.items():
-            r = Retriever.open(bare_cfg.index.dir, with_weight(bare_cfg, w))
-            bare_rows[name] = evaluate(r, [q for q, _ in pairs], lambda i, h: h.article_id == pairs[i][1])
-            r.close()
-        report["sets"]["cmrc-trial-no-titles"] = bare_rows
+        # CMRC trial; and the same paragraphs without their titles (as many news feeds give
+        # passages): fusion must not rank below its best single signal there either.
+        for name, titles in (("cmrc-trial", True), ("cmrc-trial-no-titles", False)):
+            corpus = tmp_path / name
+            corpus.mkdir()
+            pairs = write_cmrc_corpus(corpus, titles=titles)
+            cfg = replace(
+                base, corpus=replace(base.corpus, dir=corpus), index=replace(base.index, dir=tmp_path / f"{name}-index")
+            )
+            t = time.perf_counter()
+            build_index(cfg)
+            if titles:
+                cmrc_cfg = cfg
+                report["cmrc_build_s"] = round(time.perf_counter() - t, 2)
+            rows = {}
+            for mode, w in modes.items():
+                r = Retriever.open(cfg.index.dir, with_weight(cfg, w))
+                rows[mode] = evaluate(r, [q for q, _ in pairs], lambda i, h, pairs=pairs: h.article_id == pairs[i][1])
+                r.close()
+            report["sets"][name] = rows
+        cmrc_rows = report["sets"]["cmrc-trial"]
         report["not_covered"]["answerable: CMRC own paragraph"] = {"all": cmrc_rows["hybrid"]["unanswered"]}
         report["backends"] = backends_agree(
             {
