@@ -296,7 +296,7 @@ def test_cli_json_conversation(built_hash_index: Config, tmp_path: Path) -> None
         CAI,
         "Who is Cai Kailong? What did he say?",
     ]
-    assert all({"question", "answered", "results", "understood_as"} == set(d) for d in lines)
+    assert all({"question", "answered", "confidence", "results", "understood_as"} == set(d) for d in lines)
     assert lines[1]["results"] and "citation" in lines[1]["results"][0]
 
     bad = subprocess.run(
