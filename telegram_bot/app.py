@@ -80,15 +80,8 @@ def build_application(
     st = BotState(config, warm_up=warm_up)
 
     async def post_init(application: Application) -> None:
+        st.stop = application.stop_running
         await st.open()
-        library = await st.qa.library()
-        log.info(
-            "serving index %s: %d article(s), %s passages, model %s",
-            library.version,
-            len(library.articles),
-            library.meta.get("passages", "?"),
-            library.meta.get("model", "?"),
-        )
         try:
             await _set_commands(application)
         except TelegramError as exc:

@@ -114,6 +114,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "feeds_line": "{url}\nlast success: {success} · articles taken: {taken}",
         "feeds_failing": "failing ({failures}× in a row, last at {since}): {error}; next try after {next}",
         "feeds_never": "never",
+        "index_building": "The index is being built. Please ask again in a few minutes.",
+        "index_rebuilding": "The index is being rebuilt. Please ask again in a few minutes.",
+        "rebuilding_note": "(The index is being rebuilt: this answer comes from its previous version.)",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -210,6 +213,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "feeds_line": "{url}\n上次成功：{success} · 已收录文章：{taken}",
         "feeds_failing": "出错（连续 {failures} 次，最近一次 {since}）：{error}；下次重试不早于 {next}",
         "feeds_never": "从未",
+        "index_building": "索引正在建立，请过几分钟再问。",
+        "index_rebuilding": "索引正在重建，请过几分钟再问。",
+        "rebuilding_note": "（索引正在重建：这个回答来自上一个版本。）",
     },
 }
 

@@ -59,6 +59,7 @@ class Reply:
     truncated: bool = False
     version: str = ""
     understood_as: str | None = None
+    rebuilding: bool = False  # answered from the old index while a rebuild runs (said so)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,10 @@ def _settle(future: asyncio.Future[Answered], outcome: Answered | BaseException)
 class QAService:
     """The loaded retriever plus everything the front ends ask of it, all non-blocking."""
 
-    def __init__(self, retriever: Retriever, config: Config) -> None:
+    def __init__(self, retriever: Retriever, config: Config, *, stand_in: bool = False) -> None:
         self.retriever = retriever
         self.config = config
+        self.stand_in = stand_in  # the old index, answering until a rebuild is live
         self.page_size = max(1, config.telegram.max_passages)
         limit = config.telegram.max_question_chars
         self._batcher = AnswerBatcher(lambda turns, k: answer_turns(retriever.answer_many, turns, k, max_chars=limit))
@@ -172,7 +174,7 @@ class QAService:
         self._refresh_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, config: Config, *, warm_up: bool = True) -> QAService:
+    async def open(cls, config: Config, *, warm_up: bool = True, stand_in: bool = False) -> QAService:
         """Open the live index and load the model (in a thread: it takes seconds)."""
         retriever = await asyncio.to_thread(Retriever.open, config.index.dir, config)
         if warm_up:
@@ -181,7 +183,7 @@ class QAService:
             except BaseException:
                 retriever.close()
                 raise
-        return cls(retriever, config)
+        return cls(retriever, config, stand_in=stand_in)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.retriever.close)
@@ -208,7 +210,9 @@ class QAService:
         if truncated:
             question = question[:limit]
         if not question or is_chitchat(question):
-            return Reply(Kind.HELP, lang, question=question, truncated=truncated, version=self.version)
+            return Reply(
+                Kind.HELP, lang, question=question, truncated=truncated, version=self.version, rebuilding=self.stand_in
+            )
         max_k = self.config.retrieval.max_k
         offset = max(0, min(offset, max_k))
         k = min(offset + self.page_size + 1, max_k)  # one extra tells whether "More" has anything
@@ -224,6 +228,7 @@ class QAService:
             "truncated": truncated,
             "version": answer.version,
             "understood_as": searched.text if searched.used_context else None,
+            "rebuilding": self.stand_in,
         }
         if not answer.hits:
             return Reply(Kind.NOTHING, **common)
@@ -289,6 +294,13 @@ def ensure_index(config: Config, progress: Callable[[int, int], None] | None = N
         if backend.stamp() is not None:
             return None
         log.info("no index (%s backend): building it from %s", backend.name, config.corpus.dir)
+    return rebuild_index(config, progress)
+
+
+def rebuild_index(config: Config, progress: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Bring the index up to date with the corpus, waiting for a build another process runs
+    (blocking); rebuilds from scratch what the live version cannot serve (another model, schema)."""
+    with open_backend(config) as backend:
         report = backend.build(
             progress=progress,
             on_wait=lambda: log.info("another build is running; waiting for it to finish"),

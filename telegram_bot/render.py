@@ -410,6 +410,8 @@ def answer_doc(reply: Reply) -> Doc:
         blocks.extend(_passages(reply.hits, lang))
     if reply.truncated:
         blocks.append(Line.of(t(lang, "truncated", limit=len(reply.question))))
+    if reply.rebuilding:
+        blocks.append(Line.of(t(lang, "rebuilding_note")))
     return tuple(blocks)
 
 

@@ -13,13 +13,14 @@ from typing import Any, TypeVar
 
 from telegram.ext import CallbackContext, ContextTypes, ExtBot
 
-from settings import Config
+from settings import Config, parse_listen
 from telegram_bot.feedback import AnswerLog
 from telegram_bot.gate import Gate
+from telegram_bot.health import HealthServer
 from telegram_bot.pipeline import QAService
 from telegram_bot.questionstore import QuestionStore
+from telegram_bot.serving import Serving
 from telegram_bot.statefile import prepare_state_dir
-from telegram_bot.watcher import watch_index
 
 log = logging.getLogger("telegram_bot")
 
@@ -33,12 +34,14 @@ class BotState:
     def __init__(self, config: Config, *, warm_up: bool = True) -> None:
         self.config = config
         self.gate = Gate(config.telegram)
-        self.warm_up = warm_up
         self.changing_corpus = asyncio.Lock()  # one /add or /remove at a time; the others wait their turn
-        self._qa: QAService | None = None
+        self.serving = Serving(config, warm_up=warm_up, on_fatal=self._fatal)
+        # Why the bot stopped on its own (a first build that cannot run), for `bot.py` to report.
+        self.fatal: Exception | None = None
+        self.stop: Callable[[], None] = lambda: None  # set by the application: stop running
+        self._health: HealthServer | None = None
         self._questions: QuestionStore | None = None
         self._answers: AnswerLog | None = None
-        self._watcher: asyncio.Task[None] | None = None
         # Adds, removals and feed passes run here, never in the default pool that answering uses; each
         # gets a cancel event (set on close: the job's child process is killed).
         self._ingest_pool: ThreadPoolExecutor | None = None
@@ -46,9 +49,12 @@ class BotState:
 
     @property
     def qa(self) -> QAService:
-        if self._qa is None:
-            raise RuntimeError("the QA service is not running")
-        return self._qa
+        """The service answering now; raises `NotServingError` while the index is being (re)built."""
+        return self.serving.qa
+
+    @property
+    def health(self) -> HealthServer | None:
+        return self._health
 
     @property
     def questions(self) -> QuestionStore:
@@ -63,15 +69,17 @@ class BotState:
         return self._answers
 
     async def open(self) -> None:
-        """Load the index and model, open the question store and the answer log, start
-        watching for new versions."""
-        self._qa = await QAService.open(self.config, warm_up=self.warm_up)
+        """Start the health endpoint, load the index and model (or start building them), open
+        the question store and the answer log."""
         tg = self.config.telegram
+        if tg.health_listen:
+            self._health = HealthServer(self.serving.health)
+            await self._health.start(*parse_listen(tg.health_listen, "[telegram] health_listen"))
+        await self.serving.start()
         path = await asyncio.to_thread(prepare_state_dir, tg.state_dir, self.config.index.dir)
         days = tg.question_retention_days
         self._questions = await asyncio.to_thread(QuestionStore, path, retention_days=days)
         self._answers = await asyncio.to_thread(AnswerLog, path, retention_days=days)
-        self._watcher = asyncio.create_task(watch_index(self._qa, tg.reload_seconds))
         self._ingest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
 
     async def run_ingest(self, job: Callable[[threading.Event], T]) -> T:
@@ -105,20 +113,20 @@ class BotState:
         if self._ingest_pool is not None:
             await asyncio.to_thread(self._ingest_pool.shutdown, wait=True, cancel_futures=True)
             self._ingest_pool = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        if self._qa is not None:
-            await self._qa.close()
-            self._qa = None
+        await self.serving.close()
         if self._questions is not None:
             await asyncio.to_thread(self._questions.close)
             self._questions = None
         if self._answers is not None:
             await asyncio.to_thread(self._answers.close)
             self._answers = None
+        if self._health is not None:
+            await self._health.close()
+            self._health = None
+
+    def _fatal(self, exc: Exception) -> None:
+        self.fatal = exc
+        self.stop()
 
 
 class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):

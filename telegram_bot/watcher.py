@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from telegram_bot.pipeline import QAService
+from typing import Protocol
 
 log = logging.getLogger("telegram_bot")
 
 
-async def watch_index(qa: QAService, interval: float) -> None:
+class Refreshable(Protocol):
+    """What is watched: the bot's `Serving` (or a `QAService`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    async def refresh(self) -> bool: ...
+
+
+async def watch_index(qa: Refreshable, interval: float) -> None:
     """Check for a new version every `interval` seconds (0 = never); problems are logged once
     per distinct error, not every few seconds, while the old version keeps serving."""
     if interval <= 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -22,14 +22,21 @@ from index.text import script_of
 if TYPE_CHECKING:
     from index.build import BuildReport
     from index.embedder import Embedder
-    from settings import Config
+    from settings import Config, ModelConfig
 
 Progress = Callable[[int, int], None]
 
 
 class RebuildRequiredError(Exception):
     """The index cannot serve this program or config as it is (built with another model, or by an
-    older version of the program): the message names the rebuild command."""
+    older version of the program): the message names the rebuild command.
+
+    `model` is the model the index was embedded with, when that alone is the mismatch: the index
+    can still answer questions embedded with it (e.g. until the rebuild is live)."""
+
+    def __init__(self, message: str, model: ModelConfig | None = None) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 class IndexUnavailableError(Exception):
@@ -204,5 +211,20 @@ def require_model(meta: dict[str, Any], config: Config, where: str) -> None:
         built_name = str(built_with or "?").split("|")[0]
         raise RebuildRequiredError(
             f"the index in {where} was built with model {built_name!r} but the config names "
-            f"{config.model.name!r}: rebuild it with `python -m index build`"
+            f"{config.model.name!r}: rebuild it with `python -m index build`",
+            _model_of(meta, config),
         )
+
+
+def _model_of(meta: dict[str, Any], config: Config) -> ModelConfig | None:
+    """The model config the index's recorded metadata names (None when it names none)."""
+    name, key = meta.get("model"), meta.get("model_key")
+    if not isinstance(name, str) or not isinstance(key, str) or not key.startswith(f"{name}|"):
+        return None
+    prompt = meta.get("query_prompt")
+    return replace(
+        config.model,
+        name=name,
+        document_prompt=key[len(name) + 1 :],
+        query_prompt=prompt if isinstance(prompt, str) else "",
+    )

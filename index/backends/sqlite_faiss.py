@@ -115,7 +115,10 @@ class SqliteFaissReader(IndexReader):
         self._copy_rows: dict[tuple[int, int], list[CopyRow]] = {}
 
     def close(self) -> None:
-        self.db.close()
+        # Under the lock: closing the connection while another thread runs a statement on it
+        # crashes the process (a warm-up thread may still be reading when the bot stops).
+        with self.lock:
+            self.db.close()
 
     def _ids_query(self, sql: str, ids: Sequence[int] | Sequence[str]) -> list[tuple[Any, ...]]:
         with self.lock:

@@ -12,6 +12,7 @@ from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, Retr
 from telegram_bot import render
 from telegram_bot.i18n import t
 from telegram_bot.sending import client_lang, ids, reply_to, send_doc
+from telegram_bot.serving import NotServingError
 from telegram_bot.state import BotContext
 
 log = logging.getLogger("telegram_bot")
@@ -28,10 +29,14 @@ async def on_error(update: object, context: BotContext) -> None:
             log.error("error outside any update", exc_info=error)
         return
     user_id, chat_id = ids(update)
-    if isinstance(error, Forbidden):
+    key = "error"
+    if isinstance(error, NotServingError):  # not a fault: the index is being (re)built
+        log.info("not answered update=%s chat=%s user=%s: index %s", update.update_id, chat_id, user_id, error.state)
+        key = f"index_{error.state}"
+    elif isinstance(error, Forbidden):
         log.warning("cannot write to chat=%s (%s)", chat_id, error)
         return
-    if isinstance(error, NetworkError | RetryAfter | InvalidToken):
+    elif isinstance(error, NetworkError | RetryAfter | InvalidToken):
         log.error(
             "could not answer update=%s chat=%s user=%s: Telegram request failed after retries: %s: %s",
             update.update_id,
@@ -47,8 +52,8 @@ async def on_error(update: object, context: BotContext) -> None:
     lang = client_lang(update)
     with contextlib.suppress(TelegramError):
         if update.callback_query is not None:
-            await update.callback_query.answer(t(lang, "error"))
+            await update.callback_query.answer(t(lang, key))
         elif update.inline_query is not None:
             await update.inline_query.answer([], cache_time=0)
         elif chat_id is not None and update.effective_message is not None:
-            await send_doc(context.bot, chat_id, render.text_doc(lang, "error"), reply_to=reply_to(update))
+            await send_doc(context.bot, chat_id, render.text_doc(lang, key), reply_to=reply_to(update))
