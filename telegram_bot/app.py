@@ -7,6 +7,7 @@ HTML is the default parse mode and link previews are off unless a handler asks f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from telegram import BotCommand, LinkPreviewOptions, Update
@@ -79,8 +80,15 @@ def build_application(
     """The bot, ready for `run_polling()` (or for tests: initialize + post_init + process_update)."""
     st = BotState(config, warm_up=warm_up)
 
+    def stop() -> None:
+        """Stop running; asked before the application runs (PTB ignores that after post_init),
+        ask again until it does."""
+        application.stop_running()
+        if not application.running:
+            asyncio.get_running_loop().call_later(0.2, stop)
+
     async def post_init(application: Application) -> None:
-        st.stop = application.stop_running
+        st.stop = stop
         await st.open()
         try:
             await _set_commands(application)

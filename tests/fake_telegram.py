@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -226,6 +227,7 @@ class FakeTelegram:
         self._message_id = 10_000
         self.closed = False
         self.files: dict[str, bytes] = {}  # file_id -> content, served by getFile + the file URL
+        self.webhook: dict[str, Any] | None = None  # what setWebhook set (url, secret_token, ...)
 
     # ----- scripting
     def inject(self, method: str, **fault: Any) -> None:
@@ -279,6 +281,22 @@ class FakeTelegram:
         return self.bot_user
 
     def api_deleteWebhook(self, params: dict[str, Any]) -> Any:
+        with self.cond:
+            self.webhook = None
+        return True
+
+    def api_setWebhook(self, params: dict[str, Any]) -> Any:
+        url = str(params.get("url") or "")
+        secret = params.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if url and not url.startswith(("http://", "https://")):
+            raise ApiError(400, "Bad Request: bad webhook: invalid URL")
+        with self.cond:
+            self.webhook = {"url": url, "secret_token": secret, "allowed_updates": params.get("allowed_updates")}
+            if not url:
+                self.webhook = None
+            self.cond.notify_all()
         return True
 
     def api_setMyCommands(self, params: dict[str, Any]) -> Any:
@@ -288,6 +306,8 @@ class FakeTelegram:
         return True
 
     def api_getUpdates(self, params: dict[str, Any], poll: bool) -> Any:
+        if self.webhook is not None:
+            raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active")
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0) if poll else 0.0
         deadline = time.monotonic() + min(timeout, 10.0)
@@ -570,6 +590,59 @@ def _make_handler(api: FakeTelegram) -> type[BaseHTTPRequestHandler]:
         do_GET = _handle
 
     return Handler
+
+
+class WebhookPoster:
+    """Telegram's side of a webhook: each pushed update is POSTed to the URL `setWebhook` set,
+    with its secret token, over `connections` parallel connections; a failed delivery is retried
+    (as Telegram does), up to `attempts` times. Deliveries are recorded as "webhook" calls."""
+
+    def __init__(self, api: FakeTelegram, connections: int = 8, attempts: int = 5) -> None:
+        self.api = api
+        self.attempts = attempts
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"fake-webhook-{i}", daemon=True) for i in range(connections)
+        ]
+
+    def __enter__(self) -> WebhookPoster:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.api.cond:
+            self._stop = True
+            self.api.cond.notify_all()
+        for thread in self._threads:
+            thread.join(15)
+
+    def _work(self) -> None:
+        api = self.api
+        with httpx.Client(timeout=15.0) as client:
+            while True:
+                with api.cond:
+                    while not self._stop and not (api.webhook and api.updates):
+                        api.cond.wait(0.2)
+                    if self._stop:
+                        return
+                    assert api.webhook is not None
+                    update, hook = api.updates.pop(0), dict(api.webhook)
+                self._deliver(client, update, hook)
+
+    def _deliver(self, client: httpx.Client, update: dict[str, Any], hook: dict[str, Any]) -> None:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": hook["secret_token"]} if hook.get("secret_token") else {}
+        for attempt in range(self.attempts):
+            try:
+                status = client.post(hook["url"], json=update, headers=headers).status_code
+            except httpx.HTTPError as exc:
+                status, error = 0, type(exc).__name__
+            else:
+                error = ""
+            self.api.record(Call("webhook", {"update_id": update["update_id"]}, status, error=error))
+            if status == 200 or self._stop:
+                return
+            time.sleep(0.2 * 2**attempt)
 
 
 # ---------------------------------------------------------------- update payloads

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html, write_config
 
-from settings import PROJECT_ROOT
+from settings import PROJECT_ROOT, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +34,24 @@ WAIT = 60.0  # generous bound so a broken build fails instead of hanging
 def config_file(tmp_path: Path) -> Path:
     corpus = tmp_path / "corpus"
     shutil.copytree(CORPUS, corpus)
-    return write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health = f"127.0.0.1:{s.getsockname()[1]}"
+    return write_config(
+        tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index", telegram={"health_listen": health}
+    )
+
+
+def wait_ready(config_file: Path, bot: subprocess.Popen[str]) -> None:
+    """Until the bot's /healthz says it can answer (it builds a missing index in the background)."""
+    url = f"http://{load_config(config_file).telegram.health_listen}/healthz"
+    deadline = time.monotonic() + WAIT
+    while bot.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail("the bot never became ready")
 
 
 @pytest.fixture
@@ -75,7 +95,8 @@ def test_bot_end_to_end_against_a_fake_bot_api(config_file: Path, server: FakeBo
     p = Payloads()
     bot = start_bot(config_file, server.base_url)
     try:
-        # 1. A Chinese question (the bot first builds the missing index, then polls).
+        wait_ready(config_file, bot)  # the missing index is built first, in the background
+        # 1. A Chinese question.
         api.push(p.message(QUESTION, chat_id=11))
         assert api.wait_for(lambda: len(replies_to(api, 11)) == 1, WAIT), "no answer to the Chinese question"
         # 2. An English question, with a 429 "retry after" injected on its reply.
@@ -143,6 +164,7 @@ def test_debug_logging_still_redacts_the_token(config_file: Path, server: FakeBo
     api = server.api
     bot = start_bot(config_file, server.base_url, "--debug")
     try:
+        wait_ready(config_file, bot)
         api.push(Payloads().message(QUESTION, chat_id=31))
         assert api.wait_for(lambda: len(replies_to(api, 31)) == 1, WAIT)
     finally:
@@ -173,6 +195,7 @@ def test_a_flooding_user_in_a_group_does_not_delay_anyone_else(config_file: Path
     p = Payloads()
     bot = start_bot(config_file, server.base_url)
     try:
+        wait_ready(config_file, bot)
         api.push(p.message(QUESTION, chat_id=41))  # the bot is up once this is answered
         assert api.wait_for(lambda: len(replies_to(api, 41)) == 1, WAIT)
         message = p.bot_message("an earlier answer", chat_id=GROUP, message_id=77)
