@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from telegram_bot.pipeline import Kind, Reply
 from telegram_bot.statefile import FILE_MODE, StateStore
@@ -79,9 +79,18 @@ class Stats:
 
 
 class AnswerLog(StateStore):
-    """Answers and votes in the state file; one vote per user per answer."""
+    """Answers and votes in the state file; one vote per user per answer.
+
+    A vote the file cannot take now (another process holds its write lock, e.g. a backup
+    tool) is kept in memory and written with the next write or at close: the user was thanked.
+    """
 
     WHAT = "the answer log"
+    MAX_PENDING_VOTES = 10_000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending_votes: list[tuple[int, int, int, float]] = []
+        super().__init__(*args, **kwargs)
 
     def _create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -118,6 +127,7 @@ class AnswerLog(StateStore):
             except sqlite3.Error as exc:
                 log.warning("could not log an answer: %s", exc)
                 return None
+            self._write_votes_locked()
         return int(answer_id), key
 
     def vote(self, answer_id: int, key: str, user_id: int, up: bool) -> bool:
@@ -129,12 +139,41 @@ class AnswerLog(StateStore):
             ).fetchone()
             if known is None:
                 return False
-            self._db.execute(
-                "insert into votes (answer_id, user_id, up, created) values (?, ?, ?, ?) "
-                "on conflict (answer_id, user_id) do update set up = excluded.up, created = excluded.created",
-                [answer_id, user_id, int(up), self._clock()],
-            )
+            if len(self._pending_votes) >= self.MAX_PENDING_VOTES:
+                log.warning("dropping the oldest vote kept in memory: the state file has not taken votes for long")
+                del self._pending_votes[0]
+            self._pending_votes.append((answer_id, user_id, int(up), self._clock()))
+            self._write_votes_locked()
         return True
+
+    def _write_votes_locked(self) -> None:
+        """Write the votes kept in memory, in order (a later vote of a user on an answer wins)."""
+        if not self._pending_votes:
+            return
+        conn = self._db.conn
+        try:
+            conn.execute("begin immediate")  # waits up to the busy timeout for the write lock
+            try:
+                conn.executemany(
+                    "insert into votes (answer_id, user_id, up, created) values (?, ?, ?, ?) "
+                    "on conflict (answer_id, user_id) do update set up = excluded.up, created = excluded.created",
+                    self._pending_votes,
+                )
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+        except sqlite3.OperationalError as exc:
+            log.warning("%d vote(s) kept in memory for now: %s", len(self._pending_votes), exc)
+            return
+        self._pending_votes.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._write_votes_locked()
+            if self._pending_votes:
+                log.error("%d vote(s) could not be written before closing", len(self._pending_votes))
+        super().close()
 
     def stats(self, now: float, days: int = 7) -> Stats:
         """Figures for the last `days` UTC calendar days, today included."""

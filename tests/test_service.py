@@ -45,7 +45,8 @@ from settings import Config, load_config
 from telegram_bot import health
 from telegram_bot.app import build_application
 from telegram_bot.backup import state_path
-from telegram_bot.feedback import AnswerLog
+from telegram_bot.feedback import Answered, AnswerLog
+from telegram_bot.pipeline import Kind
 from telegram_bot.state import STATE_KEY, BotState
 
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
@@ -434,3 +435,27 @@ def test_the_backup_copies_the_state_file_the_bot_writes(tmp_path: Path) -> None
         assert answers.path == state_path(config)
     finally:
         answers.close()
+
+
+def test_votes_wait_in_memory_while_another_process_locks_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "bot-state.sqlite"
+    answers = AnswerLog(path, busy_timeout=0.1)
+    entry = Answered("问题", "zh", Kind.ANSWER, "private", "v1", ((1, "cite"),), 12)
+    logged = answers.record(entry)
+    assert logged is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("begin exclusive")  # a backup tool, a sqlite3 shell…
+    try:
+        assert answers.vote(*logged, user_id=7, up=True)  # thanked…
+        assert answers.vote(*logged, user_id=8, up=False)
+        assert other.execute("select count(*) from votes").fetchone() == (0,)  # …not yet written
+    finally:
+        other.execute("rollback")
+    assert answers.record(entry) is not None  # the next write takes them along
+    assert _votes(path) == [(logged[0], 7, 1), (logged[0], 8, 0)]
+    other.execute("begin exclusive")
+    assert answers.vote(*logged, user_id=9, up=True)
+    other.execute("rollback")
+    other.close()
+    answers.close()  # …or the close
+    assert _votes(path) == [(logged[0], 7, 1), (logged[0], 8, 0), (logged[0], 9, 1)]
