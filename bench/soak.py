@@ -61,6 +61,7 @@ VOTE_SHARE = 0.3
 STATE_LOCK_SECONDS = 30.0
 ERROR_TEXTS = ("出了点问题", "went wrong")
 THANKS = ("谢谢反馈", "Thanks for the feedback")
+NOT_READY_TEXTS = ("索引正在", "The index is being", "暂时无法访问索引", "The index cannot be reached")
 PROVINCES = ("内蒙古", "青海", "新疆", "四川", "云南", "河北", "安徽", "甘肃", "贵州", "山西")
 
 
@@ -92,11 +93,11 @@ class Tally:
     asked: int = 0
     answered: int = 0
     apologies: int = 0  # "something went wrong" replies
-    not_ready: int = 0  # "the index is being (re)built"
+    not_ready: int = 0  # "the index is being (re)built" or "cannot be reached"
     throttled: int = 0
     lost: int = 0  # no reply within ANSWER_WAIT
     seconds: list[float] = field(default_factory=list)
-    votes_thanked: set[tuple[int, int, int]] = field(default_factory=set)  # (answer id, user, up)
+    votes_thanked: dict[tuple[int, int], int] = field(default_factory=dict)  # (answer id, user) → up, the latest
     votes_refused: int = 0
 
     def add(self, **counts: int) -> None:
@@ -364,7 +365,7 @@ class Soak:
         text = parse_html(str(reply.params["text"])).text
         if any(s in text for s in ERROR_TEXTS):
             tally.add(apologies=1)
-        elif "索引正在" in text or "The index is being" in text:
+        elif any(s in text for s in NOT_READY_TEXTS):
             tally.add(not_ready=1)
         elif "提问太快" in text or "asking very fast" in text:
             tally.add(throttled=1)
@@ -392,7 +393,7 @@ class Soak:
         if any(s in self.api.presses[press] for s in THANKS):
             answer_id = int(data.split(":")[1])
             with self.tally.lock:
-                self.tally.votes_thanked.add((answer_id, user_id, 1 if button["text"] == "👍" else 0))
+                self.tally.votes_thanked[(answer_id, user_id)] = 1 if button["text"] == "👍" else 0
         else:
             self.tally.add(votes_refused=1)
 
@@ -478,7 +479,7 @@ class Soak:
             stored = set(db.execute("select answer_id, user_id, up from votes").fetchall())
         finally:
             db.close()
-        votes_lost = sorted(tally.votes_thanked - stored)
+        votes_lost = sorted({(a, u, up) for (a, u), up in tally.votes_thanked.items()} - stored)
         info = run_tool(["index", "info", "--config", str(self.config)], env, self.tools_log)
         check = run_tool(["index", "check", "--config", str(self.config)], env, self.tools_log)
         served = self.served_titles()

@@ -117,6 +117,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "index_building": "The index is being built. Please ask again in a few minutes.",
         "index_rebuilding": "The index is being rebuilt. Please ask again in a few minutes.",
         "rebuilding_note": "(The index is being rebuilt: this answer comes from its previous version.)",
+        "index_unavailable": "The index cannot be reached right now. Please try again in a minute.",
     },
     "zh": {
         "answer_header": "文章原文摘录：",
@@ -216,6 +217,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "index_building": "索引正在建立，请过几分钟再问。",
         "index_rebuilding": "索引正在重建，请过几分钟再问。",
         "rebuilding_note": "（索引正在重建：这个回答来自上一个版本。）",
+        "index_unavailable": "暂时无法访问索引，请过一分钟再试。",
     },
 }
 

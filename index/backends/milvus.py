@@ -73,7 +73,9 @@ class MilvusReader(IndexReader):
             self.close()
             raise
         self.names = Names(config.index.milvus_collection, int(live["generation"]))
-        ms.ensure_loaded(self.client, [self.names.of(kind) for kind in ms.KINDS])
+        collections = [self.names.meta, *(self.names.of(kind) for kind in ms.KINDS)]
+        ms.ensure_loaded(self.client, collections)
+        self.client = ms.Reloading(self.client, collections, self._uri)
         self.version = str(live["version"])
         self.meta = dict(live["catalog"])
         self.count = int(live["passages"])
@@ -324,7 +326,17 @@ class MilvusBackend(IndexBackend):
                 ms.POOL.release(self.config.index.milvus_uri, self.config.milvus_token)
 
     def stamp(self) -> Hashable:
-        live = ms.get_meta(self.client, self.meta_names, "live")
+        """Also what brings readers back after a server restart (the running bot asks every
+        `reload_seconds`): the restarted server has released every collection, and they are
+        loaded again here."""
+        try:
+            with ms.quiet():  # a failure is raised, and the bot logs it once
+                live = ms.get_meta(self.client, self.meta_names, "live")
+        except Exception as exc:
+            if not ms.released(exc):
+                raise
+            ms.reload_live(self.client, self.meta_names)
+            live = ms.get_meta(self.client, self.meta_names, "live")
         return None if live is None else (live["version"], live["generation"], live["synced_at"])
 
     def open_reader(self) -> IndexReader:

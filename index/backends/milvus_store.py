@@ -346,6 +346,71 @@ def ensure_loaded(client: Any, names: Iterable[str]) -> None:
         _LOADED.add((id(client), name))
 
 
+def released(exc: BaseException) -> bool:
+    """Milvus refused because a collection is not loaded (after the server restarted)."""
+    text = str(exc)
+    return "call load()" in text or "not loaded" in text.lower()
+
+
+def reload_live(client: Any, names: Names) -> None:
+    """Load the meta collection and the live generation's collections again, whatever this
+    process believed: a restarted server has released them all."""
+    _forget_loaded(client)
+    ensure_loaded(client, [names.meta])
+    live = get_meta(client, names, "live")
+    if live is not None:
+        generation = Names(names.prefix, int(live["generation"]))
+        ensure_loaded(client, [generation.of(kind) for kind in KINDS])
+
+
+def _forget_loaded(client: Any) -> None:
+    _LOADED.difference_update({k for k in _LOADED if k[0] == id(client)})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Milvus could not be reached (the server is down or restarting)."""
+    text = str(exc).lower()
+    return "fail connecting" in text or "unavailable" in text or "connection refused" in text
+
+
+class Reloading:
+    """A reader's pooled client. A call refused because a collection was released (the server
+    restarted) loads `collections` again and is retried once, so the reader recovers by itself;
+    a server that cannot be reached is `IndexUnavailableError`, one line, not pymilvus's
+    tracebacks (it is kept `quiet` during the calls)."""
+
+    def __init__(self, client: Any, collections: Sequence[str], uri: str) -> None:
+        self._client = client
+        self._collections = list(collections)
+        self._uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                try:
+                    with quiet():  # its failures are ours to report, once, without its tracebacks
+                        return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if not released(exc):
+                        raise
+                    _forget_loaded(self._client)
+                    with quiet():
+                        ensure_loaded(self._client, self._collections)
+                        return attribute(*args, **kwargs)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise IndexUnavailableError(
+                        f"cannot reach Milvus at {redact(self._uri)}: {_first_line(exc)}"
+                    ) from None
+                raise
+
+        return call
+
+
 def generations(client: Any, prefix: str) -> list[int]:
     """The generations that have any collection under `prefix`."""
     pattern = re.compile(rf"{re.escape(prefix)}_(?:{'|'.join(KINDS)})_g(\d+)")

@@ -9,6 +9,7 @@ import logging
 from telegram import Update
 from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 
+from index.backends import IndexUnavailableError
 from telegram_bot import render
 from telegram_bot.i18n import t
 from telegram_bot.sending import client_lang, ids, reply_to, send_doc
@@ -33,6 +34,9 @@ async def on_error(update: object, context: BotContext) -> None:
     if isinstance(error, NotServingError):  # not a fault: the index is being (re)built
         log.info("not answered update=%s chat=%s user=%s: index %s", update.update_id, chat_id, user_id, error.state)
         key = f"index_{error.state}"
+    elif isinstance(error, IndexUnavailableError):  # e.g. a Milvus server restarting: one line, no traceback
+        log.warning("not answered update=%s chat=%s user=%s: %s", update.update_id, chat_id, user_id, error)
+        key = "index_unavailable"
     elif isinstance(error, Forbidden):
         log.warning("cannot write to chat=%s (%s)", chat_id, error)
         return
