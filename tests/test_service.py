@@ -15,6 +15,8 @@ import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +42,15 @@ from fake_telegram import (
 
 import bot
 from index import publish, store
+from index.backends import IndexUnavailableError
 from index.build import build_index
+from retrieval import Retriever
 from settings import Config, load_config
 from telegram_bot import health
 from telegram_bot.app import build_application
 from telegram_bot.backup import state_path
 from telegram_bot.feedback import Answered, AnswerLog
-from telegram_bot.pipeline import Kind
+from telegram_bot.pipeline import Kind, rebuild_index
 from telegram_bot.state import STATE_KEY, BotState
 
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
@@ -459,3 +463,47 @@ def test_votes_wait_in_memory_while_another_process_locks_the_state(tmp_path: Pa
     other.close()
     answers.close()  # …or the close
     assert _votes(path) == [(logged[0], 7, 1), (logged[0], 8, 0), (logged[0], 9, 1)]
+
+
+def test_a_milvus_reader_recovers_after_the_server_restarts(tmp_path: Path) -> None:
+    """A restarted `milvus-lite server` has released every collection: the reader loads them
+    again by itself; while the server is down, questions fail with one IndexUnavailableError."""
+    port = free_port()
+    argv = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "served.db")]
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+            assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
+            time.sleep(0.2)
+
+    base = service_config(tmp_path)
+    config = replace(base, index=replace(base.index, backend="milvus", milvus_uri=f"http://127.0.0.1:{port}"))
+    server = start()
+    try:
+        rebuild_index(config)
+        retriever = Retriever.open(config.index.dir, config)
+        try:
+            before = [h.passage_id for h in retriever.answer(QUESTION).hits]
+            server.terminate()
+            server.wait(30)
+            with pytest.raises(IndexUnavailableError, match="cannot reach Milvus"):
+                retriever.answer(QUESTION)
+            server = start()
+            deadline = time.monotonic() + WAIT
+            while True:  # the reload check (the bot's watcher) loads the collections again once it connects…
+                try:
+                    assert retriever.refresh() is False
+                    break
+                except IndexUnavailableError:
+                    assert time.monotonic() < deadline, "Milvus never came back"
+                    time.sleep(0.5)
+            assert [h.passage_id for h in retriever.answer(QUESTION).hits] == before  # …and the reader answers
+        finally:
+            retriever.close()
+    finally:
+        server.terminate()
+        server.wait(30)

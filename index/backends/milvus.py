@@ -31,7 +31,15 @@ import numpy as np
 from index import publish, store
 from index.backends import milvus_owner
 from index.backends import milvus_store as ms
-from index.backends.base import CopyRow, IndexBackend, IndexReader, PassageRow, Progress, require_model
+from index.backends.base import (
+    CopyRow,
+    IndexBackend,
+    IndexReader,
+    IndexUnavailableError,
+    PassageRow,
+    Progress,
+    require_model,
+)
 from index.backends.milvus_store import Names
 from index.backends.milvus_sync import SyncReport, marker, sync
 from index.build import BuildReport, build_index
@@ -333,6 +341,10 @@ class MilvusBackend(IndexBackend):
             with ms.quiet():  # a failure is raised, and the bot logs it once
                 live = ms.get_meta(self.client, self.meta_names, "live")
         except Exception as exc:
+            if ms.unreachable(exc):
+                raise IndexUnavailableError(
+                    f"cannot reach Milvus at {ms.redact(self.config.index.milvus_uri)}: {exc}"
+                ) from None
             if not ms.released(exc):
                 raise
             ms.reload_live(self.client, self.meta_names)
