@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench index clean
+.PHONY: install run test test-fast lint bench soak index clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ lint: install
 
 bench: install
 	$(PY) -m bench.run
+
+# 20 minutes of 50 chats and an operator's faults against the fake Bot API (bench/soak.py);
+# e.g. `make soak SOAK_ARGS="--backend milvus"`.
+soak: install
+	$(PY) -m bench.soak --minutes 20 $(SOAK_ARGS)
 
 clean:
 	rm -rf var .pytest_cache
