@@ -236,6 +236,7 @@ class Soak:
             "[corpus]",
             f"dir = {json.dumps(str(corpus))}",
             "[telegram]",
+            f"state_dir = {json.dumps(str(self.work / 'state'))}",
             f"health_listen = {json.dumps(self.health)}",
             "reload_seconds = 2.0",
             f"user_rate = {USER_RATE}",

@@ -250,6 +250,7 @@ class AnswerLog(StateStore):
             ).fetchall()
 
     def _purge_locked(self) -> None:
+        self._write_votes_locked()  # the retention timer also writes the votes a lock held back
         cutoff = self._cutoff()
         self._db.execute("delete from votes where answer_id in (select id from answers where created < ?)", [cutoff])
         self._db.execute("delete from answers where created < ?", [cutoff])

@@ -52,6 +52,7 @@ from telegram_bot.backup import state_path
 from telegram_bot.feedback import Answered, AnswerLog
 from telegram_bot.pipeline import Kind, rebuild_index
 from telegram_bot.state import STATE_KEY, BotState
+from telegram_bot.statefile import prepare_state_dir
 
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 WAIT = 60.0
@@ -405,6 +406,7 @@ def test_backup_and_restore_bring_back_the_votes_and_the_articles(tmp_path: Path
     # Everything lost: corpus, index and state.
     shutil.rmtree(config.corpus.dir)
     shutil.rmtree(config.index.dir)
+    shutil.rmtree(config.telegram.state_dir)
     assert bot.main(["--config", str(config.path), "restore", str(target)]) == 0
     assert "restored 2 corpus file(s)" in capsys.readouterr().out
     assert sorted(p.name for p in config.corpus.dir.iterdir()) == sorted([*articles, added.name])
@@ -434,11 +436,7 @@ def _votes(path: Path) -> list[tuple[int, int, int]]:
 
 def test_the_backup_copies_the_state_file_the_bot_writes(tmp_path: Path) -> None:
     config = service_config(tmp_path)
-    answers = AnswerLog.beside_index(config.index.dir)
-    try:
-        assert answers.path == state_path(config)
-    finally:
-        answers.close()
+    assert prepare_state_dir(config.telegram.state_dir, config.index.dir) == state_path(config)
 
 
 def test_votes_wait_in_memory_while_another_process_locks_the_state(tmp_path: Path) -> None:
