@@ -70,12 +70,12 @@ async def cmd_reload(update: Update, context: BotContext) -> None:
     lang = client_lang(update)
     user_id = user.id if user else None
     try:
-        changed = await st.qa.refresh()
+        changed = await st.serving.refresh()
     except Exception:
         log.exception("reload failed (requested by user=%s)", user_id)
-        doc = render.text_doc(lang, "reload_failed", version=st.qa.version)
+        doc = render.text_doc(lang, "reload_failed", version=st.serving.version)
     else:
-        doc = render.text_doc(lang, "reload_done" if changed else "reload_same", version=st.qa.version)
+        doc = render.text_doc(lang, "reload_done" if changed else "reload_same", version=st.serving.version)
         log.info("reload by user=%s: %s", user_id, "switched" if changed else "unchanged")
     await send_doc(context.bot, chat.id, doc, reply_to=reply_to(update))
 

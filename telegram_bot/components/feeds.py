@@ -35,7 +35,7 @@ async def poll_feeds(context: BotContext) -> None:
         async with st.changing_corpus:
             report = await st.run_ingest(lambda cancel: watch_once(config, cancel=cancel))
             if report.build is not None and report.build.published:
-                await st.qa.refresh()
+                await st.serving.refresh()
     except (AddError, sqlite3.Error, OSError) as exc:
         log.error("feed pass failed: %s", exc)
         return

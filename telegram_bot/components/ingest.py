@@ -92,7 +92,7 @@ async def cmd_add(update: Update, context: BotContext) -> None:
                 sources = [str(source)]
             report = await _run_with_progress(status, context, progress, sources)
             if report.build is not None and report.build.published:
-                await st.qa.refresh()
+                await st.serving.refresh()
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)

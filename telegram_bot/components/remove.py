@@ -45,7 +45,7 @@ async def cmd_remove(update: Update, context: BotContext) -> None:
         # On the ingest thread with the adds: never in the pool that answers questions.
         report = await st.run_ingest(lambda _cancel: remove_sources(st.config, sources))
         if report.build is not None and report.build.published:
-            await st.qa.refresh()
+            await st.serving.refresh()
     await edit_status(status, _final_text(report, lang))
     log.info("remove by user=%s: %s", user.id, ", ".join(f"{report.count(s)} {s}" for s in ("removed", "not found")))
 
