@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -40,7 +39,6 @@ from fake_telegram import (
     write_config,
 )
 
-import bot
 from index import publish, store
 from index.backends import IndexUnavailableError
 from index.build import build_index
@@ -56,6 +54,7 @@ from telegram_bot.statefile import prepare_state_dir
 
 QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 WAIT = 60.0
+Scenario = Callable[[threading.Event], None]  # runs beside the bot; the event is set once it stopped
 
 
 def free_port() -> int:
@@ -254,15 +253,13 @@ def test_the_health_endpoint_bounds_what_a_client_may_send(monkeypatch: pytest.M
 
 
 @pytest.fixture
-def in_process_main() -> Iterator[Callable[[list[str], Callable[[threading.Event], None]], int]]:
+def in_process_main(bot_main: Callable[..., int]) -> Iterator[Callable[[list[str], Scenario], int]]:
     """Run `bot.main(argv)` in this (main) thread while `scenario(stopped)` runs in another; unless
-    the bot stopped by itself meanwhile, SIGTERM then ends it as an operator would. Logging and
-    signal handlers are restored after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    sigterm, sigint = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    the bot stopped by itself meanwhile, SIGTERM then ends it as an operator would. What PTB
+    changes in the process (SIGINT's handler, its closed event loop) is undone after."""
+    sigint = signal.getsignal(signal.SIGINT)
 
-    def run(argv: list[str], scenario: Callable[[threading.Event], None]) -> int:
+    def run(argv: list[str], scenario: Scenario) -> int:
         failure: list[BaseException] = []
         stopped = threading.Event()
 
@@ -278,7 +275,7 @@ def in_process_main() -> Iterator[Callable[[list[str], Callable[[threading.Event
         thread = threading.Thread(target=drive, name="scenario")
         thread.start()
         try:
-            status = bot.main(argv)
+            status = bot_main(*argv)
         finally:
             stopped.set()
             thread.join(WAIT)
@@ -288,12 +285,6 @@ def in_process_main() -> Iterator[Callable[[list[str], Callable[[threading.Event
         return status
 
     yield run
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    signal.signal(signal.SIGTERM, sigterm)
     signal.signal(signal.SIGINT, sigint)
 
 
@@ -344,15 +335,15 @@ def test_webhook_mode_answers_only_requests_with_the_secret(
 
 
 def test_webhook_mode_without_its_secret_is_one_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bot_main: Callable[..., int]
 ) -> None:
     service_config(tmp_path, webhook_url="https://bot.example.org/hook")
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    assert bot.main(["--config", str(tmp_path / "config.toml")]) == 2
+    assert bot_main("--config", str(tmp_path / "config.toml")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith("TELEGRAM_WEBHOOK_SECRET must hold the webhook's secret token")
     monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "not allowed!")
-    assert bot.main(["--config", str(tmp_path / "config.toml")]) == 2
+    assert bot_main("--config", str(tmp_path / "config.toml")) == 2
     assert "1-256 characters" in capsys.readouterr().err
 
 
@@ -373,7 +364,9 @@ def test_a_first_build_that_cannot_run_stops_the_bot_with_one_line(
 # ---------------------------------------------------------------- backup and restore
 
 
-def test_backup_and_restore_bring_back_the_votes_and_the_articles(tmp_path: Path, capsys) -> None:
+def test_backup_and_restore_bring_back_the_votes_and_the_articles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bot_main: Callable[..., int]
+) -> None:
     config = service_config(tmp_path)
     build_index(config)
 
@@ -396,24 +389,24 @@ def test_backup_and_restore_bring_back_the_votes_and_the_articles(tmp_path: Path
     )
 
     target = tmp_path / "backups" / "today"
-    assert bot.main(["--config", str(config.path), "backup", str(target)]) == 0
+    assert bot_main("--config", str(config.path), "backup", str(target)) == 0
     assert "2 corpus file(s)" in capsys.readouterr().out
     assert oct((target).stat().st_mode & 0o777) == "0o700"
     saved = target / "state" / state_path(config).name
     assert oct(saved.stat().st_mode & 0o777) == "0o600"
-    assert bot.main(["--config", str(config.path), "backup", str(target)]) == 2  # never into an old backup
+    assert bot_main("--config", str(config.path), "backup", str(target)) == 2  # never into an old backup
 
     # Everything lost: corpus, index and state.
     shutil.rmtree(config.corpus.dir)
     shutil.rmtree(config.index.dir)
     shutil.rmtree(config.telegram.state_dir)
-    assert bot.main(["--config", str(config.path), "restore", str(target)]) == 0
+    assert bot_main("--config", str(config.path), "restore", str(target)) == 0
     assert "restored 2 corpus file(s)" in capsys.readouterr().out
     assert sorted(p.name for p in config.corpus.dir.iterdir()) == sorted([*articles, added.name])
     assert _votes(state_path(config)) == votes_before
-    assert bot.main(["--config", str(config.path), "restore", str(target)]) == 2  # would overwrite
+    assert bot_main("--config", str(config.path), "restore", str(target)) == 2  # would overwrite
     assert "--force" in capsys.readouterr().err
-    assert bot.main(["--config", str(config.path), "restore", "--force", str(target)]) == 0
+    assert bot_main("--config", str(config.path), "restore", "--force", str(target)) == 0
 
     build_index(config)
 
