@@ -172,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from telegram_bot.logs import redact, setup_logging
 
-    token = ""
-    console = True
     try:
         config = load_config(args.config)
         token = (config.telegram_token or "").strip()
