@@ -100,6 +100,7 @@ class Serving:
         self._qa: QAService | None = None
         self._build: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # set once the index answers (or the bot gave up building it)
 
     @property
     def qa(self) -> QAService:
@@ -124,10 +125,16 @@ class Serving:
             self._qa = await self._old_version(exc)
         else:
             self.state = SERVING
+            self._ready.set()
             self._log_serving()
         if self.state != SERVING:
             self._build = asyncio.create_task(self._build_until_live())
         self._watcher = asyncio.create_task(watch_index(self, self.config.telegram.reload_seconds))
+
+    async def wait_ready(self) -> None:
+        """Until the index answers: at once unless a background build runs (or give up: then
+        `qa` still raises `NotServingError`)."""
+        await self._ready.wait()
 
     async def refresh(self) -> bool:
         """Switch to a newly published version (only while serving normally: during a rebuild the
@@ -215,6 +222,7 @@ class Serving:
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
             old, self._qa, self.state = self._qa, qa, SERVING
+            self._ready.set()
             self._log_serving()
             if old is not None:
                 await old.close()
@@ -222,4 +230,5 @@ class Serving:
 
     def _fatal(self, exc: Exception) -> None:
         log.error("cannot build an index to answer from: %s", exc)
+        self._ready.set()
         self._on_fatal(exc)

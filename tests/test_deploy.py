@@ -194,7 +194,7 @@ def test_the_bot_and_the_indexer_add_into_one_corpus_one_catalog_one_milvus(
     config_text = (DEPLOY / "config.toml").read_text(encoding="utf-8")
     # What a test needs: the fake embedder, quick reloads, the loopback news site allowed.
     config_text = with_settings(config_text, "model", {"name": "test-hash"})
-    config_text = with_settings(config_text, "telegram", {"reload_seconds": 0.5})
+    config_text = with_settings(config_text, "telegram", {"reload_seconds": 0.5, "health_listen": "127.0.0.1:0"})
     config_text = with_settings(config_text, "ingest", {"allow_hosts": ["127.0.0.1"]})
     world = Containers(tmp_path / "containers", services, {"./config.toml": config_text})
     host_env = {"TELEGRAM_BOT_TOKEN": TOKEN, "QA_ADMINS": str(ADMIN)}

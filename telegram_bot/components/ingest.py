@@ -91,6 +91,7 @@ async def cmd_add(update: Update, context: BotContext) -> None:
             else:
                 sources = [str(source)]
             report = await _run_with_progress(status, context, progress, sources)
+            await st.serving.wait_ready()  # the bot's first build may still run: the reply names what is served
             if report.build is not None and report.build.published:
                 await st.serving.refresh()
         finally:
