@@ -63,6 +63,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> None:
+    """Until something accepts connections on the loopback `port`."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        time.sleep(0.1)
+
+
 def service_config(tmp_path: Path, **telegram: Any) -> Config:
     corpus = tmp_path / "corpus"
     if not corpus.exists():
@@ -310,6 +320,7 @@ def test_webhook_mode_answers_only_requests_with_the_secret(
 
         def scenario(stopped: threading.Event) -> None:
             assert api.wait_for(lambda: api.webhook is not None, WAIT), "setWebhook never called"
+            listening(port)  # PTB sets the webhook, then starts its server
             forged = [
                 ({}, p.message(QUESTION, chat_id=41)),
                 ({"X-Telegram-Bot-Api-Secret-Token": "wrong"}, p.message(QUESTION, chat_id=42)),
@@ -464,12 +475,8 @@ def test_a_milvus_reader_recovers_after_the_server_restarts(tmp_path: Path) -> N
 
     def start() -> subprocess.Popen[bytes]:
         server = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-            assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
-            time.sleep(0.2)
+        listening(port)
+        return server
 
     base = service_config(tmp_path)
     config = replace(base, index=replace(base.index, backend="milvus", milvus_uri=f"http://127.0.0.1:{port}"))
