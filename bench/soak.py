@@ -321,7 +321,7 @@ class Soak:
             threading.Thread(target=self.chat, args=(i,), name=f"chat-{i}", daemon=True) for i in range(self.args.chats)
         ]
         faults = [
-            threading.Thread(target=self.publisher, args=(env,), name="publisher", daemon=True),
+            threading.Thread(target=self.publisher, name="publisher", daemon=True),
             threading.Thread(target=self.faults, args=(env,), name="faults", daemon=True),
         ]
         for thread in chats + faults:
@@ -424,7 +424,7 @@ class Soak:
             self.tally.add(votes_refused=1)
 
     # ------------------------------------------------------------ faults
-    def publisher(self, env: dict[str, str]) -> None:
+    def publisher(self) -> None:
         """An article a minute on the watched feed (newest first), the first after 30 s."""
         stories: list[Story] = []
         next_at = time.monotonic() + 30
