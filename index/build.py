@@ -21,7 +21,7 @@ import numpy as np
 
 from corpus import Article, Skipped, scan_corpus, split_article
 from index import dedup, publish, store, vectors
-from index.embedder import Embedder, HashEmbedder, load_embedder
+from index.embedder import Embedder, load_embedder, loads_on_first_use
 from index.text import BackgroundSegmenter, segment_for_index
 from index.usem3_torch import default_threads
 from settings import Config
@@ -252,14 +252,14 @@ def _write_articles(
     # later build would see them as new and publish again.
     matrix = np.zeros((0, 0), dtype=np.float32)
     to_segment = [f"{p.section} {p.text}" for _, passages in plans for p in passages]
+    model = (embedder or load_embedder(config.model)) if total else None
     segmenter = None
-    if total and embedder is None and config.model.name != HashEmbedder.name and default_threads() > 1:
+    if model is not None and loads_on_first_use(model) and default_threads() > 1:
         # Loading the model is seconds of single-threaded imports: jieba (its dictionary, then
         # the passages) runs meanwhile in a child process on another core.
         segmenter = BackgroundSegmenter(to_segment)
     try:
-        if total:
-            model = embedder or load_embedder(config.model)
+        if model is not None:
             if progress:
                 progress(0, total)
             # Embed across article boundaries in chunks of about EMBED_CHARS characters (few big

