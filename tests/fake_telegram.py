@@ -1,4 +1,4 @@
-"""A fake Telegram Bot API for tests and benchmarks, in process or over loopback HTTP.
+"""A fake Telegram Bot API for tests, in process or over loopback HTTP.
 
 - `FakeTelegram`: the Bot API methods the bot uses, with Telegram's own checks applied to
   what it is sent (HTML parse mode parsed like Telegram does, 4096-unit limit, 64-byte
@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -838,29 +837,3 @@ def run_bot(
 def sent(calls: list[Call], method: str = "sendMessage") -> list[Call]:
     """The successful calls of `method` among `calls`."""
     return [c for c in calls if c.method == method and c.ok]
-
-
-def write_config(
-    path: Path,
-    *,
-    corpus: Path,
-    index: Path,
-    telegram: dict[str, Any] | None = None,
-    index_settings: dict[str, Any] | None = None,
-) -> Path:
-    """A config.toml for tests: the fast fake embedder, temporary corpus and index, the bot's state
-    in `state/` beside the file (`index_settings`: more `[index]` keys, e.g. the backend)."""
-    lines = [
-        "[model]",
-        'name = "test-hash"',
-        "[index]",
-        f"dir = {json.dumps(str(index))}",
-        *(f"{key} = {json.dumps(value)}" for key, value in (index_settings or {}).items()),
-        "[corpus]",
-        f"dir = {json.dumps(str(corpus))}",
-        "[telegram]",
-    ]
-    for key, value in {"state_dir": str(path.parent / "state"), **(telegram or {})}.items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path

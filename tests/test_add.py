@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 from news_site import (
     FEED,
     OTC,

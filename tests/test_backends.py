@@ -7,20 +7,16 @@ The retriever, the build and the CLIs are the same code for both; only `[index] 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CORPUS, make_config
-from fake_telegram import write_config
-from test_many import FACT, QUESTION, write_syndicated
+from helpers import DEFAULT_CORPUS, FACT, QUESTION, Exit, make_config, write_config, write_syndicated
 
 from index.backends import open_backend
 from retrieval import Retriever
-from settings import PROJECT_ROOT, Config
+from settings import Config
 
 BACKENDS = ("faiss", "milvus")
 FACTS = [
@@ -172,8 +168,9 @@ def test_copies_are_quoted_once_with_the_others_cited(backend_config: Config, tm
         retriever.close()
 
 
-@pytest.mark.slow
-def test_the_clis_work_on_either_backend(backend_config: Config, tmp_path: Path) -> None:
+def test_the_clis_work_on_either_backend(
+    backend_config: Config, tmp_path: Path, cli: Callable[..., Exit], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`index info`, `index check` and `retrieval --json` on a config file naming the backend;
     info names it and never prints the token."""
     index = backend_config.index
@@ -187,22 +184,17 @@ def test_the_clis_work_on_either_backend(backend_config: Config, tmp_path: Path)
             "milvus_collection": index.milvus_collection,
         },
     )
-    env = {**os.environ, "MILVUS_TOKEN": "root:s3cret-token"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", *args, "--config", str(config_file)]
-        return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300)
-
-    info = run("index", "info")
-    assert info.returncode == 0, info.stderr
-    described = json.loads(info.stdout)
-    assert described["backend"] == backend_config.index.backend and "s3cret" not in info.stdout
+    monkeypatch.setenv("MILVUS_TOKEN", "root:s3cret-token")
+    info = cli("index", "info", "--config", str(config_file))
+    assert info.code == 0, info.err
+    described = json.loads(info.out)
+    assert described["backend"] == backend_config.index.backend and "s3cret" not in info.out
     assert described["summary"]["articles"] == 1
-    check = run("index", "check")
-    assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stderr
-    answer = run("retrieval", "--json", QUESTION)
-    assert answer.returncode == 0, answer.stderr
-    assert FACT in json.loads(answer.stdout)["results"][0]["text"]
+    check = cli("index", "check", "--config", str(config_file))
+    assert check.code == 0 and check.out.strip().endswith(": ok"), check.err
+    answer = cli("retrieval", "--json", QUESTION, "--config", str(config_file))
+    assert answer.code == 0, answer.err
+    assert FACT in json.loads(answer.out)["results"][0]["text"]
 
 
 def test_switching_backends_re_embeds_nothing(tmp_path: Path) -> None:

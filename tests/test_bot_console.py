@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_telegram import write_config
+from helpers import write_config
 
 from index.build import build_index
 from settings import PROJECT_ROOT, load_config

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html, write_config
+from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
+from helpers import write_config
 
 from settings import PROJECT_ROOT, load_config
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent, write_config
+from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent
+from helpers import write_config
 
 from index.build import build_index
 from index.publish import current_version

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, write_config
+from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
+from helpers import write_config
 from news_site import SICHUAN, SICHUAN_TITLE, SITE, NewsSite
 
 from index.build import build_index

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from fake_telegram import write_config
+from helpers import write_config
 
 from index.build import build_index
 from retrieval import Answer, Confidence

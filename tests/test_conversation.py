@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_telegram import write_config
+from helpers import write_config
 
 from retrieval import Retriever
 from retrieval.conversation import ConversationStore, Limits, answer_conversations, answer_turns, rewrite

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SOURCE_ARTICLE
+from helpers import SOURCE_ARTICLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CORPUS, SOURCE_ARTICLE
+from helpers import DEFAULT_CORPUS, SOURCE_ARTICLE
 
 from index import publish, store, vectors
 from index.build import build_index

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config
+from helpers import make_config
 
 from bench.many import STORY, STORY_QUESTIONS
 from bench.many import generate as generate_corpus

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_CORPUS, make_config
+from helpers import DEFAULT_CORPUS, make_config
 
 from index.build import build_index
 from index.text import segment_for_index

@@ -4,9 +4,9 @@ keeps them across runs, and never serves one model's vectors to another."""
 from __future__ import annotations
 
 import numpy as np
+from fakes import HashEmbedder
 
 from bench.embed_cache import CachedEmbedder
-from index.embedder import HashEmbedder
 
 
 def test_cached_vectors_are_the_models_and_survive_a_restart(tmp_path):

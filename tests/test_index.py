@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from fakes import HashEmbedder
+from helpers import make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from corpus import read_article, split_article
 from index import publish, store, vectors
 from index.backends import RebuildRequiredError
 from index.build import BuildError, build_index
-from index.embedder import HashEmbedder
 from index.text import clean, normalize, sentence_spans
 from retrieval import Retriever
 from settings import Config

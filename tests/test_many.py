@@ -6,16 +6,25 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_config
-from fake_telegram import InProcessBot, Payloads, write_config
-from test_bot_handlers import assert_valid_answer_html, buttons, run_bot, sent
+from fake_telegram import InProcessBot, Payloads, run_bot, sent
+from helpers import (
+    FACT,
+    QUESTION,
+    Exit,
+    article,
+    assert_valid_answer_html,
+    buttons,
+    copy_index,
+    make_config,
+    original_body,
+    write_config,
+    write_syndicated,
+)
 
 from bench.many import generate as generate_corpus
 from bench.many import gold_pairs, indexed_pairs
@@ -23,63 +32,24 @@ from index import publish, store, vectors
 from index.add import add_sources
 from index.build import build_index
 from retrieval import Retriever
-from settings import PROJECT_ROOT, Config, load_config
+from settings import Config, load_config
 from telegram_bot.console import run_console
 
-ORIGINAL = PROJECT_ROOT / "corpus" / "articles" / "blockchain-daily-2021-06-10-crackdown.md"
-QUESTION = "断卡行动打掉了多少个犯罪团伙？"
-FACT = "170余个"
 
-
-def article(meta: dict[str, str], body: str) -> str:
-    front = "".join(f"{key}: {value}\n" for key, value in meta.items())
-    return f"---\n{front}---\n\n{body}\n"
-
-
-def original_body() -> str:
-    return ORIGINAL.read_text(encoding="utf-8").split("---", 2)[2].strip()
-
-
-def edited_copy(body: str) -> str:
-    """A 转载 of the article: a byline in front, commas changed, a sentence added to the
-    paragraph with the answer, the last paragraph dropped."""
-    paragraphs = [p for p in body.split("\n\n") if p.strip()][:-1]
-    edited = []
-    for p in paragraphs:
-        if FACT in p:
-            p = p.replace("，", ",", 2) + "此事引发业内广泛关注。"
-        edited.append(p)
-    edited[0] = "（新浪财经 记者 王磊）" + edited[0]
-    return "\n\n".join(edited)
-
-
-def write_syndicated(corpus: Path) -> None:
-    """The article (区块链日报, 06-10), an edited copy (新浪财经, 06-11), an exact copy under
-    another URL (金色财经, 06-12, listed first by name) and an unrelated article."""
-    body = original_body()
-    corpus.mkdir(parents=True, exist_ok=True)
-    (corpus / "z-daily.md").write_text(
-        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "区块链日报", "date": "2021-06-10",
-                 "url": "https://daily.example.cn/a"}, body), encoding="utf-8")  # fmt: skip
-    (corpus / "sina.md").write_text(
-        article({"title": "新疆青海叫停挖矿", "source": "新浪财经", "date": "2021-06-11",
-                 "url": "https://sina.example.cn/b"}, edited_copy(body)), encoding="utf-8")  # fmt: skip
-    (corpus / "a-jinse.md").write_text(
-        article({"title": "新疆、青海叫停虚拟货币挖矿", "source": "金色财经", "date": "2021-06-12",
-                 "url": "https://jinse.example.cn/c"}, body), encoding="utf-8")  # fmt: skip
-    (corpus / "other.md").write_text(
-        article({"title": "天气", "source": "澎湃新闻", "date": "2021-06-01"},
-                "今年夏天江南地区的梅雨季比往年来得更早，气象部门提醒市民注意防范强降雨带来的城市内涝。"),
-        encoding="utf-8",
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def syndicated_index(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The syndicated story (`helpers.write_syndicated`) indexed once, for the tests that read it."""
+    root = tmp_path_factory.mktemp("syndicated")
+    write_syndicated(root / "corpus")
+    config = make_config(root / "corpus", root / "index")
+    build_index(config)
+    return config
 
 
 @pytest.fixture
-def syndicated(tmp_path: Path) -> Config:
-    write_syndicated(tmp_path / "corpus")
-    config = make_config(tmp_path / "corpus", tmp_path / "index")
-    build_index(config)
-    return config
+def syndicated(syndicated_index: Config, tmp_path: Path) -> Config:
+    """A writable copy of the syndicated index."""
+    return copy_index(syndicated_index, tmp_path)
 
 
 def groups(config: Config) -> dict[int, set[str]]:
@@ -97,10 +67,10 @@ def groups(config: Config) -> dict[int, set[str]]:
     return out
 
 
-def test_copies_are_grouped_and_quoted_once_in_their_earliest_version(syndicated: Config) -> None:
-    found = groups(syndicated)
+def test_copies_are_grouped_and_quoted_once_in_their_earliest_version(syndicated_index: Config) -> None:
+    found = groups(syndicated_index)
     assert found and all(ids <= {"z-daily.md", "sina.md", "a-jinse.md"} for ids in found.values())
-    retriever = Retriever.open(syndicated.index.dir, syndicated)
+    retriever = Retriever.open(syndicated_index.index.dir, syndicated_index)
     try:
         hits = retriever.search(QUESTION, k=3)
     finally:
@@ -111,7 +81,7 @@ def test_copies_are_grouped_and_quoted_once_in_their_earliest_version(syndicated
     also = {a.source: a for a in top.also}
     assert set(also) == {"新浪财经", "金色财经"}
     assert also["新浪财经"].date == "2021-06-11" and also["新浪财经"].url == "https://sina.example.cn/b"
-    assert FACT in retriever_text(syndicated, also["新浪财经"].passage_id)
+    assert FACT in retriever_text(syndicated_index, also["新浪财经"].passage_id)
     # k counts distinct passages: no other hit repeats the top one's text from another outlet.
     assert len(hits) == 3
     assert all(FACT not in h.text for h in hits[1:])
@@ -162,29 +132,25 @@ def test_generated_corpus_duplicates_found_with_precision_and_recall(tmp_path: P
     assert len(gold & found) / len(gold) >= 0.9
 
 
-@pytest.mark.slow
-def test_cli_json_lists_the_other_copies(syndicated: Config, tmp_path: Path) -> None:
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[corpus]\ndir = "{syndicated.corpus.dir}"\n[index]\ndir = "{syndicated.index.dir}"\n'
-        '[model]\nname = "test-hash"\n',
-        encoding="utf-8",
+def test_cli_json_lists_the_other_copies(syndicated_index: Config, tmp_path: Path, cli: Callable[..., Exit]) -> None:
+    config_file = write_config(
+        tmp_path / "config.toml", corpus=Path(syndicated_index.corpus.dir), index=Path(syndicated_index.index.dir)
     )
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
-    command = [sys.executable, "-m", "retrieval", "--config", str(config_file)]
-    result = subprocess.run([*command, "--json", QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
-    assert result.returncode == 0, result.stderr.decode()
-    top = json.loads(result.stdout)["results"][0]
+    result = cli("retrieval", "--config", str(config_file), "--json", QUESTION)
+    assert result.code == 0, result.err
+    top = json.loads(result.out)["results"][0]
     assert top["source"] == "区块链日报"
     assert [(a["source"], a["date"]) for a in top["also"]] == [("新浪财经", "2021-06-11"), ("金色财经", "2021-06-12")]
     assert set(top["also"][0]) == {"source", "date", "title", "url", "article_id", "passage_id"}
-    readable = subprocess.run([*command, QUESTION], cwd=PROJECT_ROOT, env=env, capture_output=True, timeout=120)
-    assert "也见于 / also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" in readable.stdout.decode()
+    readable = cli("retrieval", "--config", str(config_file), QUESTION)
+    assert "也见于 / also in: 新浪财经 2021-06-11, 金色财经 2021-06-12" in readable.out
 
 
 @pytest.fixture
-def syndicated_config_file(syndicated: Config, tmp_path: Path) -> Path:
-    return write_config(tmp_path / "bot.toml", corpus=Path(syndicated.corpus.dir), index=Path(syndicated.index.dir))
+def syndicated_config_file(syndicated_index: Config, tmp_path: Path) -> Path:
+    """A config file over the syndicated index, with this test's own bot state."""
+    index = syndicated_index.index
+    return write_config(tmp_path / "bot.toml", corpus=Path(syndicated_index.corpus.dir), index=Path(index.dir))
 
 
 def test_console_quotes_once_and_names_the_copies(syndicated_config_file: Path) -> None:
@@ -248,21 +214,14 @@ def test_bot_sources_pages_newest_first_with_outlet_counts(many_articles: Path) 
     assert [b["text"] for b in buttons(last)] == ["‹ 较新"]  # /sources 99: the last page
 
 
-def test_console_sources_and_index_info_give_the_same_summary(many_articles: Path) -> None:
+def test_console_sources_and_index_info_give_the_same_summary(many_articles: Path, cli: Callable[..., Exit]) -> None:
     config = load_config(many_articles)
     stdout = io.StringIO()
     assert asyncio.run(run_console(config, stdin=io.BytesIO(b"/sources\n/sources 2\n"), stdout=stdout)) == 0  # type: ignore[arg-type]
     out = stdout.getvalue()
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
-    info = subprocess.run(
-        [sys.executable, "-m", "index", "info", "--config", str(many_articles)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    assert info.returncode == 0, info.stderr.decode()
-    data = json.loads(info.stdout)
+    info = cli("index", "info", "--config", str(many_articles))
+    assert info.code == 0, info.err
+    data = json.loads(info.out)
     summary = data["summary"]
     assert summary["articles"] == len(data["articles"]) and summary["duplicate_groups"] > 0
     assert [a["date"] for a in data["articles"]] == sorted((a["date"] for a in data["articles"]), reverse=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_CORPUS, make_config
-from fake_telegram import write_config
+from fakes import HashEmbedder
+from helpers import DEFAULT_CORPUS, make_config, write_config
 
 from bench.many import generate as generate_corpus
 from bench.synth import make_corpus
@@ -31,7 +31,6 @@ from index.backends import milvus_store as ms
 from index.backends.base import IndexUnavailableError, RebuildRequiredError
 from index.backends.milvus import MilvusBackend, MilvusReader
 from index.build import build_index
-from index.embedder import HashEmbedder
 from settings import PROJECT_ROOT, Config
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config
+from fakes import HashEmbedder
+from helpers import QUESTION, make_config, write_syndicated
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_many import QUESTION, write_syndicated
 
 from index import publish
 from index.backends import open_backend
 from index.build import build_index
-from index.embedder import HashEmbedder
 from index.text import normalize, terms
 from retrieval import Retriever
 from retrieval.fusion import title_matches

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CORPUS, make_config
+from helpers import DEFAULT_CORPUS, make_config
 
 from corpus import Skipped
 from corpus.reader import ArticleError, iter_corpus_files, load_corpus, read_article

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CMRC, SOURCE_ARTICLE
+from helpers import CMRC, SOURCE_ARTICLE
 
 from settings import PROJECT_ROOT
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CMRC
+from helpers import CMRC
 
 from settings import PROJECT_ROOT
 
