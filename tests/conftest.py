@@ -158,7 +158,12 @@ def cli(
         path.write_bytes(stdin)
         with open(path, "rb") as raw:
             monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw, encoding="utf-8"))
-            code = mains[entry](*argv) if entry == "bot" else mains[entry](list(argv))
+            try:
+                code = mains[entry](*argv) if entry == "bot" else mains[entry](list(argv))
+            except SystemExit as exit:  # argparse's usage errors and --help, as the interpreter ends them
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+                code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
         out, err = capsys.readouterr()
         return Exit(code, out, err)
 

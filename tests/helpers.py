@@ -53,19 +53,20 @@ def write_config(
     index: Path,
     telegram: dict[str, Any] | None = None,
     index_settings: dict[str, Any] | None = None,
-    retrieval: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
 ) -> Path:
     """A config.toml for tests: the fake embedder, temporary corpus and index, the bot's state in
-    `state/` beside the file (`index_settings`: more `[index]` keys, e.g. the backend)."""
-    sections = {
+    `state/` beside the file (`index_settings`: more `[index]` keys, e.g. the backend; `sections`:
+    other tables, e.g. `retrieval={"max_k": 5}`)."""
+    tables = {
         "model": {"name": HASH_MODEL},
         "index": {"dir": str(index), **(index_settings or {})},
         "corpus": {"dir": str(corpus)},
-        "retrieval": retrieval or {},
         "telegram": {"state_dir": str(path.parent / "state"), **(telegram or {})},
+        **sections,
     }
     lines = []
-    for section, values in sections.items():
+    for section, values in tables.items():
         lines.append(f"[{section}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     return write_toml(path, "\n".join(lines) + "\n")
@@ -100,9 +101,9 @@ class Exit:
     err: str
 
     def one_clear_error(self, *fragments: str) -> str:
-        """A user error: non-zero exit, nothing on stdout, one line on stderr holding `fragments`."""
+        """A user error: exit status 2, nothing on stdout, one line on stderr holding `fragments`."""
         lines = [line for line in self.err.splitlines() if line.strip()]
-        assert self.code != 0 and self.out == "", (self.code, self.out)
+        assert self.code == 2 and self.out == "", (self.code, self.out)
         assert "Traceback" not in self.err and len(lines) == 1, self.err
         for fragment in fragments:
             assert fragment in lines[0], (fragment, lines[0])

@@ -6,16 +6,13 @@ files whose sections and paragraphs survive into citations."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import make_config
+from helpers import make_config, write_config
 from news_site import (
     FEED,
     OTC,
@@ -35,7 +32,7 @@ from corpus.reader import format_article, split_front_matter
 from index.add import AddReport, add_sources, url_file_name
 from index.build import build_index
 from retrieval import Retriever
-from settings import PROJECT_ROOT, Config
+from settings import Config
 
 
 @pytest.fixture
@@ -363,62 +360,46 @@ def test_front_matter_round_trips_awkward_values():
 # ---------------------------------------------------------------- the command line
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"} | {"COLUMNS": "200"}  # no wrapping
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-@pytest.mark.slow
-def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path):
+def test_cli_add_then_retrieval_cites_the_new_article(site, tmp_path, cli):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "existing.md").write_text("# 旧文章\n\n青海省禁止向挖矿项目提供电力。\n", encoding="utf-8")
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[corpus]\ndir = "{corpus}"\n[index]\ndir = "{tmp_path / "index"}"\n[model]\nname = "test-hash"\n'
-        '[ingest]\nallow_hosts = ["127.0.0.1"]\n',
-        encoding="utf-8",
+    config_file = str(
+        write_config(
+            tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index", ingest={"allow_hosts": ["127.0.0.1"]}
+        )
     )
     bad = site.url("/report.pdf")
-    result = run_cli("index", "add", "--config", str(config_file), site.url(FEED), bad)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    lines = result.stdout.splitlines()
+    result = cli("index", "add", "--config", config_file, site.url(FEED), bad)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    lines = result.out.splitlines()
     assert sorted(line.split()[0] for line in lines[:4]) == ["added", "added", "added", "skipped"]
     assert f"skipped {bad}: not a web page or feed (application/pdf)" in lines
     assert lines[4] == "sources: 3 added, 0 updated, 0 unchanged, 1 skipped"
     assert lines[5].startswith("articles: 4 added, 0 updated, 0 removed, 0 unchanged, 0 skipped;")
 
-    again = run_cli("index", "add", "--config", str(config_file), site.url(FEED))
-    assert again.returncode == 0, again.stderr
-    assert [line.split()[0] for line in again.stdout.splitlines()[:3]] == ["unchanged"] * 3
+    again = cli("index", "add", "--config", config_file, site.url(FEED))
+    assert again.code == 0, again.err
+    assert [line.split()[0] for line in again.out.splitlines()[:3]] == ["unchanged"] * 3
 
     # Fetched from 127.0.0.1, the page's canonical link to news.example.cn is not believed:
     # the fetched URL is cited, under the feed's title.
     fetched = site.url(SICHUAN) + "?from=rss"
-    answer = run_cli("retrieval", "--config", str(config_file), "--json", "四川要求哪天前完成对挖矿项目的甄别清理？")
-    assert answer.returncode == 0, answer.stderr
-    top = json.loads(answer.stdout)["results"][0]
+    answer = cli("retrieval", "--config", config_file, "--json", "四川要求哪天前完成对挖矿项目的甄别清理？")
+    assert answer.code == 0, answer.err
+    top = json.loads(answer.out)["results"][0]
     assert (top["title"], top["date"], top["url"]) == (SICHUAN_TITLE, "2021-06-19", fetched)
     assert top["citation"].startswith(f"《示例新闻网 - 财经》2021-06-19 · {SICHUAN_TITLE} · ")
     assert "6月20日前完成" in top["text"]
-    readable = run_cli("retrieval", "--config", str(config_file), "四川要求哪天前完成对挖矿项目的甄别清理？")
-    lines = [line.strip() for line in readable.stdout.splitlines()]
+    readable = cli("retrieval", "--config", config_file, "四川要求哪天前完成对挖矿项目的甄别清理？")
+    lines = [line.strip() for line in readable.out.splitlines()]
     cited = next(
         i for i, line in enumerate(lines) if line.startswith(f"— 《示例新闻网 - 财经》2021-06-19 · {SICHUAN_TITLE}")
     )
     assert fetched in lines[cited] + lines[cited + 1]  # the link follows the citation
 
 
-@pytest.mark.slow
-def test_cli_add_reports_a_missing_corpus_in_one_line(tmp_path):
-    result = run_cli("index", "add", "--corpus", str(tmp_path / "nope"), "--index", str(tmp_path / "i"), "x.html")
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == f"error: corpus directory not found: {tmp_path / 'nope'}"
+def test_cli_add_reports_a_missing_corpus_in_one_line(tmp_path, cli):
+    result = cli("index", "add", "--corpus", str(tmp_path / "nope"), "--index", str(tmp_path / "i"), "x.html")
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip() == f"error: corpus directory not found: {tmp_path / 'nope'}"

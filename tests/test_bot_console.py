@@ -4,54 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import DEFAULT_CORPUS, QUESTION, Exit, copy_index, launch_argv, write_config, write_toml
 
-from index.build import build_index
-from settings import PROJECT_ROOT, load_config
+from settings import PROJECT_ROOT, Config
 from telegram_bot.console import run_console
-
-CORPUS = PROJECT_ROOT / "corpus" / "articles"
-QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
+    """A corpus and no index yet (the bot builds it first)."""
     corpus = tmp_path / "corpus"
-    shutil.copytree(CORPUS, corpus)
+    shutil.copytree(DEFAULT_CORPUS, corpus)
     return write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index")
 
 
-def bot_command(*args: str, stdin: str = "", token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "QA_INDEX_DIR")}
-    if token is not None:
-        env["TELEGRAM_BOT_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "bot.py", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def built_config_file(default_index: Config, tmp_path: Path) -> Path:
+    """A config over a copy of the default index (the bot starts answering at once)."""
+    copy = copy_index(default_index, tmp_path)
+    return write_config(tmp_path / "config.toml", corpus=copy.corpus.dir, index=copy.index.dir)
 
 
-def test_console_answers_through_the_shared_pipeline(config_file: Path) -> None:
-    config = load_config(config_file)
-    build_index(config)
+def test_console_answers_through_the_shared_pipeline(default_config: Config) -> None:
     lines = [QUESTION, "/more", "/context", "/source", "hi", "", "/sources", "/about", "推荐一部好看的电影"]
     stdin = io.BytesIO(("\n".join(lines) + "\n").encode())
     stdout = io.StringIO()
-    assert asyncio.run(run_console(config, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
+    assert asyncio.run(run_console(default_config, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
     out = stdout.getvalue()
     assert "文章原文摘录：\n> " in out and "170余个" in out and "**" in out
     assert "— 《区块链日报》2021-06-10 · " in out and "¶28" in out
@@ -64,9 +51,13 @@ def test_console_answers_through_the_shared_pipeline(config_file: Path) -> None:
 
 
 @pytest.mark.slow
-def test_piped_console_prints_a_quoted_cited_answer_and_exits_0(config_file: Path) -> None:
-    # No index yet: the bot builds it first (progress on stderr), then answers stdin.
-    result = bot_command("--console", "--config", str(config_file), stdin=QUESTION + "\n")
+def test_piped_console_runs_as_a_process_and_builds_a_missing_index_first(config_file: Path) -> None:
+    """`python bot.py --console` in its own interpreter: no index yet, so it builds one (progress
+    on stderr), then answers stdin."""
+    result = subprocess.run(
+        launch_argv("bot.py", "--console", "--config", str(config_file)),
+        cwd=PROJECT_ROOT, input=QUESTION + "\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "> " in result.stdout and "170余个" in result.stdout
     assert "《区块链日报》2021-06-10" in result.stdout and "¶" in result.stdout
@@ -74,15 +65,13 @@ def test_piped_console_prints_a_quoted_cited_answer_and_exits_0(config_file: Pat
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_no_token_means_console_mode(config_file: Path) -> None:
-    result = bot_command("--config", str(config_file), stdin="hello\n" + QUESTION + "\n")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "TELEGRAM_BOT_TOKEN is not set" in result.stderr
-    assert "170余个" in result.stdout
+def test_no_token_means_console_mode(config_file: Path, cli: Callable[..., Exit]) -> None:
+    result = cli("bot", "--config", str(config_file), stdin=("hello\n" + QUESTION + "\n").encode())
+    assert result.code == 0, result.err[-2000:]
+    assert "TELEGRAM_BOT_TOKEN is not set" in result.err
+    assert "170余个" in result.out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -91,31 +80,28 @@ def test_no_token_means_console_mode(config_file: Path) -> None:
         ("[nonsense]\n", "unknown section"),
     ],
 )
-def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, message: str) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text(toml, encoding="utf-8")
-    result = bot_command("--config", str(bad), token="12345:TEST_ONLY_not_a_real_token_abc")
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr
+def test_bad_config_is_one_clear_line(
+    tmp_path: Path, cli: Callable[..., Exit], monkeypatch: pytest.MonkeyPatch, toml: str, message: str
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "12345:TEST_ONLY_not_a_real_token_abc")
+    result = cli("bot", "--config", str(write_toml(tmp_path / "bad.toml", toml)))
+    assert result.code == 2
+    result.one_clear_error(message)
 
 
-@pytest.mark.slow
-def test_missing_corpus_and_index_is_one_clear_line(tmp_path: Path) -> None:
+def test_missing_corpus_and_index_is_one_clear_line(tmp_path: Path, cli: Callable[..., Exit]) -> None:
     config = write_config(tmp_path / "c.toml", corpus=tmp_path / "nowhere", index=tmp_path / "index")
-    result = bot_command("--console", "--config", str(config))
-    assert result.returncode == 2
-    assert "corpus directory not found" in result.stderr and "Traceback" not in result.stderr
+    result = cli("bot", "--console", "--config", str(config))
+    assert result.code == 2
+    assert "corpus directory not found" in result.err and "Traceback" not in result.err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_console_stops_cleanly_on_a_signal(config_file: Path, sig: int) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+def test_console_stops_cleanly_on_a_signal(built_config_file: Path, sig: int) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "bot.py", "--console", "--config", str(config_file)],
+        launch_argv("bot.py", "--console", "--config", str(built_config_file)),
         cwd=PROJECT_ROOT,
-        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

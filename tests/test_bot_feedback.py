@@ -1,15 +1,12 @@
 """👍 / 👎 under answers, the answer log in bot-state.sqlite (in the state directory), /stats and `bot.py stats`:
-the real Application over the fake Bot API, real SQLite files, `bot.py` as a subprocess."""
+the real Application over the fake Bot API, real SQLite files, `bot.py stats` through its main(argv)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,11 +15,10 @@ from typing import Any
 
 import pytest
 from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent
-from helpers import write_config
+from helpers import Exit, keys, shown, write_config
 
-from index.build import build_index
 from index.publish import current_version
-from settings import PROJECT_ROOT, load_config
+from settings import Config, load_config
 from telegram_bot import render
 from telegram_bot.feedback import Answered, AnswerLog
 from telegram_bot.i18n import t
@@ -37,42 +33,17 @@ GROUP = -100777
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 
-@pytest.fixture(scope="module")
-def built_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One fake-embedder index of the default corpus for this module."""
-    root = tmp_path_factory.mktemp("feedback-index")
-    corpus = root / "corpus"
-    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", corpus)
-    build_index(load_config(write_config(root / "build.toml", corpus=corpus, index=root / "index")))
-    return corpus, root / "index"
-
-
 @pytest.fixture
-def config_file(built_index: tuple[Path, Path], tmp_path: Path) -> Callable[..., Path]:
-    """A config over a fresh copy of the index, with its own state directory."""
-    corpus, index = built_index
-    shutil.copytree(index, tmp_path / "index")
+def config_file(default_index: Config, tmp_path: Path) -> Callable[..., Path]:
+    """A config over the shared default index, with its own state directory."""
 
     def make(**telegram: Any) -> Path:
         telegram.setdefault("admins", [ADMIN])
         telegram.setdefault("user_rate", 100)  # one admin asks a lot here: not a flood test
-        return write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index", telegram=telegram)
+        corpus, index = default_index.corpus.dir, default_index.index.dir
+        return write_config(tmp_path / "config.toml", corpus=corpus, index=index, telegram=telegram)
 
     return make
-
-
-def keys(call: Call) -> dict[str, str]:
-    """Button label -> callback data."""
-    markup = call.params.get("reply_markup") or {}
-    return {b["text"]: b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row}
-
-
-def shown(call: Call, p: Payloads) -> dict[str, Any]:
-    """The message as the client holds it (text and keyboard), for button presses."""
-    message = p.bot_message(
-        call.result["text"], chat_id=int(call.params["chat_id"]), message_id=call.result["message_id"]
-    )
-    return {**message, "reply_markup": call.params["reply_markup"]}
 
 
 def live_version(config_path: Path) -> str:
@@ -263,38 +234,32 @@ def test_unsure_answers_are_quoted_under_a_caveat_and_listed_for_curation(config
 
 
 # ---------------------------------------------------------------- python bot.py stats
-def bot_stats(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "QA_INDEX_DIR")}
-    env["LANG"] = "en_US.UTF-8"
+@pytest.fixture
+def bot_stats(cli: Callable[..., Exit], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Exit]:
+    """`python bot.py <args>` in this process, in an English locale."""
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
     for name in ("LC_ALL", "LC_MESSAGES"):
-        env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "bot.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+        monkeypatch.delenv(name, raising=False)
+    return lambda *args: cli("bot", *args)
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2 and not result.stdout
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    return result.stderr.strip()
-
-
-@pytest.mark.slow
-def test_bot_py_stats_and_export_read_what_a_bot_run_left(config_file: Callable[..., Path], tmp_path: Path) -> None:
+def test_bot_py_stats_and_export_read_what_a_bot_run_left(
+    config_file: Callable[..., Path], tmp_path: Path, bot_stats: Callable[..., Exit]
+) -> None:
     config = config_file()
     run_bot(load_config(config), _ask_and_vote)
 
     result = bot_stats("stats", "--config", str(config))
-    assert result.returncode == 0, result.stderr
-    assert "Answered: 2 of 5 (40%) · unsure: 0 (0%) · not covered: 3 (60%)" in result.stdout
-    assert "Votes: 👍 1 · 👎 1" in result.stdout
-    assert f"1. {OFF_TOPIC_ZH} — 2× (unsure 0, not covered 2, 👎 0)" in result.stdout
-    assert "<" not in result.stdout and "\x1b" not in result.stdout  # plain text, no HTML, no colour
-    assert bot_stats("--config", str(config), "stats").stdout == result.stdout  # --config either side
+    assert result.code == 0, result.err
+    assert "Answered: 2 of 5 (40%) · unsure: 0 (0%) · not covered: 3 (60%)" in result.out
+    assert "Votes: 👍 1 · 👎 1" in result.out
+    assert f"1. {OFF_TOPIC_ZH} — 2× (unsure 0, not covered 2, 👎 0)" in result.out
+    assert "<" not in result.out and "\x1b" not in result.out  # plain text, no HTML, no colour
+    assert bot_stats("--config", str(config), "stats").out == result.out  # --config either side
 
     out = tmp_path / "curate.jsonl"
     result = bot_stats("stats", "--config", str(config), "--export", str(out))
-    assert result.returncode == 0 and "wrote 4 " in result.stdout
+    assert result.code == 0 and "wrote 4 " in result.out
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r["question"], r["kind"], r["vote"]) for r in records] == [
         (QUESTION, "answer", {"up": 0, "down": 1}),
@@ -311,24 +276,25 @@ def test_bot_py_stats_and_export_read_what_a_bot_run_left(config_file: Callable[
     assert len(records[0]["passages"]) == 3 and len(records[1]["passages"]) == 1
 
 
-@pytest.mark.slow
-def test_bot_py_stats_errors_are_one_line(config_file: Callable[..., Path], tmp_path: Path) -> None:
+def test_bot_py_stats_errors_are_one_line(
+    config_file: Callable[..., Path], tmp_path: Path, bot_stats: Callable[..., Exit]
+) -> None:
     config = config_file()
-    assert "no bot state at" in one_line_error(bot_stats("stats", "--config", str(config)))
+    assert "no bot state at" in bot_stats("stats", "--config", str(config)).one_clear_error()
     assert not (load_config(config).telegram.state_dir / FILE_NAME).exists()  # a reader creates no state file
 
     state = load_config(config).telegram.state_dir / FILE_NAME
     state.write_bytes(b"not a database at all" * 50)
-    assert "cannot read" in one_line_error(bot_stats("stats", "--config", str(config)))
+    assert "cannot read" in bot_stats("stats", "--config", str(config)).one_clear_error()
     assert state.read_bytes() == b"not a database at all" * 50  # the bot's file is not moved aside by a reader
 
     state.unlink()
     run_bot(load_config(config), _ask_and_vote)
     unwritable = tmp_path / "no-such-dir" / "out.jsonl"
-    assert "cannot write" in one_line_error(bot_stats("stats", "--config", str(config), "--export", str(unwritable)))
+    assert "cannot write" in bot_stats("stats", "--config", str(config), "--export", str(unwritable)).one_clear_error()
 
     memory_only = config_file(question_retention_days=0)
-    assert "keeps nothing on disk" in one_line_error(bot_stats("stats", "--config", str(memory_only)))
+    assert "keeps nothing on disk" in bot_stats("stats", "--config", str(memory_only)).one_clear_error()
 
 
 # ---------------------------------------------------------------- the answer log itself

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,16 +24,14 @@ from fake_telegram import (
     run_bot,
     sent,
     utf16_len,
-    write_config,
 )
+from helpers import QUESTION, assert_valid_answer_html, buttons, copy_index, write_config
 
 from index.build import build_index
-from settings import PROJECT_ROOT, Config, load_config
+from settings import Config, load_config
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState
 
-CORPUS = PROJECT_ROOT / "corpus" / "articles"
-QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 EN_QUESTION = "What happened to the bank cards of OTC merchants?"
 OFF_TOPIC_ZH = "推荐一部好看的电影"
 OFF_TOPIC_EN = "quantum chromodynamics lattice"
@@ -42,50 +39,27 @@ GROUP = -100555
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # as bot.py does: no deprecation warning on each 429
 
 
-@pytest.fixture(scope="module")
-def index_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One fake-embedder index of the default corpus, shared by this module's tests."""
-    root = tmp_path_factory.mktemp("bot-index")
-    corpus = root / "corpus"
-    shutil.copytree(CORPUS, corpus)
-    config = load_config(write_config(root / "build.toml", corpus=corpus, index=root / "index"))
-    build_index(config)
-    return corpus, root / "index"
-
-
 @pytest.fixture
-def make_config(index_dirs: tuple[Path, Path], tmp_path: Path) -> Callable[..., Config]:
+def bot_config(default_index: Config, tmp_path: Path) -> Callable[..., Config]:
+    """A config over the shared default index, with this test's own state and `[telegram]` settings."""
+
     def make(**telegram: Any) -> Config:
-        corpus, index = index_dirs
+        corpus, index = default_index.corpus.dir, default_index.index.dir
         return load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=index, telegram=telegram))
 
     return make
 
 
-def assert_valid_answer_html(call: Call) -> str:
-    """The text is valid Telegram HTML within the limit; returns the text after entity parsing."""
-    assert call.params["parse_mode"] == "HTML"
-    parsed = parse_html(call.params["text"])
-    assert parsed.length <= 4096
-    assert set(parsed.tags) <= {"b", "a", "blockquote"}
-    return parsed.text
-
-
-def buttons(call: Call) -> list[dict[str, str]]:
-    markup = call.params.get("reply_markup") or {}
-    return [b for row in markup.get("inline_keyboard", []) for b in row]
-
-
 # ---------------------------------------------------------------- answers
 def test_private_chinese_question_gets_quoted_cited_answer_with_buttons(
-    make_config: Callable[..., Config],
+    bot_config: Callable[..., Config],
 ) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(QUESTION)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     html = answer.params["text"]
@@ -109,14 +83,14 @@ def test_private_chinese_question_gets_quoted_cited_answer_with_buttons(
     ],
 )
 def test_labels_follow_the_users_language_quotes_stay_chinese(
-    make_config: Callable[..., Config], question: str, language_code: str, expected: str, unexpected: str
+    bot_config: Callable[..., Config], question: str, language_code: str, expected: str, unexpected: str
 ) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(question, lang=language_code)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     assert expected in text and unexpected not in text
@@ -124,13 +98,13 @@ def test_labels_follow_the_users_language_quotes_stay_chinese(
     assert any("\u4e00" <= ch <= "\u9fff" for ch in quote)
 
 
-def test_unanswered_question_says_so_and_shows_one_weak_match(make_config: Callable[..., Config]) -> None:
+def test_unanswered_question_says_so_and_shows_one_weak_match(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(OFF_TOPIC_ZH)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     assert text.startswith("这些文章没有涉及这个问题。")
@@ -140,13 +114,13 @@ def test_unanswered_question_says_so_and_shows_one_weak_match(make_config: Calla
 
 
 @pytest.mark.parametrize("greeting", ["你好", "hi", "Thanks!", "👍", "hello bot", "谢谢啊"])
-def test_greetings_get_the_short_help_not_a_quote(make_config: Callable[..., Config], greeting: str) -> None:
+def test_greetings_get_the_short_help_not_a_quote(bot_config: Callable[..., Config], greeting: str) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(greeting)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     assert "<blockquote>" not in answer.params["text"]
@@ -154,13 +128,13 @@ def test_greetings_get_the_short_help_not_a_quote(make_config: Callable[..., Con
     assert not buttons(answer)
 
 
-def test_overlong_question_is_truncated_before_retrieval(make_config: Callable[..., Config]) -> None:
+def test_overlong_question_is_truncated_before_retrieval(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(QUESTION + "啊" * 6000)))
 
-    run_bot(make_config(max_question_chars=500), scenario)
+    run_bot(bot_config(max_question_chars=500), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     assert "<blockquote>" in answer.params["text"]
@@ -208,20 +182,20 @@ def test_hostile_html_in_articles_and_questions_is_escaped(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------- groups
-def test_group_is_silent_unless_addressed(make_config: Callable[..., Config]) -> None:
+def test_group_is_silent_unless_addressed(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(QUESTION, chat_id=GROUP, user_id=21)))
         calls.extend(await bot.feed(p.message("@someone_else " + QUESTION, chat_id=GROUP, user_id=21)))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     assert not sent(calls)
     assert not api.recorded("sendMessage")
 
 
 def test_group_mention_is_answered_as_a_reply_with_the_mention_stripped(
-    make_config: Callable[..., Config],
+    bot_config: Callable[..., Config],
 ) -> None:
     calls: list[Call] = []
     asked: list[int] = []
@@ -234,7 +208,7 @@ def test_group_mention_is_answered_as_a_reply_with_the_mention_stripped(
         # A mention in the middle of the text, without an entity (typed by hand).
         calls.extend(await bot.feed(p.message(f"请问 @{BOT_USER['username'].upper()} {QUESTION}", chat_id=GROUP)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     private, group, inline_mention = sent(calls)
     assert group.params["reply_parameters"]["message_id"] == asked[0]
     assert int(group.params["chat_id"]) == GROUP
@@ -243,7 +217,7 @@ def test_group_mention_is_answered_as_a_reply_with_the_mention_stripped(
     assert "<blockquote>" in inline_mention.params["text"]
 
 
-def test_group_reply_to_the_bot_and_ask_command_are_answered(make_config: Callable[..., Config]) -> None:
+def test_group_reply_to_the_bot_and_ask_command_are_answered(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -253,7 +227,7 @@ def test_group_reply_to_the_bot_and_ask_command_are_answered(make_config: Callab
         calls.extend(await bot.feed(p.message(f"/ask@{BOT_USER['username']} {QUESTION}", chat_id=GROUP)))
         calls.extend(await bot.feed(p.message("/ask", chat_id=GROUP, user_id=21)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     replies = sent(calls)
     assert len(replies) == 4
     for reply in replies[:3]:
@@ -263,14 +237,14 @@ def test_group_reply_to_the_bot_and_ask_command_are_answered(make_config: Callab
 
 
 # ---------------------------------------------------------------- commands
-def test_start_help_sources_about(make_config: Callable[..., Config]) -> None:
+def test_start_help_sources_about(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         for command in ("/start", "/help", "/sources", "/about"):
             calls.extend(await bot.feed(p.message(command, lang="en")))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     start, help_, sources, about = (assert_valid_answer_html(c) for c in sent(calls))
     assert start == help_
     assert "1 news article(s)" in help_ and "2021-06-10" in help_
@@ -282,7 +256,7 @@ def test_start_help_sources_about(make_config: Callable[..., Config]) -> None:
 
 
 # ---------------------------------------------------------------- buttons
-def test_more_context_and_source_buttons(make_config: Callable[..., Config]) -> None:
+def test_more_context_and_source_buttons(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -297,7 +271,7 @@ def test_more_context_and_source_buttons(make_config: Callable[..., Config]) -> 
         past_the_end = data["更多"].rsplit(":", 1)[0] + ":48"
         calls.extend(await bot.feed(p.callback(past_the_end, message=message, user_id=1001)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     answer = sent(calls)[0]
     [edit] = sent(calls, "editMessageText")
     assert edit.params["message_id"] == str(answer.result["message_id"])
@@ -316,9 +290,9 @@ def test_more_context_and_source_buttons(make_config: Callable[..., Config]) -> 
     assert popups == [None, None, None, "这个问题没有更多段落了。"]
 
 
-def test_more_button_still_works_after_a_restart(make_config: Callable[..., Config]) -> None:
+def test_more_button_still_works_after_a_restart(bot_config: Callable[..., Config]) -> None:
     """The question behind "More" is stored beside the index, not only in the process."""
-    config = make_config()
+    config = bot_config()
     first: list[Call] = []
 
     async def ask(bot: InProcessBot, p: Payloads) -> None:
@@ -352,14 +326,14 @@ def test_more_button_still_works_after_a_restart(make_config: Callable[..., Conf
         "c:%s:1:e'; drop table passages;--",
     ],
 )
-def test_stale_or_forged_callback_data_gets_a_polite_answer(make_config: Callable[..., Config], data: str) -> None:
+def test_stale_or_forged_callback_data_gets_a_polite_answer(bot_config: Callable[..., Config], data: str) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         message = p.bot_message("old answer", chat_id=1001, message_id=7)
         calls.extend(await bot.feed(p.callback(data, message=message, user_id=1001, lang="en")))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     [answer] = sent(calls, "answerCallbackQuery")
     assert answer.params["text"] in (
         "This button is no longer valid. Please ask again.",
@@ -369,14 +343,14 @@ def test_stale_or_forged_callback_data_gets_a_polite_answer(make_config: Callabl
 
 
 # ---------------------------------------------------------------- inline mode
-def test_inline_query_offers_quotes_as_articles(make_config: Callable[..., Config]) -> None:
+def test_inline_query_offers_quotes_as_articles(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.inline(QUESTION, user_id=31)))
         calls.extend(await bot.feed(p.inline("", user_id=31)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     full, empty = sent(calls, "answerInlineQuery")
     results = full.params["results"]
     assert 1 <= len(results) <= 3
@@ -416,7 +390,7 @@ def test_unsure_answers_carry_the_caveat_in_private_groups_and_inline(make_confi
 
 
 # ---------------------------------------------------------------- access and load
-def test_allowlist_refuses_others_once(make_config: Callable[..., Config]) -> None:
+def test_allowlist_refuses_others_once(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -426,7 +400,7 @@ def test_allowlist_refuses_others_once(make_config: Callable[..., Config]) -> No
             calls.extend(await bot.feed(p.message(QUESTION, chat_id=7, lang="en")))
         calls.extend(await bot.feed(p.message("/help", chat_id=7, lang="en")))
 
-    run_bot(make_config(allowlist=[42]), scenario)
+    run_bot(bot_config(allowlist=[42]), scenario)
     replies = sent(calls)
     assert [int(c.params["chat_id"]) for c in replies] == [42, 7]
     assert "<blockquote>" in replies[0].params["text"]
@@ -435,12 +409,12 @@ def test_allowlist_refuses_others_once(make_config: Callable[..., Config]) -> No
     assert inline.params["results"] == []
 
 
-def test_flood_from_one_user_is_throttled_without_slowing_others(make_config: Callable[..., Config]) -> None:
+def test_flood_from_one_user_is_throttled_without_slowing_others(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         flood = [bot.feed(p.message(f"{QUESTION} {i}", chat_id=501, lang="en")) for i in range(50)]
         await asyncio.gather(*flood, bot.feed(p.message(QUESTION, chat_id=502)))
 
-    api = run_bot(make_config(user_rate=8, rate_window=600.0), scenario)
+    api = run_bot(bot_config(user_rate=8, rate_window=600.0), scenario)
     to_flooder = [c.params["text"] for c in api.recorded("sendMessage") if c.params["chat_id"] == "501"]
     notices = [t for t in to_flooder if t.startswith("You are asking very fast")]
     assert len(notices) == 1
@@ -450,7 +424,7 @@ def test_flood_from_one_user_is_throttled_without_slowing_others(make_config: Ca
     assert "<blockquote>" in other.params["text"]
 
 
-def test_thirty_chats_at_once_are_all_answered(make_config: Callable[..., Config]) -> None:
+def test_thirty_chats_at_once_are_all_answered(bot_config: Callable[..., Config]) -> None:
     questions = [
         QUESTION,
         EN_QUESTION,
@@ -463,25 +437,25 @@ def test_thirty_chats_at_once_are_all_answered(make_config: Callable[..., Config
         updates = [p.message(questions[i % len(questions)], chat_id=2000 + i) for i in range(30)]
         await asyncio.gather(*(bot.feed(u) for u in updates))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     answered = {int(c.params["chat_id"]) for c in api.recorded("sendMessage") if "<blockquote>" in c.params["text"]}
     assert answered == set(range(2000, 2030))
     assert len(api.recorded("sendMessage")) == 30
 
 
 # ---------------------------------------------------------------- Telegram faults
-def test_429_on_send_is_retried_after_retry_after(make_config: Callable[..., Config]) -> None:
+def test_429_on_send_is_retried_after_retry_after(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         bot.api.inject("sendMessage", status=429, retry_after=1)
         await bot.feed(p.message(QUESTION))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     attempts = api.recorded("sendMessage", ok=None)
     assert [c.status for c in attempts] == [429, 200]
     assert attempts[0].params["text"] == attempts[1].params["text"]
 
 
-def test_5xx_resets_and_connect_timeouts_on_send_are_retried(make_config: Callable[..., Config]) -> None:
+def test_5xx_resets_and_connect_timeouts_on_send_are_retried(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         bot.api.inject("sendMessage", status=502)
         bot.api.inject("sendMessage", reset=True)
@@ -489,14 +463,14 @@ def test_5xx_resets_and_connect_timeouts_on_send_are_retried(make_config: Callab
         bot.api.inject("sendMessage", status=500)
         await bot.feed(p.message(QUESTION))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     attempts = api.recorded("sendMessage", ok=None)
     assert [c.fault for c in attempts] == ["502", "reset", "connect_timeout", "500", ""]
     assert attempts[-1].ok and "<blockquote>" in attempts[-1].params["text"]
 
 
 def test_a_send_that_timed_out_after_it_was_sent_is_not_retried_into_a_duplicate(
-    make_config: Callable[..., Config],
+    bot_config: Callable[..., Config],
 ) -> None:
     """PTB's TimedOut on a read means Telegram may have the message already: no retry, and no
     apology that would follow an answer the user may well have received."""
@@ -506,19 +480,19 @@ def test_a_send_that_timed_out_after_it_was_sent_is_not_retried_into_a_duplicate
         await bot.feed(p.message(QUESTION))
         await bot.feed(p.message(QUESTION, chat_id=1002))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     to_first = [c for c in api.recorded("sendMessage", ok=None) if c.params["chat_id"] == "1001"]
     assert [c.fault for c in to_first] == ["timeout"]
     [second] = [c for c in api.recorded("sendMessage") if c.params["chat_id"] == "1002"]
     assert "<blockquote>" in second.params["text"]  # the bot carries on
 
 
-def test_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable[..., Config]) -> None:
+def test_html_rejected_by_telegram_is_resent_as_plain_text(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         bot.api.inject("sendMessage", status=400, description="Bad Request: can't parse entities: at byte 42")
         await bot.feed(p.message(QUESTION))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     rejected, plain = api.recorded("sendMessage", ok=None)
     assert rejected.status == 400 and rejected.params["parse_mode"] == "HTML"
     assert plain.ok and "parse_mode" not in plain.params
@@ -527,7 +501,7 @@ def test_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable
 
 
 def test_send_failing_after_all_retries_is_logged_and_apologised_for(
-    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+    bot_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="telegram_bot")
 
@@ -536,7 +510,7 @@ def test_send_failing_after_all_retries_is_logged_and_apologised_for(
         await bot.feed(p.message(QUESTION, chat_id=1234, lang="en"))
         await bot.feed(p.message(QUESTION, chat_id=1234, lang="en"))  # the bot still works
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     delivered = [c.params["text"] for c in api.recorded("sendMessage")]
     assert delivered[0] == "Sorry, something went wrong while answering. Please try again in a moment."
     assert "<blockquote>" in delivered[1]
@@ -545,7 +519,7 @@ def test_send_failing_after_all_retries_is_logged_and_apologised_for(
 
 
 def test_unexpected_errors_reach_the_error_handler_not_the_user(
-    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+    bot_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="telegram_bot")
 
@@ -555,7 +529,7 @@ def test_unexpected_errors_reach_the_error_handler_not_the_user(
         state.qa.retriever.close()  # a real fault: the index database goes away under the bot
         await bot.feed(p.message(QUESTION, chat_id=4321, lang="en"))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     [reply] = api.recorded("sendMessage")
     assert reply.params["text"] == "Sorry, something went wrong while answering. Please try again in a moment."
     [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -564,7 +538,7 @@ def test_unexpected_errors_reach_the_error_handler_not_the_user(
 
 # ---------------------------------------------------------------- logging
 def test_logs_carry_chat_ids_not_message_texts(
-    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+    bot_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
 
@@ -572,7 +546,7 @@ def test_logs_carry_chat_ids_not_message_texts(
         await bot.feed(p.message(QUESTION, chat_id=8642))
         await bot.feed(p.mention(OFF_TOPIC_ZH, chat_id=GROUP, user_id=8643))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "chat=8642" in text and f"chat={GROUP}" in text
     assert QUESTION not in text and OFF_TOPIC_ZH not in text
@@ -580,16 +554,16 @@ def test_logs_carry_chat_ids_not_message_texts(
 
     caplog.clear()
     caplog.set_level(logging.DEBUG, logger="telegram_bot")
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     assert QUESTION in "\n".join(r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------- index updates
-def _rebuilt_index(tmp_path: Path, **telegram: Any) -> tuple[Config, Path]:
-    corpus = tmp_path / "corpus"
-    shutil.copytree(CORPUS, corpus)
-    config = load_config(write_config(tmp_path / "c.toml", corpus=corpus, index=tmp_path / "index", telegram=telegram))
-    build_index(config)
+def _rebuilt_index(default_index: Config, tmp_path: Path, **telegram: Any) -> tuple[Config, Path]:
+    """A copy of the default index the test may publish new versions of."""
+    copy = copy_index(default_index, tmp_path)
+    corpus = Path(copy.corpus.dir)
+    config = load_config(write_config(tmp_path / "c.toml", corpus=corpus, index=copy.index.dir, telegram=telegram))
     return config, corpus
 
 
@@ -602,8 +576,8 @@ def _publish_new_version(config: Config, corpus: Path) -> None:
     assert build_index(config).published
 
 
-def test_admin_reload_switches_index_and_old_buttons_are_stale(tmp_path: Path) -> None:
-    config, corpus = _rebuilt_index(tmp_path, admins=[99])
+def test_admin_reload_switches_index_and_old_buttons_are_stale(default_index: Config, tmp_path: Path) -> None:
+    config, corpus = _rebuilt_index(default_index, tmp_path, admins=[99])
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         answer = sent(await bot.feed(p.message(QUESTION, chat_id=99, lang="en")))[0]
@@ -639,8 +613,8 @@ def test_admin_reload_switches_index_and_old_buttons_are_stale(tmp_path: Path) -
     assert api.recorded("editMessageText")  # "More" re-asks its question on the new index
 
 
-def test_running_bot_picks_up_a_published_index_by_itself(tmp_path: Path) -> None:
-    config, corpus = _rebuilt_index(tmp_path, reload_seconds=0.1)
+def test_running_bot_picks_up_a_published_index_by_itself(default_index: Config, tmp_path: Path) -> None:
+    config, corpus = _rebuilt_index(default_index, tmp_path, reload_seconds=0.1)
     versions: list[str] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -660,13 +634,13 @@ def test_running_bot_picks_up_a_published_index_by_itself(tmp_path: Path) -> Non
     assert "后续报道" in parse_html(api.recorded("sendMessage")[-1].params["text"]).text
 
 
-def test_answers_fit_the_limit_even_with_many_passages(make_config: Callable[..., Config]) -> None:
+def test_answers_fit_the_limit_even_with_many_passages(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         calls.extend(await bot.feed(p.message(QUESTION)))
 
-    run_bot(make_config(max_passages=50), scenario)
+    run_bot(bot_config(max_passages=50), scenario)
     [answer] = sent(calls)
     text = assert_valid_answer_html(answer)
     assert utf16_len(text) <= 4096
@@ -688,17 +662,17 @@ HANDLE = f"@{BOT_USER['username']}"
     ],
 )
 def test_only_the_exact_handle_or_our_commands_address_the_bot_in_groups(
-    make_config: Callable[..., Config], text: str
+    bot_config: Callable[..., Config], text: str
 ) -> None:
-    api = run_bot(make_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
+    api = run_bot(bot_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
     assert not api.recorded("sendMessage")
 
 
 @pytest.mark.parametrize("text", [f"{HANDLE}，{QUESTION}", f"请问{HANDLE} {QUESTION}", f"{QUESTION} {HANDLE}."])
 def test_the_exact_handle_next_to_punctuation_or_chinese_addresses_the_bot(
-    make_config: Callable[..., Config], text: str
+    bot_config: Callable[..., Config], text: str
 ) -> None:
-    api = run_bot(make_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
+    api = run_bot(bot_config(), lambda bot, p: bot.feed(p.message(text, chat_id=GROUP, user_id=21)))  # type: ignore[arg-type,return-value]
     [answer] = api.recorded("sendMessage")
     assert "170余个" in parse_html(answer.params["text"]).text
 
@@ -713,7 +687,7 @@ def replies(api: FakeTelegram, chat_id: int) -> list[Call]:
 
 
 def test_commands_and_button_presses_share_the_flood_limit_and_presses_are_always_answered(
-    make_config: Callable[..., Config],
+    bot_config: Callable[..., Config],
 ) -> None:
     """One user's /help flood and valid More presses in a group: at most user_rate + 1 replies
     (one notice), every press answered, the throttled presses run no retrieval (no edit)."""
@@ -730,7 +704,7 @@ def test_commands_and_button_presses_share_the_flood_limit_and_presses_are_alway
         # Another user in the same group is still served.
         await bot.feed(p.mention(QUESTION, chat_id=GROUP, user_id=67))
 
-    api = run_bot(make_config(user_rate=5, rate_window=600.0), scenario)
+    api = run_bot(bot_config(user_rate=5, rate_window=600.0), scenario)
     to_group = replies(api, GROUP)
     to_flooder = [c for c in to_group if "170余个" not in parse_html(c.params["text"]).text]
     assert len(to_flooder) <= 5 + 1
@@ -740,7 +714,7 @@ def test_commands_and_button_presses_share_the_flood_limit_and_presses_are_alway
     assert any("170余个" in parse_html(c.params["text"]).text for c in to_group)
 
 
-def test_a_group_gets_at_most_telegrams_group_budget(make_config: Callable[..., Config]) -> None:
+def test_a_group_gets_at_most_telegrams_group_budget(bot_config: Callable[..., Config]) -> None:
     """Many users asking in one group at once: what is admitted fits the group's budget, so no
     reply waits inside the rate limiter; private chats stay unaffected."""
 
@@ -748,27 +722,27 @@ def test_a_group_gets_at_most_telegrams_group_budget(make_config: Callable[..., 
         asks = [bot.feed(p.mention(QUESTION, chat_id=GROUP, user_id=300 + i)) for i in range(8)]
         await asyncio.gather(*asks, bot.feed(p.message(QUESTION, chat_id=1003)))
 
-    api = run_bot(make_config(group_rate=5, group_window=600.0), scenario)
+    api = run_bot(bot_config(group_rate=5, group_window=600.0), scenario)
     assert len(replies(api, GROUP)) == 5
     assert len(replies(api, 1003)) == 1
 
 
-def test_inline_flood_gets_empty_results_without_retrieval(make_config: Callable[..., Config]) -> None:
+def test_inline_flood_gets_empty_results_without_retrieval(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         await asyncio.gather(*(bot.feed(p.inline(f"{QUESTION}{i}", user_id=41)) for i in range(9)))
 
-    api = run_bot(make_config(user_rate=2, rate_window=600.0), scenario)
+    api = run_bot(bot_config(user_rate=2, rate_window=600.0), scenario)
     answers = api.recorded("answerInlineQuery")
     assert len(answers) == 9  # every query answered
     assert sum(bool(a.params["results"]) for a in answers) == 6  # 3 x user_rate for inline
 
 
-def test_inline_html_rejected_by_telegram_is_resent_as_plain_text(make_config: Callable[..., Config]) -> None:
+def test_inline_html_rejected_by_telegram_is_resent_as_plain_text(bot_config: Callable[..., Config]) -> None:
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
         bot.api.inject("answerInlineQuery", status=400, description="Bad Request: can't parse entities: at byte 9")
         await bot.feed(p.inline(QUESTION, user_id=31))
 
-    api = run_bot(make_config(), scenario)
+    api = run_bot(bot_config(), scenario)
     rejected, plain = api.recorded("answerInlineQuery", ok=None)
     assert rejected.status == 400 and plain.ok
     for html_result, plain_result in zip(rejected.params["results"], plain.params["results"], strict=True):
@@ -782,7 +756,7 @@ FIRST = "青海省工信厅要求什么？"
 FOLLOW_UP = "内蒙古呢？"
 
 
-def test_a_follow_up_in_a_private_chat_is_read_in_context_and_says_how(make_config: Callable[..., Config]) -> None:
+def test_a_follow_up_in_a_private_chat_is_read_in_context_and_says_how(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -791,7 +765,7 @@ def test_a_follow_up_in_a_private_chat_is_read_in_context_and_says_how(make_conf
         calls.extend(await bot.feed(p.message("/new", chat_id=1201)))
         calls.extend(await bot.feed(p.message(FOLLOW_UP, chat_id=1201)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     follow_up, cleared, alone = (parse_html(c.params["text"]).text for c in sent(calls))
     assert t("zh", "understood_as", question="") in follow_up and "内蒙古" in follow_up
     assert "要求" in follow_up.split("\n")[0] or any(
@@ -801,7 +775,7 @@ def test_a_follow_up_in_a_private_chat_is_read_in_context_and_says_how(make_conf
     assert t("zh", "understood_as", question="") not in alone
 
 
-def test_a_question_that_stands_alone_is_answered_exactly_as_alone(make_config: Callable[..., Config]) -> None:
+def test_a_question_that_stands_alone_is_answered_exactly_as_alone(bot_config: Callable[..., Config]) -> None:
     calls: list[Call] = []
 
     async def scenario(bot: InProcessBot, p: Payloads) -> None:
@@ -809,13 +783,13 @@ def test_a_question_that_stands_alone_is_answered_exactly_as_alone(make_config: 
         await bot.feed(p.message(FIRST, chat_id=1203))
         calls.extend(await bot.feed(p.message(QUESTION, chat_id=1203)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     alone, after_context = sent(calls)
     assert after_context.params["text"] == alone.params["text"]
 
 
 def test_in_a_group_a_reply_to_an_answer_continues_that_answers_conversation(
-    make_config: Callable[..., Config],
+    bot_config: Callable[..., Config],
 ) -> None:
     calls: list[Call] = []
 
@@ -827,7 +801,7 @@ def test_in_a_group_a_reply_to_an_answer_continues_that_answers_conversation(
         # A third member asks the same words fresh (a mention, no reply): no context of theirs.
         calls.extend(await bot.feed(p.mention(FOLLOW_UP, chat_id=GROUP, user_id=83)))
 
-    run_bot(make_config(), scenario)
+    run_bot(bot_config(), scenario)
     continued, fresh = (parse_html(c.params["text"]).text for c in sent(calls))
     assert t("zh", "understood_as", question="") in continued
     assert t("zh", "understood_as", question="") not in fresh

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
-from helpers import write_config
+from helpers import chat_texts, copy_index, write_config
 from news_site import SICHUAN, SICHUAN_TITLE, SITE, NewsSite
 
-from index.build import build_index
 from settings import PROJECT_ROOT, Config, load_config
 from telegram_bot.i18n import t
 
@@ -24,26 +22,15 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    corpus = tmp_path / "corpus"
-    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", corpus)
-    base = load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index"))
-    config = replace(
+def config(default_index: Config, tmp_path: Path) -> Config:
+    """A copy of the default index that admins add articles to."""
+    copy = copy_index(default_index, tmp_path)
+    base = load_config(write_config(tmp_path / "config.toml", corpus=copy.corpus.dir, index=copy.index.dir))
+    return replace(
         base,
         telegram=replace(base.telegram, admins=(ADMIN,), reload_seconds=0.0),
         ingest=replace(base.ingest, timeout=2.0, download_seconds=5.0, allow_hosts=("127.0.0.1",)),
     )
-    build_index(config)
-    return config
-
-
-def texts(calls: list[Call], chat_id: int) -> list[str]:
-    """What the chat saw, in order: every message sent or edited, as plain text."""
-    return [
-        parse_html(c.params["text"]).text
-        for c in calls
-        if c.ok and c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == str(chat_id)
-    ]
 
 
 def test_admin_adds_a_page_by_url_and_the_bot_answers_from_it(site: NewsSite, config: Config) -> None:
@@ -54,7 +41,7 @@ def test_admin_adds_a_page_by_url_and_the_bot_answers_from_it(site: NewsSite, co
         answers.extend(await bot.feed(p.message(SICHUAN_QUESTION, chat_id=ADMIN)))
 
     api = run_bot(config, scenario)
-    seen = texts(api.calls, ADMIN)
+    seen = chat_texts(api.calls, ADMIN)
     assert seen[0] == t("en", "add_started")  # acknowledged at once
     final = seen[-2]  # the last edit of the status message, before the answer
     assert f"Added: {SICHUAN_TITLE} (2021-06-19)" in final and "passages" in final
@@ -76,7 +63,7 @@ def test_a_document_with_the_caption_add_is_added(config: Config) -> None:
         await bot.feed(p.document("doc-1", "sichuan.html", caption="/add", chat_id=ADMIN))
 
     api = run_bot(config, scenario)
-    final = texts(api.calls, ADMIN)[-1]
+    final = chat_texts(api.calls, ADMIN)[-1]
     assert f"已添加：{SICHUAN_TITLE}（2021-06-19）" in final and "现在使用索引版本" in final
     assert not list((Path(config.index.dir) / "uploads").iterdir())  # the upload is not kept
 
@@ -95,7 +82,7 @@ def test_what_cannot_be_added_gets_one_clear_line(config: Config, payload, key: 
         await bot.feed(payload(p))
 
     api = run_bot(config, scenario)
-    [line] = texts(api.calls, ADMIN)
+    [line] = chat_texts(api.calls, ADMIN)
     assert line == t("zh", key, limit=f"{config.ingest.max_bytes:,}")
     assert not api.recorded("getFile")
 
@@ -105,7 +92,7 @@ def test_non_admins_are_refused_politely_and_nothing_is_fetched(site: NewsSite, 
         await bot.feed(p.message(f"/add {site.url(SICHUAN)}", chat_id=77))
 
     api = run_bot(config, scenario)
-    assert texts(api.calls, 77) == [t("zh", "admins_only")]
+    assert chat_texts(api.calls, 77) == [t("zh", "admins_only")]
     assert sorted(p.name for p in Path(config.corpus.dir).rglob("*.md")) == sorted(
         p.name for p in (PROJECT_ROOT / "corpus" / "articles").glob("*.md")
     )
@@ -119,7 +106,7 @@ def test_adds_run_one_at_a_time_and_bad_sources_are_reported(site: NewsSite, con
         )
 
     api = run_bot(config, scenario)
-    first, second = texts(api.calls, ADMIN), texts(api.calls, ADMIN + 1)
+    first, second = chat_texts(api.calls, ADMIN), chat_texts(api.calls, ADMIN + 1)
     assert {first[0], second[0]} == {t("zh", "add_started"), t("zh", "add_queued")}
     assert "已添加" in first[-1]
     assert second[-1].startswith("已跳过：") and "404" in second[-1]

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import shutil
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from helpers import write_config
 
-from index.build import build_index
 from retrieval import Answer, Confidence
 from retrieval.conversation import Rewritten
-from settings import PROJECT_ROOT, Config, load_config
+from settings import Config
 from telegram_bot.buttons import CONTEXT, MORE, SOURCE, ButtonData, decode
 from telegram_bot.guards import Allowlist, FloodGate, Verdict
 from telegram_bot.i18n import detect_lang, is_chitchat
@@ -35,18 +32,9 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    root = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", root / "corpus")
-    built = load_config(write_config(root / "c.toml", corpus=root / "corpus", index=root / "index"))
-    build_index(built)
-    return built
-
-
-def test_batched_answers_equal_one_by_one_answers(config: Config) -> None:
+def test_batched_answers_equal_one_by_one_answers(default_config: Config) -> None:
     async def main() -> tuple[list[object], list[object]]:
-        qa = await QAService.open(config)
+        qa = await QAService.open(default_config)
         try:
             together = await asyncio.gather(*(qa.ask(q, "zh") for q in QUESTIONS * 6))
             alone = [await qa.ask(q, "zh") for q in QUESTIONS * 6]
@@ -59,9 +47,9 @@ def test_batched_answers_equal_one_by_one_answers(config: Config) -> None:
     assert len({r.kind for r in together}) > 1  # answered and weak matches both went through
 
 
-def test_paging_and_limits(config: Config) -> None:
+def test_paging_and_limits(default_config: Config) -> None:
     async def main() -> list[object]:
-        qa = await QAService.open(config)
+        qa = await QAService.open(default_config)
         try:
             return [
                 await qa.ask(QUESTIONS[0], "zh"),
@@ -79,7 +67,7 @@ def test_paging_and_limits(config: Config) -> None:
     assert {h.passage_id for h in first.hits}.isdisjoint(h.passage_id for h in second.hits)
     assert beyond.kind is Kind.NO_MORE and not beyond.hits
     assert empty.kind is Kind.HELP
-    assert long.truncated and len(long.question) == config.telegram.max_question_chars
+    assert long.truncated and len(long.question) == default_config.telegram.max_question_chars
 
 
 def test_one_failing_question_does_not_fail_its_batch() -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent
-from helpers import write_config
+from fake_telegram import InProcessBot, Payloads, parse_html, run_bot, sent
+from helpers import keys, shown, write_config
 
 from index.build import build_index
 from retrieval.conversation import Rewritten, within
-from settings import PROJECT_ROOT, load_config
+from settings import Config, load_config
 from telegram_bot.components.retention import JOB_NAME
 from telegram_bot.feedback import Answered, AnswerLog
 from telegram_bot.i18n import t
@@ -35,14 +35,10 @@ DAY = 86_400
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 
-@pytest.fixture(scope="module")
-def corpus_and_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One fake-embedder index of the default corpus; the bot only reads it."""
-    root = tmp_path_factory.mktemp("state-index")
-    corpus = root / "corpus"
-    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", corpus)
-    build_index(load_config(write_config(root / "build.toml", corpus=corpus, index=root / "index")))
-    return corpus, root / "index"
+@pytest.fixture
+def corpus_and_index(default_index: Config) -> tuple[Path, Path]:
+    """The shared default index of the default corpus; the bot only reads it."""
+    return Path(default_index.corpus.dir), Path(default_index.index.dir)
 
 
 @pytest.fixture
@@ -69,18 +65,6 @@ def permissive_umask() -> Iterator[None]:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def keys(call: Call) -> dict[str, str]:
-    markup = call.params.get("reply_markup") or {}
-    return {b["text"]: b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row}
-
-
-def shown(call: Call, p: Payloads) -> dict[str, Any]:
-    message = p.bot_message(
-        call.result["text"], chat_id=int(call.params["chat_id"]), message_id=call.result["message_id"]
-    )
-    return {**message, "reply_markup": call.params["reply_markup"]}
 
 
 def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -4,21 +4,12 @@ reported by both CLIs as one clear line (no traceback, non-zero exit)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_config, write_toml
 
 from settings import DEFAULT_CONFIG, PROJECT_ROOT, Config, ConfigError, load_config, with_overrides
-
-
-def write_config(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
 
 # ---------------------------------------------------------------- load_config
 
@@ -45,8 +36,8 @@ def test_committed_config_loads_with_documented_defaults(monkeypatch):
 
 def test_partial_file_keeps_defaults_and_resolves_paths(tmp_path, monkeypatch):
     monkeypatch.delenv("QA_INDEX_DIR", raising=False)
-    path = write_config(
-        tmp_path,
+    path = write_toml(
+        tmp_path / "config.toml",
         '[corpus]\ndir = "articles"\n[index]\ndir = "/srv/qa/index"\nkeep_versions = 5\n'
         "[retrieval]\ndense_weight = 1\n[telegram]\nallowlist = [1, -1002]\n",
     )
@@ -61,24 +52,24 @@ def test_partial_file_keeps_defaults_and_resolves_paths(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["auto", "flat", "ivf", "hnsw"])
 def test_every_faiss_kind_is_accepted(tmp_path, kind):
-    config = load_config(write_config(tmp_path, f'[index]\nfaiss = "{kind}"\nivf_nprobe = 16\n'))
+    config = load_config(write_toml(tmp_path / "config.toml", f'[index]\nfaiss = "{kind}"\nivf_nprobe = 16\n'))
     assert config.index.faiss == kind and config.index.ivf_nprobe == 16
 
 
 def test_the_old_name_of_ivf_threshold_is_read_with_one_notice(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="settings"):
-        config = load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1234\n"))
+        config = load_config(write_toml(tmp_path / "config.toml", "[index]\nhnsw_threshold = 1234\n"))
     assert config.index.ivf_threshold == 1234
     [notice] = [r.getMessage() for r in caplog.records]
     assert "hnsw_threshold is now called ivf_threshold" in notice
     with pytest.raises(ConfigError, match="both hnsw_threshold and ivf_threshold"):
-        load_config(write_config(tmp_path, "[index]\nhnsw_threshold = 1\nivf_threshold = 2\n"))
+        load_config(write_toml(tmp_path / "config.toml", "[index]\nhnsw_threshold = 1\nivf_threshold = 2\n"))
 
 
 def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("QA_INDEX_DIR", str(tmp_path / "env-index"))
     monkeypatch.setenv("TELEGRAM_BASE_URL", "http://127.0.0.1:8081/bot")
-    config = load_config(write_config(tmp_path, '[index]\ndir = "ignored"\n'))
+    config = load_config(write_toml(tmp_path / "config.toml", '[index]\ndir = "ignored"\n'))
     assert config.index.dir == tmp_path / "env-index"
     assert config.telegram.base_url == "http://127.0.0.1:8081/bot"
     overridden = with_overrides(config, corpus_dir=tmp_path / "c", index_dir=tmp_path / "i")
@@ -88,14 +79,16 @@ def test_environment_overrides_deployment_settings(tmp_path, monkeypatch):
 def test_milvus_uri_is_a_lite_file_beside_the_config_or_a_server_url(tmp_path, monkeypatch):
     """A path means Milvus Lite (relative to the config file), a URL a server; MILVUS_URI
     overrides the file and MILVUS_TOKEN is read only from the environment."""
-    config = load_config(write_config(tmp_path, '[index]\nbackend = "milvus"\nmilvus_uri = "data/qa.db"\n'))
+    config = load_config(
+        write_toml(tmp_path / "config.toml", '[index]\nbackend = "milvus"\nmilvus_uri = "data/qa.db"\n')
+    )
     assert config.index.backend == "milvus" and config.index.milvus_uri == str(tmp_path / "data" / "qa.db")
-    remote = load_config(write_config(tmp_path, '[index]\nmilvus_uri = "https://milvus.example:19530"\n'))
+    remote = load_config(write_toml(tmp_path / "remote.toml", '[index]\nmilvus_uri = "https://milvus.example:19530"\n'))
     assert remote.index.milvus_uri == "https://milvus.example:19530"
     monkeypatch.setenv("MILVUS_URI", "http://127.0.0.1:19530")
-    assert load_config(write_config(tmp_path, "")).index.milvus_uri == "http://127.0.0.1:19530"
+    assert load_config(write_toml(tmp_path / "config.toml", "")).index.milvus_uri == "http://127.0.0.1:19530"
     with pytest.raises(ConfigError, match="unknown key 'milvus_token'"):
-        load_config(write_config(tmp_path, '[index]\nmilvus_token = "root:x"\n'))
+        load_config(write_toml(tmp_path / "config.toml", '[index]\nmilvus_token = "root:x"\n'))
     monkeypatch.setenv("MILVUS_TOKEN", "root:x")
     assert Config().milvus_token == "root:x"
 
@@ -116,7 +109,7 @@ def test_the_compose_deployment_config_serves_from_milvus(monkeypatch):
 
 def test_token_comes_only_from_the_environment(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown key 'token'"):
-        load_config(write_config(tmp_path, '[telegram]\ntoken = "123:abc"\n'))
+        load_config(write_toml(tmp_path / "config.toml", '[telegram]\ntoken = "123:abc"\n'))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:abc")
     assert Config().telegram_token == "123:abc"
     monkeypatch.delenv("TELEGRAM_BOT_TOKEN")
@@ -175,7 +168,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", BROKEN)
 def test_broken_config_raises_one_message_naming_file_and_problem(tmp_path, case):
     text, problem = BROKEN[case]
-    path = write_config(tmp_path, text)
+    path = write_toml(tmp_path / "config.toml", text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
@@ -197,77 +190,49 @@ def test_missing_or_unreadable_config(tmp_path):
 # ---------------------------------------------------------------- the CLIs
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"QA_INDEX_DIR", "TELEGRAM_BASE_URL"}}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_one_clear_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
-    return lines[0]
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["syntax", "string_for_int", "unknown_key"])
-def test_cli_reports_a_broken_config_in_one_line(tmp_path, case):
+def test_cli_reports_a_broken_config_in_one_line(tmp_path, cli, case):
     text, problem = BROKEN[case]
-    path = write_config(tmp_path, text)
+    path = write_toml(tmp_path / "config.toml", text)
     for command in (
         ("index", "build", "--config", str(path), "--index", str(tmp_path / "idx")),
         ("retrieval", "--config", str(path), "断卡行动打掉了多少个犯罪团伙？"),
     ):
-        assert_one_clear_error(run_cli(*command), str(path), problem)
+        cli(*command).one_clear_error(str(path), problem)
     assert not (tmp_path / "idx").exists()
 
 
-@pytest.mark.slow
-def test_cli_batch_mode_and_check_report_a_broken_config(tmp_path):
+def test_cli_batch_mode_and_check_report_a_broken_config(tmp_path, cli):
     text, problem = BROKEN["unknown_section"]
-    path = write_config(tmp_path, text)
+    path = write_toml(tmp_path / "config.toml", text)
     for command in (("retrieval", "--config", str(path)), ("index", "check", "--config", str(path))):
-        assert_one_clear_error(run_cli(*command), str(path), problem)
+        cli(*command).one_clear_error(str(path), problem)
 
 
-@pytest.mark.slow
-def test_cli_reports_a_missing_config_file(tmp_path):
+def test_cli_reports_a_missing_config_file(tmp_path, cli):
     missing = tmp_path / "nope.toml"
     for command in (
         ("index", "build", "--config", str(missing)),
         ("retrieval", "--config", str(missing), "q"),
     ):
-        assert_one_clear_error(run_cli(*command), str(missing), "not found")
+        cli(*command).one_clear_error(str(missing), "not found")
 
 
-@pytest.mark.slow
-def test_cli_reports_a_missing_index_with_the_command_to_build_it(tmp_path):
-    config = write_config(tmp_path, '[model]\nname = "test-hash"\n')
+def test_cli_reports_a_missing_index_with_the_command_to_build_it(tmp_path, cli):
+    config = write_toml(tmp_path / "config.toml", '[model]\nname = "test-hash"\n')
     empty = tmp_path / "no-index-here"
     for command in (
         ("retrieval", "--config", str(config), "--index", str(empty), "断卡行动打掉了多少个犯罪团伙？"),
         ("retrieval", "--index", str(empty), "q"),  # the committed config (real model), never loaded
         ("index", "check", "--config", str(config), "--index", str(empty)),
     ):
-        assert_one_clear_error(run_cli(*command), str(empty), "python -m index build")
+        cli(*command).one_clear_error(str(empty), "python -m index build")
 
 
 # ---------------------------------------------------------------- configuration from the environment
 def test_qa_config_names_the_file_when_no_path_is_given(tmp_path, monkeypatch):
-    chosen = write_config(tmp_path, "[retrieval]\nk = 5\n", name="chosen.toml")
-    other = write_config(tmp_path, "[retrieval]\nk = 2\n", name="other.toml")
+    chosen = write_toml(tmp_path / "chosen.toml", "[retrieval]\nk = 5\n")
+    other = write_toml(tmp_path / "other.toml", "[retrieval]\nk = 2\n")
     monkeypatch.setenv("QA_CONFIG", str(chosen))
     assert load_config().path == chosen and load_config().retrieval.k == 5
     assert load_config(other).retrieval.k == 2  # --config wins
@@ -277,18 +242,13 @@ def test_qa_config_names_the_file_when_no_path_is_given(tmp_path, monkeypatch):
     assert str(error.value) == f"{tmp_path / 'gone.toml'}: config file not found (from QA_CONFIG)"
 
 
-def test_every_entry_point_reads_qa_config(built_hash_index, tmp_path, monkeypatch, capsys, bot_main):
+def test_every_entry_point_reads_qa_config(default_index, tmp_path, monkeypatch, capsys, bot_main):
     import json
 
     from index.__main__ import main as index_main
     from retrieval.__main__ import main as retrieval_main
 
-    path = write_config(
-        tmp_path,
-        f'[corpus]\ndir = "{built_hash_index.corpus.dir}"\n[index]\ndir = "{built_hash_index.index.dir}"\n'
-        f'[model]\nname = "test-hash"\n[telegram]\nstate_dir = "{tmp_path / "state"}"\n',
-        name="deployed.toml",
-    )
+    path = write_config(tmp_path / "deployed.toml", corpus=default_index.corpus.dir, index=default_index.index.dir)
     monkeypatch.setenv("QA_CONFIG", str(path))
     assert index_main(["info"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]
@@ -305,7 +265,8 @@ def test_every_entry_point_reads_qa_config(built_hash_index, tmp_path, monkeypat
 
 
 def test_admins_allowlist_and_state_dir_from_the_environment(tmp_path, monkeypatch):
-    path = write_config(tmp_path, "[telegram]\nadmins = [1]\nallowlist = [2, 3]\nstate_dir = 'state'\n")
+    text = "[telegram]\nadmins = [1]\nallowlist = [2, 3]\nstate_dir = 'state'\n"
+    path = write_toml(tmp_path / "config.toml", text)
     assert load_config(path).telegram.state_dir == tmp_path / "state"  # relative to the file
     monkeypatch.setenv("QA_ADMINS", " 42, 43 ,")
     monkeypatch.setenv("QA_ALLOWLIST", "-1001234567890,7")
@@ -322,10 +283,10 @@ def test_admins_allowlist_and_state_dir_from_the_environment(tmp_path, monkeypat
 def test_invalid_ids_in_the_environment_are_one_config_error(tmp_path, monkeypatch, capsys, bot_main, value):
     monkeypatch.setenv("QA_ALLOWLIST", value)
     with pytest.raises(ConfigError, match="QA_ALLOWLIST must be comma-separated integer ids"):
-        load_config(write_config(tmp_path, ""))
+        load_config(write_toml(tmp_path / "config.toml", ""))
     monkeypatch.delenv("QA_ALLOWLIST")
     monkeypatch.setenv("QA_ADMINS", value)
-    assert bot_main("--console", "--config", str(write_config(tmp_path, ""))) == 2
+    assert bot_main("--console", "--config", str(write_toml(tmp_path / "config.toml", ""))) == 2
     captured = capsys.readouterr()
     assert captured.err == (
         f"config error: QA_ADMINS must be comma-separated integer ids (e.g. 12345,-100678), got {value!r}\n"

@@ -8,13 +8,11 @@ import asyncio
 import io
 import itertools
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import Exit, json_lines, write_config
 
 from retrieval import Retriever
 from retrieval.conversation import ConversationStore, Limits, answer_conversations, answer_turns, rewrite
@@ -197,9 +195,9 @@ def test_replies_to_bot_messages_find_their_conversation() -> None:
 
 
 # ---------------------------------------------------------------- over an index
-@pytest.fixture
-def retriever(built_hash_index: Config) -> Retriever:
-    r = Retriever.open(built_hash_index.index.dir, built_hash_index)
+@pytest.fixture(scope="module")
+def retriever(default_index: Config) -> Iterator[Retriever]:
+    r = Retriever.open(default_index.index.dir, default_index)
     yield r
     r.close()
 
@@ -232,22 +230,20 @@ def test_conversations_are_answered_turn_by_turn_and_apart(retriever: Retriever)
 
 
 @pytest.mark.slow
-def test_real_model_follow_ups_find_their_passages(real_config: Config) -> None:
-    r = Retriever.open(real_config.index.dir, real_config)
-    try:
-        results = answer_conversations(
-            r.answer_many, [((), [QINGHAI, "内蒙古呢？"]), ((), [CAI, "What did he say about carbon neutrality?"])], 3
-        )
-    finally:
-        r.close()
+def test_real_model_follow_ups_find_their_passages(real_retriever: Retriever) -> None:
+    results = answer_conversations(
+        real_retriever.answer_many,
+        [((), [QINGHAI, "内蒙古呢？"]), ((), [CAI, "What did he say about carbon neutrality?"])],
+        3,
+    )
     assert any("举报平台" in h.text for h in results[0][1][0].hits)
     assert any("碳中和" in h.text for h in results[1][1][0].hits)
 
 
-def test_service_keys_conversations_per_chat_user_and_replied_answer(built_hash_index: Config) -> None:
+def test_service_keys_conversations_per_chat_user_and_replied_answer(default_config: Config) -> None:
     async def scenario() -> list[object]:
-        retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
-        qa = QAService(retriever, built_hash_index)
+        retriever = Retriever.open(default_config.index.dir, default_config)
+        qa = QAService(retriever, default_config)
         try:
             alice = qa.conversation_for(-100, 1)
             first = await qa.ask(QINGHAI, "zh", conversation=alice)
@@ -273,21 +269,12 @@ def test_service_keys_conversations_per_chat_user_and_replied_answer(built_hash_
 
 
 # ---------------------------------------------------------------- CLI and console
-@pytest.mark.slow
-def test_cli_json_conversation(built_hash_index: Config, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.toml", corpus=built_hash_index.corpus.dir, index=built_hash_index.index.dir)
-    env = {k: v for k, v in os.environ.items() if k != "QA_INDEX_DIR"}
+def test_cli_json_conversation(default_index: Config, tmp_path: Path, cli: Callable[..., Exit]) -> None:
+    config = str(write_config(tmp_path / "c.toml", corpus=default_index.corpus.dir, index=default_index.index.dir))
     stdin = f"{QINGHAI}\n内蒙古呢？\n\n内蒙古呢？\n  \nWho is Cai Kailong?\nWhat did he say?\n"
-    result = subprocess.run(
-        [sys.executable, "-m", "retrieval", "--json", "--conversation", "--config", str(config)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        input=stdin.encode(),
-        capture_output=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    result = cli("retrieval", "--json", "--conversation", "--config", config, stdin=stdin.encode())
+    assert result.code == 0, result.err
+    lines = json_lines(result.out)
     assert [d["question"] for d in lines] == [QINGHAI, "内蒙古呢？", "内蒙古呢？", CAI, "What did he say?"]
     assert [d["understood_as"] for d in lines] == [
         QINGHAI,
@@ -299,22 +286,16 @@ def test_cli_json_conversation(built_hash_index: Config, tmp_path: Path) -> None
     assert all({"question", "answered", "confidence", "results", "understood_as"} == set(d) for d in lines)
     assert lines[1]["results"] and "citation" in lines[1]["results"][0]
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "retrieval", "--conversation", "--config", str(config), "内蒙古呢？"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and b"Traceback" not in bad.stderr
-    assert b"--conversation reads its questions from stdin" in bad.stderr
+    bad = cli("retrieval", "--conversation", "--config", config, "内蒙古呢？")
+    assert bad.code == 2 and "Traceback" not in bad.err
+    assert "--conversation reads its questions from stdin" in bad.err
 
 
-def test_console_reads_follow_ups_in_context_and_new_clears_it(built_hash_index: Config) -> None:
+def test_console_reads_follow_ups_in_context_and_new_clears_it(default_config: Config) -> None:
     lines = [QINGHAI, "内蒙古呢？", "/more", "/new", "内蒙古呢？", CAI, "What did he say about carbon neutrality?"]
     stdin = io.BytesIO(("\n".join(lines) + "\n").encode())
     stdout = io.StringIO()
-    assert asyncio.run(run_console(built_hash_index, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
+    assert asyncio.run(run_console(default_config, stdin=stdin, stdout=stdout)) == 0  # type: ignore[arg-type]
     out = stdout.getvalue()
     assert out.count("理解为：内蒙古要求什么？") == 1  # the follow-up, not /more's page nor after /new
     assert "更多段落（4–6）" in out

@@ -235,10 +235,10 @@ def test_bundled_cedict_loads() -> None:
     assert "哈萨克斯坦" in lexicon.words("kazakhstan")
 
 
-def test_english_question_finds_the_chinese_passage_lexically(built_hash_index) -> None:  # type: ignore[no-untyped-def]
+def test_english_question_finds_the_chinese_passage_lexically(default_index) -> None:  # type: ignore[no-untyped-def]
     """With the fake embedder the dense side is noise for English; the translated terms alone
     must bring the passage about frozen OTC bank cards to the top."""
-    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    retriever = Retriever.open(default_index.index.dir, default_index)
     try:
         answer = retriever.answer("What happened to the bank cards of OTC merchants?", k=3)
         assert "银行卡" in answer.hits[0].text and answer.hits[0].lexical > 0
@@ -259,10 +259,10 @@ DOMAIN_QUESTIONS = [
 
 
 @pytest.mark.parametrize(("question", "expected"), DOMAIN_QUESTIONS)
-def test_domain_words_bring_english_questions_to_their_passage(built_hash_index, question: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_domain_words_bring_english_questions_to_their_passage(default_index, question: str, expected: str) -> None:  # type: ignore[no-untyped-def]
     """On the default corpus with the fake embedder (dense noise for English), the glossary's
     terms alone put the passage first."""
-    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    retriever = Retriever.open(default_index.index.dir, default_index)
     try:
         hit = retriever.answer(question, k=3).hits[0]
         assert expected in hit.text and hit.lexical > 0
@@ -270,10 +270,10 @@ def test_domain_words_bring_english_questions_to_their_passage(built_hash_index,
         retriever.close()
 
 
-def test_police_and_suspects_reach_the_arrests(built_hash_index) -> None:  # type: ignore[no-untyped-def]
+def test_police_and_suspects_reach_the_arrests(default_index) -> None:  # type: ignore[no-untyped-def]
     """公安, 嫌疑人, 断卡: the passage with the arrest figures is BM25's best (the fake dense
     side may still rank another passage above it)."""
-    retriever = Retriever.open(built_hash_index.index.dir, built_hash_index)
+    retriever = Retriever.open(default_index.index.dir, default_index)
     try:
         answer = retriever.answer("How many suspects did the police catch in the card-breaking operation?", k=3)
         assert {"公安", "嫌疑人", "断卡"} <= set(retriever.question(answer.question).terms)
@@ -283,12 +283,8 @@ def test_police_and_suspects_reach_the_arrests(built_hash_index) -> None:  # typ
 
 
 @pytest.mark.slow
-def test_real_model_english_domain_questions_find_their_passage(real_config) -> None:  # type: ignore[no-untyped-def]
+def test_real_model_english_domain_questions_find_their_passage(real_retriever) -> None:  # type: ignore[no-untyped-def]
     """With the real model too (before the glossary, three of these five missed at hit@1)."""
     questions = [*DOMAIN_QUESTIONS, ("How many suspects did the police catch in the card-breaking operation?", "1100")]
-    retriever = Retriever.open(real_config.index.dir, real_config)
-    try:
-        answers = retriever.answer_many([q for q, _ in questions], 3)
-        assert [expected in a.hits[0].text for a, (_, expected) in zip(answers, questions, strict=True)] == [True] * 5
-    finally:
-        retriever.close()
+    answers = real_retriever.answer_many([q for q, _ in questions], 3)
+    assert [expected in a.hits[0].text for a, (_, expected) in zip(answers, questions, strict=True)] == [True] * 5

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
-from helpers import write_config
+from helpers import chat_texts, write_config
 from news_site import SICHUAN, NewsSite
 
 from corpus.model import OtherSource
@@ -219,14 +219,6 @@ def bot_config(config_file: Path) -> Config:
     )
 
 
-def texts(calls: list[Call], chat_id: int) -> list[str]:
-    return [
-        parse_html(c.params["text"]).text
-        for c in calls
-        if c.ok and c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == str(chat_id)
-    ]
-
-
 def test_admin_removes_an_article_and_the_bot_stops_quoting_it(bot_config: Config) -> None:
     quarry = url_file_name(ARTICLES["quarry"][0])
     asked: list[list[Call]] = []
@@ -237,7 +229,7 @@ def test_admin_removes_an_article_and_the_bot_stops_quoting_it(bot_config: Confi
         asked.append(await bot.feed(p.message(ARTICLES["quarry"][3], chat_id=ADMIN)))
 
     api = run_bot(bot_config, scenario)
-    seen = texts(api.calls, ADMIN)
+    seen = chat_texts(api.calls, ADMIN)
     before, after = (parse_html(next(c for c in reply if c.method == "sendMessage").params["text"]) for reply in asked)
     assert "37座比特币矿场" in before.text and "37座" not in after.text
     status = seen[1:3]
@@ -259,7 +251,7 @@ def test_remove_is_for_admins_and_needs_a_source(bot_config: Config, user: int, 
         await bot.feed(p.message(text, chat_id=user, lang="en"))
 
     api = run_bot(bot_config, scenario)
-    assert texts(api.calls, user) == [t("en", key)]
+    assert chat_texts(api.calls, user) == [t("en", key)]
     assert (Path(bot_config.corpus.dir) / "valley.md").exists()
 
 
@@ -271,7 +263,7 @@ def test_remove_and_add_take_turns(site: NewsSite, bot_config: Config) -> None:
         )
 
     api = run_bot(bot_config, scenario)
-    adding, removing = texts(api.calls, ADMIN), texts(api.calls, ADMIN + 1)
+    adding, removing = chat_texts(api.calls, ADMIN), chat_texts(api.calls, ADMIN + 1)
     assert {adding[0], removing[0]} in (
         {t("en", "add_started"), t("en", "remove_queued")},
         {t("en", "add_queued"), t("en", "remove_started")},

