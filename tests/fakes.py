@@ -6,6 +6,7 @@ in the test process and `launch.py` in the processes the tests start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -15,6 +16,13 @@ import numpy as np
 from index.embedder import normalise_rows, register_embedder
 
 HASH_MODEL = "test-hash"
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _gram_hash(gram: str) -> tuple[int, float]:
+    """A gram's hash (its bucket modulo the dimension) and sign; grams repeat, so kept."""
+    digest = hashlib.blake2b(gram.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), 1.0 if digest[4] & 1 else -1.0
 
 
 class HashEmbedder:
@@ -37,10 +45,9 @@ class HashEmbedder:
         vec = np.zeros(self._dim, dtype=np.float32)
         chars = re.sub(r"\s+", "", text.lower())
         grams = list(chars) + [chars[i : i + 2] for i in range(len(chars) - 1)]
-        for gram in grams:
-            digest = hashlib.blake2b(gram.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self._dim
-            vec[bucket] += 1.0 if digest[4] & 1 else -1.0
+        if grams:
+            hashes, signs = zip(*map(_gram_hash, grams), strict=True)
+            np.add.at(vec, np.array(hashes) % self._dim, np.array(signs, dtype=np.float32))
         return vec
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:

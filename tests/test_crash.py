@@ -8,12 +8,13 @@ there is time to kill them mid-way.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_CORPUS, SOURCE_ARTICLE
+from helpers import DEFAULT_CORPUS, SOURCE_ARTICLE, launch_argv, write_config
 
 from index import publish, store, vectors
+from index.__main__ import main as index_main
 from index.build import build_index
 from retrieval import Retriever
 from settings import PROJECT_ROOT, Config, load_config, with_overrides
@@ -76,14 +78,10 @@ class Env:
         return {p.name for p in self.corpus.iterdir()}
 
 
-def write_config(tmp_path: Path, **index_settings) -> Env:
+def make_env_files(tmp_path: Path, **index_settings) -> Env:
+    """The config file of an environment in `tmp_path` (`[index]` settings added)."""
     corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
-    extra = "".join(f"{key} = {value}\n" for key, value in index_settings.items())
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[corpus]\ndir = "{corpus}"\n[index]\ndir = "{index_dir}"\n{extra}[model]\nname = "test-hash"\n',
-        encoding="utf-8",
-    )
+    config_file = write_config(tmp_path / "config.toml", corpus=corpus, index=index_dir, index_settings=index_settings)
     # --index / with_overrides: a QA_INDEX_DIR in the environment must not redirect the tests.
     return Env(corpus, index_dir, config_file, with_overrides(load_config(config_file), index_dir=index_dir))
 
@@ -95,7 +93,7 @@ def template(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_CORPUS, root / "corpus")
     for i in range(N_ARTICLES):
         write_generated(root / "corpus", i)
-    assert build_index(write_config(root).config).published
+    assert build_index(make_env_files(root).config).published
     return root
 
 
@@ -106,7 +104,7 @@ def make_env(template, tmp_path) -> Callable[..., Env]:
     def make(**index_settings) -> Env:
         shutil.copytree(template / "corpus", tmp_path / "corpus")
         shutil.copytree(template / "index", tmp_path / "index")
-        return write_config(tmp_path, **index_settings)
+        return make_env_files(tmp_path, **index_settings)
 
     return make
 
@@ -128,7 +126,7 @@ def answers(config: Config, retriever: Retriever | None = None) -> list:
 
 def assert_index_healthy(env: Env, cli: bool = True) -> publish.Version:
     """Live version passes SQLite integrity_check, FTS and FAISS agree with the passages, and
-    `python -m index check` says ok (the same checks from outside)."""
+    `python -m index check` says ok (the same checks through the command line)."""
     version = publish.require_current(env.index)
     db = store.open_db(version.db_path, readonly=True)
     try:
@@ -140,11 +138,10 @@ def assert_index_healthy(env: Env, cli: bool = True) -> publish.Version:
         db.close()
     if not cli:
         return version
-    check = subprocess.run(
-        [sys.executable, "-m", "index", "check", "--config", str(env.config_file), "--index", str(env.index)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert check.returncode == 0 and check.stdout.strip() == f"{version.name}: ok", check.stderr
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = index_main(["check", "--config", str(env.config_file), "--index", str(env.index)])
+    assert code == 0 and out.getvalue().strip() == f"{version.name}: ok", err.getvalue()
     return version
 
 
@@ -173,7 +170,7 @@ class Build:
     def start(cls, env: Env, *args: str) -> Build:
         command = ["index", "build", "--config", str(env.config_file), "--index", str(env.index), *args]
         process = subprocess.Popen(
-            [sys.executable, "-m", *command],
+            launch_argv("-m", *command),
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

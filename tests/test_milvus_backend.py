@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import HashEmbedder
-from helpers import DEFAULT_CORPUS, make_config, write_config
+from helpers import DEFAULT_CORPUS, launch_argv, make_config, write_config
 
 from bench.many import generate as generate_corpus
 from bench.synth import make_corpus
@@ -457,7 +456,7 @@ except IndexUnavailableError as exc:
 
 
 def script_argv(config_file: Path, uri: str, action: str) -> list[str]:
-    return [sys.executable, "-c", SCRIPT, str(config_file), uri, action]
+    return launch_argv("-c", SCRIPT, str(config_file), uri, action)
 
 
 def run_script(config_file: Path, uri: str, action: str) -> subprocess.CompletedProcess[str]:
