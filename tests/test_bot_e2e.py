@@ -9,23 +9,20 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
-from helpers import write_config
+from helpers import DEFAULT_CORPUS, QUESTION, Exit, launch_argv, write_config
 
 from settings import PROJECT_ROOT, load_config
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "12345:TEST_ONLY_not_a_real_token_abc"
-CORPUS = PROJECT_ROOT / "corpus" / "articles"
-QUESTION = "断卡行动打掉了多少个犯罪团伙？"
 EN_QUESTION = "How many criminal gangs were taken down in the card-breaking operation?"
 GROUP = -100777
 WAIT = 60.0  # generous bound so a broken build fails instead of hanging
@@ -34,7 +31,7 @@ WAIT = 60.0  # generous bound so a broken build fails instead of hanging
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     corpus = tmp_path / "corpus"
-    shutil.copytree(CORPUS, corpus)
+    shutil.copytree(DEFAULT_CORPUS, corpus)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         health = f"127.0.0.1:{s.getsockname()[1]}"
@@ -65,7 +62,7 @@ def start_bot(config_file: Path, base_url: str, *args: str, token: str = TOKEN) 
     env = {k: v for k, v in os.environ.items() if k not in ("QA_INDEX_DIR", "TELEGRAM_BASE_URL")}
     env.update(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=base_url, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "bot.py", "--config", str(config_file), *args],
+        launch_argv("bot.py", "--config", str(config_file), *args),
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -176,14 +173,15 @@ def test_debug_logging_still_redacts_the_token(config_file: Path, server: FakeBo
     assert QUESTION in output  # debug logging includes message texts
 
 
-def test_a_rejected_token_is_one_clear_line(config_file: Path, server: FakeBotAPIServer) -> None:
+def test_a_rejected_token_is_one_clear_line(
+    config_file: Path, server: FakeBotAPIServer, cli: Callable[..., Exit], monkeypatch: pytest.MonkeyPatch
+) -> None:
     wrong = "54321:WRONG_TEST_token_value_xyz"
-    bot = start_bot(config_file, server.base_url, token=wrong)
-    try:
-        bot.wait(timeout=WAIT)
-    finally:
-        status, output = stop(bot)
-    assert status == 2
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", wrong)
+    monkeypatch.setenv("TELEGRAM_BASE_URL", server.base_url)
+    result = cli("bot", "--config", str(config_file))
+    output = result.out + result.err
+    assert result.code == 2
     assert "Telegram rejected the bot token" in output
     assert "Traceback" not in output and wrong not in output and "WRONG_TEST" not in output
 
@@ -246,7 +244,7 @@ def test_the_bot_serves_from_a_milvus_server_while_another_process_builds(
     path): `python -m index build` runs in another process while the bot answers; the bot keeps
     answering during the build and quotes the edited article once the sync is live."""
     corpus = tmp_path / "corpus"
-    shutil.copytree(CORPUS, corpus)
+    shutil.copytree(DEFAULT_CORPUS, corpus)
     config_file = write_config(
         tmp_path / "config.toml",
         corpus=corpus,
@@ -254,7 +252,7 @@ def test_the_bot_serves_from_a_milvus_server_while_another_process_builds(
         telegram={"reload_seconds": 0.5, "user_rate": 1000},
         index_settings={"backend": "milvus", "milvus_uri": lite_server},
     )
-    build = [sys.executable, "-m", "index", "build", "--config", str(config_file)]
+    build = launch_argv("-m", "index", "build", "--config", str(config_file))
     first = subprocess.run(build, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0 and "milvus: " in first.stdout, first.stderr[-2000:]
     api = server.api
