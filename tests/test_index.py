@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import unicodedata
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +25,10 @@ from corpus import read_article, split_article
 from index import publish, store, vectors
 from index.backends import RebuildRequiredError
 from index.build import BuildError, build_index
+from index.embedder import load_embedder, register_embedder
 from index.text import clean, normalize, sentence_spans
 from retrieval import Retriever
-from settings import Config
+from settings import PROJECT_ROOT, Config, ModelConfig
 
 ARTICLE_A = """---
 title: 云南清退水电挖矿
@@ -144,6 +147,41 @@ def test_build_errors_are_reported_not_crashed(tmp_path, hash_config):
         "x.pdf": "unsupported file type .pdf; use .md, .txt or .html",
     }
     assert publish.current_version(tmp_path / "idx") is None
+
+
+# ---------------------------------------------------------------- embedders by name
+
+
+def test_a_registered_embedder_is_what_its_name_loads(tmp_path):
+    """`register_embedder` is how a config chooses an embedder of another kind: the factory gets
+    the `[model]` section, and a build embeds with what it returns."""
+    made: list[ModelConfig] = []
+    register_embedder("small-hash", lambda model: made.append(model) or HashEmbedder(dim=16))
+    assert load_embedder(ModelConfig(name="small-hash", query_prompt="q: ")).dim == 16
+    assert made[-1].query_prompt == "q: "
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.md").write_text(ARTICLE_A, encoding="utf-8")
+    config = with_model(make_config(tmp_path / "corpus", tmp_path / "index"), name="small-hash")
+    report = build_index(config)
+    assert report.published and report.model == "small-hash"
+    db = store.open_db(live_version(config).db_path, readonly=True)
+    try:
+        assert store.get_meta(db)["dim"] == 16
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_the_fake_embedder_is_not_built_in() -> None:
+    """Without the tests' registration (`tests/fakes.py`) "test-hash" is just a model name that
+    sentence-transformers would be asked for: no production config can choose the fake."""
+    code = (
+        "from index.embedder import load_embedder\n"
+        "from settings import ModelConfig\n"
+        "print(type(load_embedder(ModelConfig(name='test-hash'))).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "SentenceTransformerEmbedder"
 
 
 # ---------------------------------------------------------------- incremental builds

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import CMRC, SOURCE_ARTICLE
+from helpers import CMRC, SOURCE_ARTICLE, cosines
 
 from settings import PROJECT_ROOT
 
@@ -48,10 +48,6 @@ def _texts() -> list[str]:
     article = SOURCE_ARTICLE.read_text(encoding="utf-8")
     long_texts = [article, "".join(contexts[:10])[:5000], " ".join(english) * 3]
     return zh + hant + english + long_texts + EDGE_CASES
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_importing_exports_and_loads_nothing() -> None:
@@ -103,7 +99,7 @@ def test_onnx_vectors_match_torch(torch_model: Any, texts: list[str], tmp_path: 
     assert sorted(onnx._onnx._sessions) == [1, 2]
     for label, vectors in results.items():
         assert vectors.shape == (len(texts), 512)
-        cos = _cosines(vectors, expected)
+        cos = cosines(vectors, expected)
         assert cos.min() >= 0.99999, (label, texts[int(cos.argmin())][:80], float(cos.min()))
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
@@ -124,7 +120,7 @@ def test_graphs_are_exported_on_first_use_then_reused(torch_model: Any, tmp_path
     vectors = second.encode(texts)
     assert second.runtime_used == "onnx"
     assert {p: p.stat().st_mtime_ns for p in sorted(tmp_path.glob("*.onnx"))} == stamps  # read, not re-exported
-    assert _cosines(vectors, torch_model.encode(texts)).min() >= 0.99999
+    assert cosines(vectors, torch_model.encode(texts)).min() >= 0.99999
 
 
 @pytest.mark.slow
@@ -142,7 +138,7 @@ def test_a_broken_cached_graph_is_exported_again(
     assert model.runtime_used == "onnx"
     assert "exporting again" in caplog.text
     assert tokens.stat().st_size == len(good)
-    assert _cosines(vectors, torch_model.encode(["比特币挖矿被禁止了吗？"])).min() >= 0.99999
+    assert cosines(vectors, torch_model.encode(["比特币挖矿被禁止了吗？"])).min() >= 0.99999
 
 
 @pytest.mark.slow

