@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import InProcessBot, Payloads, parse_html, run_bot, write_config
+from fake_telegram import InProcessBot, Payloads, parse_html, run_bot
+from helpers import copy_index, write_config
 from hostile_site import slow_page
 from news_site import SICHUAN, STORIES, NewsSite, publish
 
-from index.build import build_index
-from settings import PROJECT_ROOT, Config, load_config
+from settings import Config, load_config
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState
 
@@ -35,11 +34,10 @@ def feed_path(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def config(tmp_path: Path, site: NewsSite, feed_path: str) -> Config:
-    """A bot polling one feed every 0.6 s, with an index of the default corpus."""
-    corpus = tmp_path / "corpus"
-    shutil.copytree(PROJECT_ROOT / "corpus" / "articles", corpus)
-    base = load_config(write_config(tmp_path / "config.toml", corpus=corpus, index=tmp_path / "index"))
+def config(default_index: Config, tmp_path: Path, site: NewsSite, feed_path: str) -> Config:
+    """A bot polling one feed every 0.6 s, with a copy of the default corpus's index."""
+    copy = copy_index(default_index, tmp_path)
+    base = load_config(write_config(tmp_path / "config.toml", corpus=copy.corpus.dir, index=copy.index.dir))
     ingest = replace(
         base.ingest,
         timeout=2.0,
@@ -48,9 +46,7 @@ def config(tmp_path: Path, site: NewsSite, feed_path: str) -> Config:
         feeds=(site.url(feed_path),),
         poll_minutes=0.01,
     )
-    config = replace(base, telegram=replace(base.telegram, admins=(ADMIN,), reload_seconds=0.0), ingest=ingest)
-    build_index(config)
-    return config
+    return replace(base, telegram=replace(base.telegram, admins=(ADMIN,), reload_seconds=0.0), ingest=ingest)
 
 
 def state(bot: InProcessBot) -> BotState:

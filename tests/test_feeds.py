@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config, write_config
 from news_site import LAST_MODIFIED, STORIES, NewsSite, publish
 
 from index.__main__ import main
@@ -127,11 +127,9 @@ def test_a_failing_feed_backs_off_and_recovers_with_one_alert_each_way(site, con
 
 def test_index_watch_and_info_from_the_command_line(site, config, feed_path, tmp_path, capsys):
     publish(site, feed_path, [NEIMENGGU])
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[corpus]\ndir = "{config.corpus.dir}"\n[index]\ndir = "{config.index.dir}"\n[model]\nname = "test-hash"\n'
-        f'[ingest]\nallow_hosts = ["127.0.0.1"]\nfeeds = ["{site.url(feed_path)}"]\n',
-        encoding="utf-8",
+    ingest = {"allow_hosts": ["127.0.0.1"], "feeds": [site.url(feed_path)]}
+    config_file = write_config(
+        tmp_path / "config.toml", corpus=config.corpus.dir, index=config.index.dir, ingest=ingest
     )
     assert main(["watch", "--config", str(config_file)]) == 0  # reads the feed in a limited child
     out = capsys.readouterr().out.splitlines()

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 from hostile_site import HostileSite, huge_feed
 from news_site import HostsResolver
 
