@@ -1,5 +1,5 @@
-"""Just enough of the Telegram Bot API on loopback for the bot benchmark (`perf.bench_bot`):
-questions go in as long-polled text messages, replies are counted per chat.
+"""Just enough of the Telegram Bot API on loopback for the bot benchmarks (`perf.bench_bot`,
+`feeds.run`): questions go in as long-polled text messages, replies are kept per chat.
 
 The tests have their own, stricter fake (`tests/fake_telegram.py`: Telegram's checks on what
 the bot sends, scripted faults, every call recorded); the benchmark only drives load, and
@@ -9,7 +9,9 @@ bot makes at start-up does not stop the benchmark.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ class BenchBotAPI:
         self._updates: list[dict[str, Any]] = []
         self._next_update = 1
         self._next_message = 1
-        self._replies: dict[int, int] = {}  # chat id -> messages sent to it
+        self._replies: dict[int, list[tuple[float, str]]] = {}  # chat id -> (monotonic time, plain text) sent
         self._closed = False
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -73,6 +75,11 @@ class BenchBotAPI:
         with self._cond:
             return sum(1 for chat in chats if self._replies.get(chat))
 
+    def replies(self, chat_id: int) -> list[tuple[float, str]]:
+        """The messages sent to a chat: when (`time.monotonic()`) and their text without markup."""
+        with self._cond:
+            return list(self._replies.get(chat_id, ()))
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -91,9 +98,10 @@ class BenchBotAPI:
             return self._poll(int(params.get("offset") or 0), float(params.get("timeout") or 0))
         if method in ("sendMessage", "editMessageText"):
             chat_id = int(params["chat_id"])
+            text = html.unescape(re.sub(r"<[^>]*>", "", str(params.get("text", ""))))
             with self._cond:
                 if method == "sendMessage":
-                    self._replies[chat_id] = self._replies.get(chat_id, 0) + 1
+                    self._replies.setdefault(chat_id, []).append((time.monotonic(), text))
                 self._next_message += 1
                 message_id = self._next_message
                 self._cond.notify_all()

@@ -15,8 +15,9 @@ import pytest
 from fake_telegram import InProcessBot, Payloads, parse_html, run_bot
 from helpers import copy_index, write_config
 from hostile_site import slow_page
-from news_site import SICHUAN, STORIES, NewsSite, publish
+from news_site import SICHUAN, NewsSite
 
+from bench.feed_site import STORIES, publish
 from settings import Config, load_config
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState
