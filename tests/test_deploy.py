@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -25,10 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
-from news_site import PBOC, SICHUAN, SICHUAN_TITLE, SITE, NewsSite
+from helpers import launch_argv
 
 from index.backends.milvus import MilvusBackend
+from loopback.fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
+from loopback.news_site import PBOC, SICHUAN, SICHUAN_TITLE, SITE, NewsSite
 from settings import PROJECT_ROOT, load_config
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -124,10 +124,11 @@ class Containers:
         return self.root / str(container_path).lstrip("/")
 
     def argv(self, service: str, command: list[str] | None = None) -> list[str]:
-        """The service's entrypoint + command (`run SERVICE ARGS…` replaces the command)."""
+        """The service's entrypoint + command (`run SERVICE ARGS…` replaces the command), its
+        `python` the tests' launcher (the fake embedder registered)."""
         spec = self.services[service]
         argv = [*spec.get("entrypoint", []), *(command if command is not None else spec["command"])]
-        return [sys.executable if arg == "python" else arg for arg in argv]
+        return [part for arg in argv for part in (launch_argv() if arg == "python" else [arg])]
 
     def env(self, service: str, host_env: dict[str, str]) -> dict[str, str]:
         """The service's environment, interpolated from `host_env`, container paths mapped."""

@@ -25,8 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DEFAULT_CORPUS
-from fake_telegram import (
+from helpers import DEFAULT_CORPUS, write_config
+
+from index import publish, store
+from index.backends import IndexUnavailableError
+from index.build import build_index
+from loopback.fake_telegram import (
     TOKEN,
     FakeBotAPIServer,
     FakeTelegram,
@@ -36,12 +40,7 @@ from fake_telegram import (
     WebhookPoster,
     parse_html,
     sent,
-    write_config,
 )
-
-from index import publish, store
-from index.backends import IndexUnavailableError
-from index.build import build_index
 from retrieval import Retriever
 from settings import Config, load_config
 from telegram_bot import health
