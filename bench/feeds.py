@@ -1,8 +1,8 @@
 """Watched feeds end to end: from an article's publication on a loopback feed to the bot
 answering a question from it.
 
-bot.py runs as a real process with the bundled model, against a loopback Bot API
-(bench/bot_api.py), polling one feed on a loopback site (bench/feed_site.py) every `poll_minutes`. After
+bot.py runs as a real process with the bundled model, against the loopback fake Bot API,
+polling one feed on the loopback news site (loopback/news_site.py) every `poll_minutes`. After
 the first story is served, each further story is published at a random moment of the poll
 interval, and its question is asked (from a new chat each time) until a reply quotes its
 answer. Reported per story: publication → the poll that fetched the feed (waiting for the
@@ -32,8 +32,8 @@ AFTER_POLL_TARGET_S = 15.0
 
 
 def run(work: Path, *, poll_minutes: float = 1.0, stories: int = 2, seed: int = 7) -> dict[str, Any]:
-    from bench.bot_api import BenchBotAPI
-    from bench.feed_site import STORIES, FeedSite, publish
+    from loopback.fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
+    from loopback.news_site import STORIES, NewsSite, publish
 
     token = "12345:BENCH_only_not_a_real_token"
     interval = poll_minutes * 60
@@ -43,7 +43,7 @@ def run(work: Path, *, poll_minutes: float = 1.0, stories: int = 2, seed: int = 
     shutil.rmtree(corpus, ignore_errors=True)
     shutil.rmtree(index, ignore_errors=True)
     shutil.copytree(ROOT / "corpus" / "articles", corpus)
-    site = FeedSite()
+    site = NewsSite()
     feed = "/bench/feed.xml"
     publish(site, feed, order[:1])
     config = work / "feeds-config.toml"
@@ -57,21 +57,27 @@ def run(work: Path, *, poll_minutes: float = 1.0, stories: int = 2, seed: int = 
     result: dict[str, Any] = {"poll_interval_s": interval, "stories": []}
     chat = iter(range(10_000, 1_000_000))
     try:
-        with BenchBotAPI(token) as api, tempfile.TemporaryFile() as out:
+        with FakeBotAPIServer(FakeTelegram(token)) as server, tempfile.TemporaryFile() as out:
+            api = server.api
+            payloads = Payloads()
 
             def ask_until_answered(question: str, answer: str, deadline: float) -> float:
                 """Ask until a reply quotes `answer`; the time that reply was sent."""
                 while time.monotonic() < deadline:
                     chat_id = next(chat)
-                    api.ask(question, chat_id=chat_id)
-                    if api.wait_for(lambda chat_id=chat_id: bool(api.replies(chat_id)), 60):
-                        sent_at, text = api.replies(chat_id)[0]
-                        if answer in text:
-                            return sent_at
+                    api.push(payloads.message(question, chat_id=chat_id, user_id=chat_id))
+
+                    def replied(chat_id: int = chat_id) -> list[Any]:
+                        return [c for c in api.recorded("sendMessage") if c.params.get("chat_id") == str(chat_id)]
+
+                    if api.wait_for(lambda: bool(replied()), 60):
+                        reply = replied()[0]
+                        if answer in parse_html(reply.params["text"]).text:
+                            return reply.at
                     time.sleep(1.0)
                 raise RuntimeError(f"no reply quoted {answer!r} in time")
 
-            env = child_env(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=api.base_url)
+            env = child_env(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=server.base_url)
             started = time.monotonic()
             bot = subprocess.Popen(
                 [PY, "bot.py", "--config", str(config)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT

@@ -740,7 +740,7 @@ def run_scale_child(
 def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], repeats: int) -> dict[str, Any]:
     """bot.py against the loopback fake Bot API: spawn → first answer, then bursts of questions
     from distinct chats (time until every chat has its answer), then peak RSS."""
-    from bench.bot_api import BenchBotAPI
+    from loopback.fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads
 
     token = "12345:BENCH_only_not_a_real_token"
     config = work / "bot-config.toml"
@@ -751,16 +751,22 @@ def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], r
     )
     qs = questions(sum(bursts) * repeats + 1, seed=4)
     result: dict[str, Any] = {"bursts": {}}
-    with BenchBotAPI(token) as api:
-        env = child_env(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=api.base_url)
+    with FakeBotAPIServer(FakeTelegram(token)) as server:
+        api = server.api
+        payloads = Payloads()
+
+        def answered(chats: set[int]) -> int:
+            return len({int(c.params["chat_id"]) for c in api.recorded("sendMessage")} & chats)
+
+        env = child_env(TELEGRAM_BOT_TOKEN=token, TELEGRAM_BASE_URL=server.base_url)
         with tempfile.TemporaryFile() as out:
             started = time.perf_counter()
             proc = subprocess.Popen(
                 [PY, "bot.py", "--config", str(config)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
             try:
-                api.ask(qs.pop(), chat_id=1)
-                if not api.wait_for(lambda: api.answered({1}) == 1, 300):
+                api.push(payloads.message(qs.pop(), chat_id=1, user_id=1))
+                if not api.wait_for(lambda: answered({1}) == 1, 300):
                     raise RuntimeError("the bot did not answer its first question within 300 s")
                 result["first_answer_s"] = time.perf_counter() - started
                 log(f"  bot first answer {result['first_answer_s']:.1f}s")
@@ -772,9 +778,9 @@ def bench_bot(work: Path, corpus: Path, index: Path, *, bursts: Sequence[int], r
                         chat += size
                         t = time.perf_counter()
                         for c in sorted(chats):
-                            api.ask(qs.pop(), chat_id=c)
-                        if not api.wait_for(lambda chats=chats: api.answered(chats) == len(chats), 600):
-                            raise RuntimeError(f"burst of {size}: only {api.answered(chats)} answered")
+                            api.push(payloads.message(qs.pop(), chat_id=c, user_id=c))
+                        if not api.wait_for(lambda chats=chats: answered(chats) == len(chats), 600):
+                            raise RuntimeError(f"burst of {size}: only {answered(chats)} answered")
                         runs.append(time.perf_counter() - t)
                     result["bursts"][str(size)] = {"s": median(runs), "runs_s": [round(x, 2) for x in runs]}
                     log(f"  bot burst {size}: {median(runs):.2f}s")

@@ -3,8 +3,8 @@
     python -m bench.soak --minutes 20                      # `make soak`: FAISS, the real model
     python -m bench.soak --minutes 20 --backend milvus     # against a `milvus-lite server` on loopback
 
-Everything runs on loopback: the fake Bot API (`tests/fake_telegram.py`), the bot as a
-subprocess (long polling), a news site (`tests/news_site.py`). Load: `--chats` chats (a fifth of
+Everything runs on loopback: the fake Bot API (`loopback/fake_telegram.py`), the bot as a
+subprocess (long polling), a news site (`loopback/news_site.py`). Load: `--chats` chats (a fifth of
 them groups), each asking its next question as soon as its last one is answered but no faster
 than Telegram lets a bot answer it (a private chat every second, a group every 3 s: 20 a
 minute), so the bot meets Telegram's overall 30 messages a second; ~30 % of the time a private
@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.perf import PY, ROOT, child_env, cpu_model, log, percentile
+from loopback.fake_telegram import Call, FakeBotAPIServer, FakeTelegram, Payloads, parse_html
+from loopback.news_site import NewsSite, Story, publish
 from settings import load_config
 from telegram_bot.backup import state_path
-from tests.fake_telegram import Call, FakeBotAPIServer, FakeTelegram, Payloads, parse_html
-from tests.news_site import NewsSite, Story, publish
 
 TOKEN = "12345:SOAK_only_not_a_real_token"
 DATA = ROOT / "bench" / "data"

@@ -1,4 +1,4 @@
-"""A fake Telegram Bot API for tests, in process or over loopback HTTP.
+"""A fake Telegram Bot API for the tests and benchmarks, in process or over loopback HTTP.
 
 - `FakeTelegram`: the Bot API methods the bot uses, with Telegram's own checks applied to
   what it is sent (HTML parse mode parsed like Telegram does, 4096-unit limit, 64-byte

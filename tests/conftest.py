@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from fakes import register_fakes
 from helpers import DEFAULT_CORPUS, Exit, make_config
-from news_site import NewsSite
 
 from index.build import build_index
 from index.embedder import Embedder, load_embedder
+from loopback.news_site import NewsSite
 from retrieval import Retriever
 from settings import BUILTIN_MODEL, Config, load_config
 
@@ -172,7 +172,7 @@ def cli(
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[NewsSite]:
-    """The Chinese news site on loopback (`tests/news_site.py`), one server for the session."""
+    """The Chinese news site on loopback (`loopback/news_site.py`), one server for the session."""
     news = NewsSite()
     yield news
     news.close()

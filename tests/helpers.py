@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fake_telegram import Call, Payloads, parse_html
 from fakes import HASH_MODEL
 
+from loopback.fake_telegram import Call, Payloads, parse_html
 from settings import PROJECT_ROOT, Config, CorpusConfig, IndexConfig, ModelConfig, load_config
 
 # The verbatim source article (as received: broken paragraphs, no front matter) and the

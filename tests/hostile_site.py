@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable
 
-from news_site import SITE
+from loopback.news_site import SITE
 
 BOMB_SIZE = 16 * 1024 * 1024  # zeros, before compression
 ARTICLE = (SITE / "sichuan-mining.html").read_bytes()

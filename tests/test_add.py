@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 from helpers import make_config, write_config
-from news_site import (
+
+from corpus import read_article, scan_corpus, split_article
+from corpus.html import decode_html, extract_article
+from corpus.reader import format_article, split_front_matter
+from index.add import AddReport, add_sources, url_file_name
+from index.build import build_index
+from loopback.news_site import (
     FEED,
     OTC,
     PAGE_NOISE,
@@ -25,12 +31,6 @@ from news_site import (
     SITE_HOST,
     SITE_RESOLVER,
 )
-
-from corpus import read_article, scan_corpus, split_article
-from corpus.html import decode_html, extract_article
-from corpus.reader import format_article, split_front_matter
-from index.add import AddReport, add_sources, url_file_name
-from index.build import build_index
 from retrieval import Retriever
 from settings import Config
 

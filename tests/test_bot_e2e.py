@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
 from helpers import DEFAULT_CORPUS, QUESTION, Exit, launch_argv, write_config
 
+from loopback.fake_telegram import FakeBotAPIServer, FakeTelegram, Payloads, parse_html
 from settings import PROJECT_ROOT, load_config
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent
 from helpers import Exit, keys, shown, write_config
 
 from index.publish import current_version
+from loopback.fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot, sent
 from settings import Config, load_config
 from telegram_bot import render
 from telegram_bot.feedback import Answered, AnswerLog

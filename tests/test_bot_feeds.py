@@ -12,12 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import InProcessBot, Payloads, parse_html, run_bot
 from helpers import copy_index, write_config
 from hostile_site import slow_page
-from news_site import SICHUAN, NewsSite
 
-from bench.feed_site import STORIES, publish
+from loopback.fake_telegram import InProcessBot, Payloads, parse_html, run_bot
+from loopback.news_site import SICHUAN, STORIES, NewsSite, publish
 from settings import Config, load_config
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState

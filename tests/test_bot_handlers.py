@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import (
+from helpers import QUESTION, assert_valid_answer_html, buttons, copy_index, write_config
+
+from index.build import build_index
+from loopback.fake_telegram import (
     BOT_USER,
     TOKEN,
     Call,
@@ -25,9 +28,6 @@ from fake_telegram import (
     sent,
     utf16_len,
 )
-from helpers import QUESTION, assert_valid_answer_html, buttons, copy_index, write_config
-
-from index.build import build_index
 from settings import Config, load_config
 from telegram_bot.i18n import t
 from telegram_bot.state import STATE_KEY, BotState

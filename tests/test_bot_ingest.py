@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
 from helpers import chat_texts, copy_index, write_config
-from news_site import SICHUAN, SICHUAN_TITLE, SITE, NewsSite
 
+from loopback.fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
+from loopback.news_site import SICHUAN, SICHUAN_TITLE, SITE, NewsSite
 from settings import PROJECT_ROOT, Config, load_config
 from telegram_bot.i18n import t
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_telegram import parse_html, utf16_len
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopback.fake_telegram import parse_html, utf16_len
 from retrieval import Hit, PassageRow, format_citation
 from telegram_bot import render
 from telegram_bot.pipeline import Kind, Library, Reply

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import InProcessBot, Payloads, parse_html, run_bot, sent
 from helpers import keys, shown, write_config
 
 from index.build import build_index
+from loopback.fake_telegram import InProcessBot, Payloads, parse_html, run_bot, sent
 from retrieval.conversation import Rewritten, within
 from settings import Config, load_config
 from telegram_bot.components.retention import JOB_NAME

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from helpers import make_config, write_config
-from news_site import LAST_MODIFIED, NewsSite
 
-from bench.feed_site import STORIES, publish
 from index.__main__ import main
 from index.feeds import FeedStore, feed_status, watch_once
+from loopback.news_site import LAST_MODIFIED, STORIES, NewsSite, publish
 from retrieval import Retriever
 from settings import PROJECT_ROOT, Config
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from helpers import make_config
 from hostile_site import HostileSite, huge_feed
-from news_site import HostsResolver
 
 from index.add import AddReport, add_sources, url_file_name
 from index.fetch import FetchError, resolve
+from loopback.news_site import HostsResolver
 from settings import Config, ConfigError, load_config
 
 HINT = "(allow it with [ingest] allow_hosts)"

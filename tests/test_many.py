@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fake_telegram import InProcessBot, Payloads, run_bot, sent
 from helpers import (
     FACT,
     QUESTION,
@@ -31,6 +30,7 @@ from bench.many import gold_pairs, indexed_pairs
 from index import publish, store, vectors
 from index.add import add_sources
 from index.build import build_index
+from loopback.fake_telegram import InProcessBot, Payloads, run_bot, sent
 from retrieval import Retriever
 from settings import Config, load_config
 from telegram_bot.console import run_console

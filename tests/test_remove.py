@@ -11,15 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
 from helpers import chat_texts, write_config
-from news_site import SICHUAN, NewsSite
 
 from corpus.model import OtherSource
 from corpus.reader import format_article, parse_front_matter
 from index.__main__ import main as index_main
 from index.add import add_sources, url_file_name
 from index.build import build_index
+from loopback.fake_telegram import Call, InProcessBot, Payloads, parse_html, run_bot
+from loopback.news_site import SICHUAN, NewsSite
 from retrieval import Retriever
 from settings import PROJECT_ROOT, Config, load_config
 from telegram_bot.i18n import t
