@@ -364,10 +364,10 @@ def test_inline_query_offers_quotes_as_articles(bot_config: Callable[..., Config
     assert empty.params["results"] == [] and empty.params["button"]["start_parameter"] == "help"
 
 
-def test_unsure_answers_carry_the_caveat_in_private_groups_and_inline(make_config: Callable[..., Config]) -> None:
+def test_unsure_answers_carry_the_caveat_in_private_groups_and_inline(bot_config: Callable[..., Config]) -> None:
     """An answer below the sure threshold is still quoted, under one plain line in the asker's
     language: in a private chat, in a group, and as inline results."""
-    config = make_config()
+    config = bot_config()
     config = replace(config, retrieval=replace(config.retrieval, sure_threshold=1000.0))
     calls: list[Call] = []
 
