@@ -261,6 +261,41 @@ def _forget_removed(conn) -> list[int]:  # type: ignore[no-untyped-def]
     return ids
 
 
+# A new passage's candidates are the anchors of its buckets: in each bucket, the first passage of
+# each article, for at most BUCKET_ANCHORS articles. Copies still meet (an anchor is a copy they
+# share), while a text repeated through one long article, or a line that hundreds of articles
+# carry, costs time linear in the passages instead of quadratic.
+BUCKET_ANCHORS = 64
+_MATCH_TABLES_SQL = (
+    "create temp table if not exists new_bands (band INTEGER, hash INTEGER, passage_id INTEGER, "
+    "PRIMARY KEY (band, hash, passage_id)) WITHOUT ROWID",
+    "create temp table if not exists bucket_anchors (band INTEGER, hash INTEGER, passage_id INTEGER, "
+    "PRIMARY KEY (band, hash, passage_id)) WITHOUT ROWID",
+)
+_ANCHORS_SQL = """
+insert into bucket_anchors (band, hash, passage_id)
+with members as (
+    select k.band, k.hash, b.passage_id, count(*) over (partition by k.band, k.hash) as size
+    from (select distinct band, hash from new_bands) k
+    cross join passage_bands b on b.band = k.band and b.hash = k.hash
+),
+firsts as (
+    select m.band, m.hash, min(m.passage_id) as passage_id
+    from members m join passages p on p.id = m.passage_id
+    where m.size > 1
+    group by m.band, m.hash, p.article_id
+)
+select band, hash, passage_id from (
+    select band, hash, passage_id, row_number() over (partition by band, hash order by passage_id) as nth
+    from firsts
+) where nth <= ?
+"""
+_CANDIDATES_SQL = """
+select distinct min(n.passage_id, a.passage_id), max(n.passage_id, a.passage_id)
+from new_bands n join bucket_anchors a on a.band = n.band and a.hash = n.hash and a.passage_id != n.passage_id
+"""
+
+
 def _sign_and_match(conn, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
     """Sign `ids`, store their bands, find and verify their candidates; returns pairs added."""
     texts = dict(
@@ -274,18 +309,14 @@ def _sign_and_match(conn, ids: list[int]) -> int:  # type: ignore[no-untyped-def
         ((pid, sigs[row].astype("<u8").tobytes()) for row, pid in enumerate(ids)),
     )
     rows = [(band, int(hashes[row, band]), pid) for row, pid in enumerate(ids) for band in range(BANDS)]
-    conn.execute("create temp table if not exists new_bands (band INTEGER, hash INTEGER, passage_id INTEGER)")
-    conn.execute("delete from new_bands")
+    for sql in _MATCH_TABLES_SQL:
+        conn.execute(sql)
     conn.executemany("insert into new_bands values (?, ?, ?)", rows)
     conn.executemany("insert or ignore into passage_bands (band, hash, passage_id) values (?, ?, ?)", rows)
-    candidates = {
-        (min(a, b), max(a, b))
-        for a, b in conn.execute(
-            "select n.passage_id, p.passage_id from new_bands n join passage_bands p "
-            "on p.band = n.band and p.hash = n.hash and p.passage_id != n.passage_id"
-        )
-    }
+    conn.execute(_ANCHORS_SQL, [BUCKET_ANCHORS])
+    candidates = set(conn.execute(_CANDIDATES_SQL).fetchall())
     conn.execute("delete from new_bands")
+    conn.execute("delete from bucket_anchors")
     if not candidates:
         return 0
     others = {i for pair in candidates for i in pair} - sets.keys()
@@ -330,8 +361,8 @@ def _regroup(conn, seeds: set[int]) -> int:  # type: ignore[no-untyped-def]
 
     A group gathers the passages connected by duplicate pairs, but never two passages of one
     article (a lead restated later in the article, each copy of it republished, would link the
-    two through the copies): pairs are joined most similar first, and a pair that would put
-    two passages of an article in one group is left out."""
+    two through the copies): pairs are joined most similar first, earliest passages first among
+    equals, and a pair that would put two passages of an article in one group is left out."""
     seen: set[int] = set()
     groups = 0
     for seed in sorted(seeds):
@@ -353,7 +384,7 @@ def _regroup(conn, seeds: set[int]) -> int:  # type: ignore[no-untyped-def]
         seen |= component
         sql = "select id, article_id from passages where id in (select value from json_each(?))"
         articles = dict(conn.execute(sql, [_json_ids(component)]))
-        for part in _groups(component, sorted(edges, key=lambda e: -e[2]), articles):
+        for part in _groups(component, sorted(edges, key=lambda e: (-e[2], e[0], e[1])), articles):
             if len(part) > 1:
                 groups += 1
                 conn.executemany(

@@ -30,6 +30,7 @@ from bench.many import gold_pairs, indexed_pairs
 from index import publish, store, vectors
 from index.add import add_sources
 from index.build import build_index
+from index.dedup import BUCKET_ANCHORS
 from loopback.fake_telegram import InProcessBot, Payloads, run_bot, sent
 from retrieval import Retriever
 from settings import Config, load_config
@@ -287,6 +288,32 @@ def test_a_group_never_holds_two_passages_of_one_article(tmp_path: Path) -> None
         [("a.md", 1), ("b.md", 1)],
         [("a.md", 2), ("b.md", 2)],
     ]
+
+
+def test_a_paragraph_repeated_through_an_article_and_carried_by_many_articles_stays_linear(tmp_path: Path) -> None:
+    """One bucket holding hundreds of passages (a page repeating a paragraph, a line that more
+    articles carry than a bucket has anchors): every article's copy still lands in one group,
+    and each passage is paired with at most `BUCKET_ANCHORS` others, not with all of them."""
+    line = "本文仅供参考，不构成任何投资建议。市场有风险，投资需谨慎，转载请注明出处并保留原文链接。"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    repeats, carriers = 400, 3 * BUCKET_ANCHORS
+    (corpus / "repeated.md").write_text(article({"title": "重复"}, "\n\n".join([line] * repeats)))
+    for n in range(carriers):
+        (corpus / f"carrier-{n:03}.md").write_text(article({"title": f"快讯{n}"}, line))
+    config = make_config(corpus, tmp_path / "index")
+    build_index(config)
+    db = store.open_db(publish.current_version(config.index.dir).db_path, readonly=True)
+    try:
+        passages = db.execute("select count(*) from passages").fetchone()[0]
+        pairs = db.execute("select count(*) from passage_dups").fetchone()[0]
+    finally:
+        db.close()
+    [members] = groups(config).values()
+    assert members == {"repeated.md"} | {f"carrier-{n:03}.md" for n in range(carriers)}
+    assert passages >= repeats + carriers
+    assert pairs <= BUCKET_ANCHORS * (repeats + carriers)
+    assert pairs < repeats * carriers  # fewer than the copies of the repeated paragraph alone would give
 
 
 def test_index_check_verifies_the_copy_groups(syndicated: Config) -> None:
