@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -26,6 +29,26 @@ log = logging.getLogger("telegram_bot")
 
 STATE_KEY = "crackdown_qa_state"
 T = TypeVar("T")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Give the heap back to the system after an ingest job (glibc's `malloc_trim`; elsewhere
+    nothing, and False). A build in the bot allocates and frees tens of megabytes that glibc
+    otherwise keeps: over hours of feed passes the bot's RSS would creep up though nothing is
+    held (30 index versions in one process: 822 MB, 747 MB after the trim)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class BotState:
@@ -90,7 +113,7 @@ class BotState:
             raise RuntimeError("the ingest pool is not running")
         cancel = threading.Event()
         self._ingest_jobs.add(cancel)
-        future = asyncio.get_running_loop().run_in_executor(self._ingest_pool, job, cancel)
+        future = asyncio.get_running_loop().run_in_executor(self._ingest_pool, _then_release_memory, job, cancel)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -141,3 +164,10 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
 
 
 CONTEXT_TYPES = ContextTypes(context=BotContext)
+
+
+def _then_release_memory(job: Callable[[threading.Event], T], cancel: threading.Event) -> T:
+    try:
+        return job(cancel)
+    finally:
+        release_freed_memory()
