@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.perf import PY, ROOT, child_env, log
+from bench.perf import PY, ROOT, child_env, log, stop_process
 
 AFTER_POLL_TARGET_S = 15.0
 
@@ -102,12 +101,7 @@ def run(work: Path, *, poll_minutes: float = 1.0, stories: int = 2, seed: int = 
                     result["stories"].append(row)
                     log(f"  feeds: {row}")
             finally:
-                bot.send_signal(signal.SIGTERM)
-                try:
-                    bot.wait(60)
-                except subprocess.TimeoutExpired:
-                    bot.kill()
-                    bot.wait()
+                stop_process(bot)
     finally:
         site.close()
     rows = result["stories"]

@@ -138,6 +138,16 @@ def child_env(**extra: str | None) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_child(
     args: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 1800.0
 ) -> Child:

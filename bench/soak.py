@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.perf import PY, ROOT, child_env, cpu_model, log, percentile
+from bench.perf import PY, ROOT, child_env, cpu_model, log, percentile, stop_process
 from loopback.fake_telegram import Call, FakeBotAPIServer, FakeTelegram, Payloads, parse_html
 from loopback.news_site import NewsSite, Story, publish
 from settings import load_config
@@ -187,12 +187,7 @@ class MilvusServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, timeout=30)
 
 
 class Soak:
@@ -279,12 +274,7 @@ class Soak:
                 final_health = self.wait_for_articles(len(self.initial) + len(self.published))
             finally:
                 self.site.close()
-                bot.send_signal(signal.SIGTERM)
-                try:
-                    bot.wait(60)
-                except subprocess.TimeoutExpired:
-                    bot.kill()
-                    bot.wait()
+                stop_process(bot)
         result = self.verify(env, final_health, bot.returncode)
         if self.milvus is not None:
             self.milvus.stop()
